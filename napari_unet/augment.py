@@ -1,0 +1,80 @@
+"""Training-time augmentation: random crops with rotation, flips, rescaling (0.5–2×), the
+U-Net paper's elastic deformation, and intensity jitter — all in one resampling per crop."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Ranges of the random transforms."""
+
+    scale_min: float = 0.5
+    scale_max: float = 2.0
+    elastic_sigma: float = 10.0  # px of displacement std on a coarse 3×3 grid (U-Net paper)
+    elastic_prob: float = 0.5
+    intensity: float = 0.2  # contrast/brightness jitter amplitude
+    gamma: float = 0.3
+    noise: float = 0.05
+    blur_prob: float = 0.2
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def random_crop(
+    rng: np.random.Generator,
+    image: np.ndarray,
+    labels: np.ndarray,
+    reviewed: np.ndarray | None,
+    size: int,
+    config: AugmentConfig,
+    *,
+    foreground_bias: float = 0.7,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """A ``size``² crop of ``(C, H, W)`` ``image`` and its labels (and reviewed mask), transformed.
+
+    With probability ``foreground_bias`` the crop is centred on a labelled pixel.
+    """
+    h, w = labels.shape
+    if foreground_bias and rng.random() < foreground_bias and labels.any():
+        ys, xs = np.nonzero(labels[::4, ::4])
+        k = rng.integers(len(ys))
+        cy, cx = ys[k] * 4.0, xs[k] * 4.0
+    else:
+        cy, cx = rng.uniform(0, h - 1), rng.uniform(0, w - 1)
+    # magnification s > 1 enlarges objects: output pixel step in the source is 1 / s
+    s = float(np.exp(rng.uniform(np.log(config.scale_min), np.log(config.scale_max))))
+    theta = rng.uniform(0, 2 * np.pi)
+    flip = rng.random() < 0.5
+    rot = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]]) / s
+    if flip:
+        rot = rot @ np.array([[1.0, 0.0], [0.0, -1.0]])
+    r = np.arange(size, dtype=np.float64) - (size - 1) / 2
+    gy, gx = np.meshgrid(r, r, indexing="ij")
+    coords = np.einsum("ij,jhw->ihw", rot, np.stack([gy, gx]))
+    coords[0] += cy
+    coords[1] += cx
+    if rng.random() < config.elastic_prob and config.elastic_sigma > 0:
+        coarse = rng.normal(0, config.elastic_sigma, size=(2, 3, 3))
+        coords += ndi.zoom(coarse, (1, size / 3, size / 3), order=3, mode="nearest")[:, :size, :size] / s
+    img = np.stack([ndi.map_coordinates(c, coords, order=1, mode="mirror") for c in image])
+    lab = ndi.map_coordinates(labels, coords, order=0, mode="mirror")
+    rev = None if reviewed is None else ndi.map_coordinates(reviewed, coords, order=0, mode="mirror")
+    return _jitter_intensity(rng, img, config).astype(np.float32), lab, rev
+
+
+def _jitter_intensity(rng: np.random.Generator, img: np.ndarray, c: AugmentConfig) -> np.ndarray:
+    if c.blur_prob and rng.random() < c.blur_prob:
+        img = ndi.gaussian_filter(img, (0, *(2 * [rng.uniform(0.5, 1.5)])))
+    if c.gamma:
+        g = float(np.exp(rng.uniform(-c.gamma, c.gamma)))
+        img = np.clip(img, 0, None) ** g
+    img = img * rng.uniform(1 - c.intensity, 1 + c.intensity) + rng.uniform(-c.intensity, c.intensity) / 2
+    if c.noise:
+        img = img + rng.normal(0, rng.uniform(0, c.noise), img.shape)
+    return img

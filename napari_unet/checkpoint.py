@@ -1,0 +1,179 @@
+"""Checkpoint files: a safetensors file whose header carries the config and metadata as JSON.
+
+Loading never executes code from the file: safetensors holds only raw tensors and strings, and
+plain PyTorch ``.pt``/``.pth`` files are read with ``torch.load(weights_only=True)``.
+The format is documented in the README ("Checkpoint format").
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+
+from . import __version__
+from .atomic import atomic_path
+from .errors import CheckpointError
+from .model import UNet, UNetConfig
+from .normalize import Normalization
+
+FORMAT = "napari-unet-checkpoint"
+FORMAT_VERSION = 1
+DEFAULT_CLASSES = ("background", "nucleus interior", "nucleus boundary")
+
+
+@dataclass
+class ModelInfo:
+    """What a checkpoint says about its model besides the weights."""
+
+    name: str = "unnamed"
+    classes: list[str] = field(default_factory=lambda: list(DEFAULT_CLASSES))
+    normalization: dict[str, Any] = field(default_factory=lambda: Normalization().to_dict())
+    pixel_size_um: float | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+    version: str = __version__
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelInfo:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+@dataclass
+class Checkpoint:
+    """A network config, its weights and its metadata."""
+
+    config: UNetConfig
+    state_dict: dict[str, torch.Tensor]
+    info: ModelInfo
+
+    def build(self, path: Path | str = "<memory>") -> UNet:
+        """Rebuild the network; a mismatch between tensors and config is a CheckpointError."""
+        net = UNet(self.config)
+        state = {k: v.to(torch.float32) if v.is_floating_point() else v for k, v in self.state_dict.items()}
+        try:
+            net.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
+            raise CheckpointError(
+                f"{path}: the tensors do not fit the model config ({first[:200]})."
+            ) from None
+        net.eval()
+        return net
+
+
+def save_checkpoint(
+    path: Path | str,
+    net: UNet,
+    info: ModelInfo,
+    *,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
+    """Write ``net`` and ``info`` atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    tensors = {}
+    for k, v in net.state_dict().items():
+        v = v.detach().cpu()
+        if v.is_floating_point() and not k.endswith(("running_mean", "running_var")):
+            v = v.to(dtype)
+        tensors[k] = v.contiguous()
+    header = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "config": json.dumps(net.config.to_dict()),
+        "info": json.dumps(asdict(info)),
+    }
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=header)
+    return path
+
+
+def read_checkpoint(path: Path | str) -> Checkpoint:
+    """Read a napari-unet ``.safetensors`` checkpoint or a plain PyTorch state dict."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint file.")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: is not a file.")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if path.suffix in (".pt", ".pth") or head[:2] == b"PK" or head[:1] == b"\x80":
+        return _read_torch(path)
+    return _read_safetensors(path)
+
+
+def _read_safetensors(path: Path) -> Checkpoint:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (truncated, corrupt or another kind of file: "
+            f"{str(exc).splitlines()[0][:120]})."
+        ) from None
+    if header.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: a safetensors file, but not a napari-unet checkpoint (no format header).")
+    if int(header.get("format_version", "0")) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format version {header['format_version']} is newer than this "
+            f"napari-unet understands ({FORMAT_VERSION}); please upgrade napari-unet."
+        )
+    try:
+        config = UNetConfig.from_dict(json.loads(header["config"]))
+        info = ModelInfo.from_dict(json.loads(header.get("info", "{}")))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path}: the checkpoint's config is invalid ({exc}).") from None
+    return Checkpoint(config, tensors, info)
+
+
+def _read_torch(path: Path) -> Checkpoint:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        detail = next((ln.strip() for ln in str(exc).splitlines() if ln.strip().startswith("Unsupported")), "")
+        raise CheckpointError(
+            f"{path}: refused, it is not a plain-tensor PyTorch file that can be loaded without running "
+            f"code{f' ({detail})' if detail else ''}; only plain tensors are accepted."
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - torch raises many kinds for corrupt files
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch file ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})."
+        ) from None
+    config_dict: dict[str, Any] | None = None
+    if isinstance(obj, dict) and "state_dict" in obj:
+        config_dict = obj.get("config")
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: does not hold a state dict of tensors.")
+    obj = {k.removeprefix("module."): v for k, v in obj.items()}
+    try:
+        config = UNetConfig.from_dict(config_dict) if config_dict else infer_config(obj)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise CheckpointError(f"{path}: the state dict is not a napari-unet U-Net ({exc}).") from None
+    return Checkpoint(config, obj, ModelInfo(name=path.stem))
+
+
+def infer_config(state: dict[str, torch.Tensor]) -> UNetConfig:
+    """Recover a UNetConfig from the tensor names and shapes of a plain state dict."""
+    first = state["down.0.0.weight"]
+    depth = len({k.split(".")[1] for k in state if k.startswith("down.")})
+    if "down.0.1.running_mean" in state:
+        norm = "batch"
+    elif "down.0.1.weight" in state:
+        norm = "group"
+    else:
+        norm = "none"
+    return UNetConfig(
+        in_channels=int(first.shape[1]),
+        out_classes=int(state["head.weight"].shape[0]),
+        depth=depth,
+        base_width=int(first.shape[0]),
+        norm=norm,
+    )

@@ -1,0 +1,165 @@
+"""The segmentation engine: a loaded model, ``predict`` (image → probabilities) and ``segment``."""
+
+from __future__ import annotations
+
+import threading
+from importlib.resources import files
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .checkpoint import Checkpoint, ModelInfo, read_checkpoint
+from .device import resolve_device
+from .errors import InputError
+from .images import to_planes
+from .model import UNet, UNetConfig
+from .normalize import Normalization
+from .postprocess import PostprocessConfig, labels_from_probabilities
+from .prepare import prepare_for_inference
+from .tiling import CancelFn, ProgressFn, count_tiles, predict_plane, resize_planes
+
+DEFAULT_TILE = 512
+DEFAULT_OVERLAP = 64
+
+
+@dataclass
+class SegmentationModel:
+    """A network with its metadata; prepared copies per device are cached."""
+
+    net: UNet
+    info: ModelInfo
+    path: Path | None = None
+    _prepared: dict[str, torch.nn.Module] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def config(self) -> UNetConfig:
+        return self.net.config
+
+    @property
+    def normalization(self) -> Normalization:
+        return Normalization.from_dict(self.info.normalization)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: Checkpoint, path: Path | None = None) -> SegmentationModel:
+        return cls(ckpt.build(path or "<memory>"), ckpt.info, path)
+
+    def prepared(self, device: torch.device, *, compile: bool = False) -> torch.nn.Module:
+        """The inference-ready network on ``device`` (BatchNorm folded, channels_last)."""
+        key = f"{device}:{compile}"
+        with self._lock:
+            if key not in self._prepared:
+                self._prepared[key] = prepare_for_inference(
+                    self.net, device, channels_last=device.type != "mps", compile=compile
+                )
+            return self._prepared[key]
+
+    def summary(self) -> dict[str, Any]:
+        """Key facts for display: channels, classes, training data, validation F1."""
+        prov = self.info.provenance
+        return {
+            "name": self.info.name,
+            "path": str(self.path) if self.path else None,
+            "in_channels": self.config.in_channels,
+            "classes": self.info.classes,
+            "trained_on": prov.get("data"),
+            "validation_f1": prov.get("validation_f1"),
+            "parameters": sum(p.numel() for p in self.net.parameters()),
+        }
+
+
+def default_model_path() -> Path:
+    """The shipped nuclei model inside the installed package."""
+    return Path(str(files("napari_unet.sample_data") / "nuclei_default.safetensors"))
+
+
+def load_model(path: Path | str | None = None) -> SegmentationModel:
+    """Load a checkpoint (``None`` = the shipped default nuclei model)."""
+    path = Path(path) if path is not None else default_model_path()
+    return SegmentationModel.from_checkpoint(read_checkpoint(path), path)
+
+
+def _tile_sizes(net: UNet, tile: int, overlap: int) -> tuple[int, int]:
+    if tile < 16:
+        raise InputError(f"Tile size {tile} is too small; use at least 16 pixels.")
+    if not 0 <= overlap < tile // 2 + 1:
+        raise InputError(f"Overlap {overlap} must be between 0 and half the tile size ({tile // 2}).")
+    m = net.size_multiple
+    if net.config.padding == "same":
+        in_tile = -(-tile // m) * m
+        return in_tile, in_tile
+    in_tile = net.valid_input_size(tile)
+    out_tile = net.output_size(in_tile)
+    if out_tile <= overlap:
+        raise InputError(f"Tile size {tile} leaves too small an output for overlap {overlap}.")
+    return in_tile, out_tile
+
+
+def predict(
+    model: SegmentationModel,
+    image: np.ndarray,
+    *,
+    tile: int = DEFAULT_TILE,
+    overlap: int = DEFAULT_OVERLAP,
+    batch_size: int = 4,
+    device: str | torch.device = "auto",
+    scale: float = 1.0,
+    channel_axis: int | None = None,
+    channel: int | None = None,
+    amp: bool | None = None,
+    compile: bool = False,
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
+) -> np.ndarray:
+    """Class probabilities ``(*stack, K, H, W)`` float32 for ``image``, by tiled inference.
+
+    ``scale`` resizes the image before the network (e.g. 2.0 for nuclei half the trained size).
+    ``amp`` (default: on for CUDA) runs the network in bfloat16 on CUDA only.
+    ``progress(done, total)`` is called after each batch of tiles; when ``cancel()`` returns
+    True the call raises :class:`~napari_unet.errors.Cancelled` before the next batch.
+    """
+    planes = to_planes(image, model.config.in_channels, channel_axis=channel_axis, channel=channel)
+    if not (np.isfinite(scale) and 0.1 <= scale <= 10):
+        raise InputError(f"Scale {scale} is outside the supported range 0.1–10.")
+    dev = resolve_device(device)
+    amp = (dev.type == "cuda") if amp is None else (amp and dev.type == "cuda")
+    net = model.prepared(dev, compile=compile)
+    in_tile, out_tile = _tile_sizes(model.net, tile, overlap)
+    h, w = planes.spatial_shape
+    work = (max(8, round(h * scale)), max(8, round(w * scale)))
+    per_plane = count_tiles(work, in_tile, out_tile, overlap)
+    total = per_plane * planes.data.shape[0]
+    norm = model.normalization
+    out = np.empty((planes.data.shape[0], model.config.out_classes, h, w), dtype=np.float32)
+    for i, plane in enumerate(planes.data):
+        x = norm.apply(plane)
+        if work != (h, w):
+            x = resize_planes(x, work)
+        p = predict_plane(
+            net, x, in_tile=in_tile, out_tile=out_tile, overlap=overlap, batch_size=max(1, batch_size),
+            device=dev, amp=amp, progress=progress, cancel=cancel, done_before=i * per_plane, total=total,
+        )
+        if work != (h, w):
+            p = resize_planes(p, (h, w))
+            p /= p.sum(axis=0, keepdims=True)
+        out[i] = p
+    return out.reshape((*planes.stack_shape, *out.shape[1:]))
+
+
+def segment(
+    image: np.ndarray,
+    model: SegmentationModel | None = None,
+    *,
+    postprocess: PostprocessConfig | None = None,
+    **options: Any,
+) -> np.ndarray:
+    """Instance labels (uint32, the image's stack and spatial shape) for ``image``.
+
+    ``options`` are passed to :func:`predict`.
+    """
+    model = model or load_model()
+    probs = predict(model, image, **options)
+    return labels_from_probabilities(probs, postprocess)

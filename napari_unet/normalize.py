@@ -1,0 +1,59 @@
+"""Percentile intensity normalisation, applied once per image (never per tile)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+_MAX_SAMPLES = 1 << 20
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Map the ``low``/``high`` percentiles of each channel to 0/1 (values may exceed them)."""
+
+    low: float = 1.0
+    high: float = 99.8
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.low < self.high <= 100.0:
+            raise ValueError(f"need 0 <= low < high <= 100, got {self.low}, {self.high}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "percentile", **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Normalization:
+        data = dict(data)
+        kind = data.pop("kind", "percentile")
+        if kind != "percentile":
+            raise ValueError(f"unknown normalisation kind {kind!r}")
+        return cls(**data)
+
+    def apply(self, planes: np.ndarray) -> np.ndarray:
+        """Normalise ``(C, H, W)`` planes channel by channel to float32.
+
+        NaN/Inf are replaced by the low percentile; a constant channel becomes zeros.
+        """
+        out = np.empty(planes.shape, dtype=np.float32)
+        for c, channel in enumerate(planes):
+            lo, hi = self._percentiles(channel)
+            scale = 1.0 / (hi - lo) if hi > lo else 0.0
+            x = np.asarray(channel, dtype=np.float32)
+            np.subtract(x, np.float32(lo), out=out[c])
+            out[c] *= np.float32(scale)
+            bad = ~np.isfinite(out[c])
+            if bad.any():
+                out[c][bad] = 0.0
+        return out
+
+    def _percentiles(self, channel: np.ndarray) -> tuple[float, float]:
+        step = max(1, int(np.sqrt(channel.size / _MAX_SAMPLES)))
+        sample = np.asarray(channel[::step, ::step], dtype=np.float64).ravel()
+        sample = sample[np.isfinite(sample)]
+        if sample.size == 0:
+            return 0.0, 0.0
+        lo, hi = np.percentile(sample, [self.low, self.high])
+        return float(lo), float(hi)

@@ -1,0 +1,240 @@
+"""The training loop shared by the default model's training and by fine-tuning.
+
+Targets are three classes (background, nucleus interior, nucleus boundary) made from instance
+labels; the loss is boundary-weighted cross-entropy + soft Dice; pixels marked unreviewed are
+ignored. Validation runs the real tiled inference + post-processing and scores instance F1.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from skimage.segmentation import find_boundaries
+
+from .augment import AugmentConfig, random_crop
+from .metrics import pooled_f1
+from .model import UNet
+from .postprocess import PostprocessConfig, labels_from_probabilities
+from .prepare import prepare_for_inference
+from .tiling import predict_plane
+
+IGNORE = 255
+EventFn = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class Sample:
+    """One training or validation image: normalised ``(C, H, W)`` float32 and instance labels."""
+
+    image: np.ndarray
+    labels: np.ndarray
+    reviewed: np.ndarray | None = None  # bool (H, W); None = all reviewed
+    name: str = ""
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters; serialisable to JSON for provenance."""
+
+    epochs: int = 50
+    steps_per_epoch: int = 50
+    time_limit: float | None = None  # seconds, whichever of epochs/time comes first
+    batch_size: int = 8
+    crop_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    boundary_weight: float = 3.0
+    dice_weight: float = 1.0
+    freeze_batchnorm: bool = False  # keep BN statistics fixed (fine-tuning on few images)
+    val_tile: int = 512
+    val_overlap: int = 64
+    seed: int = 0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    best_state: dict[str, torch.Tensor]
+    best_f1: float
+    best_epoch: int
+    initial_f1: float
+    history: list[dict[str, Any]]
+    stopped_early: bool
+    seconds: float
+
+
+def class_targets(labels: np.ndarray, reviewed: np.ndarray | None = None) -> np.ndarray:
+    """0 background, 1 interior, 2 boundary (inner object edge, so touching objects stay apart)."""
+    target = np.zeros(labels.shape, dtype=np.int64)
+    fg = labels > 0
+    boundary = find_boundaries(labels, mode="inner") & fg
+    target[fg] = 1
+    target[boundary] = 2
+    if reviewed is not None:
+        target[~reviewed.astype(bool)] = IGNORE
+    return target
+
+
+def segmentation_loss(
+    logits: torch.Tensor, target: torch.Tensor, boundary_weight: float, dice_weight: float
+) -> torch.Tensor:
+    """Boundary-weighted cross-entropy + soft Dice (mean over classes), ignoring IGNORE pixels."""
+    k = logits.shape[1]
+    weight = torch.ones(k, device=logits.device)
+    if k >= 3:
+        weight[2] = boundary_weight
+    valid = target != IGNORE
+    if not valid.any():
+        return logits.sum() * 0.0
+    ce = F.cross_entropy(logits, target, weight=weight, ignore_index=IGNORE)
+    probs = torch.softmax(logits, dim=1) * valid[:, None]
+    onehot = F.one_hot(torch.where(valid, target, 0), k).permute(0, 3, 1, 2) * valid[:, None]
+    inter = (probs * onehot).sum((0, 2, 3))
+    denom = probs.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
+    dice = 1 - ((2 * inter + 1) / (denom + 1)).mean()
+    return ce + dice_weight * dice
+
+
+def evaluate(
+    net: UNet, samples: list[Sample], config: TrainConfig, device: torch.device
+) -> tuple[float, float]:
+    """Validation (loss, instance F1 at IoU 0.5) with the real tiled inference."""
+    fast = prepare_for_inference(net, device, channels_last=device.type != "mps")
+    m = net.size_multiple
+    tile = -(-config.val_tile // m) * m
+    pairs, losses = [], []
+    for s in samples:
+        probs = predict_plane(
+            fast, s.image, in_tile=tile, out_tile=tile, overlap=config.val_overlap,
+            batch_size=4, device=device,
+        )
+        target = torch.from_numpy(class_targets(s.labels, s.reviewed))[None]
+        logp = torch.log(torch.from_numpy(probs).clamp_min(1e-6))[None]
+        losses.append(float(segmentation_loss(logp, target, config.boundary_weight, config.dice_weight)))
+        pred = labels_from_probabilities(probs, config.postprocess)
+        gt = s.labels
+        if s.reviewed is not None:
+            pred = np.where(s.reviewed, pred, 0)
+            gt = np.where(s.reviewed, gt, 0)
+        pairs.append((gt, pred))
+    return float(np.mean(losses)), pooled_f1(pairs)
+
+
+def _set_train_mode(net: UNet, freeze_batchnorm: bool) -> None:
+    net.train()
+    if freeze_batchnorm:
+        for mod in net.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.eval()
+
+
+def train(
+    net: UNet,
+    train_samples: list[Sample],
+    val_samples: list[Sample],
+    config: TrainConfig,
+    *,
+    device: torch.device | str = "cpu",
+    on_event: EventFn | None = None,
+    on_best: Callable[[UNet, dict[str, Any]], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> TrainResult:
+    """Train ``net`` in place; returns the best weights by validation F1 (then loss).
+
+    ``on_event`` receives ``progress`` dicts; ``on_best(net_with_best_weights, metrics)`` is
+    called whenever validation improves; ``should_stop()`` ends training after the current step.
+    """
+    if not train_samples:
+        raise ValueError("no training samples")
+    device = torch.device(device)
+    emit = on_event or (lambda e: None)
+    rng = np.random.default_rng(config.seed)
+    torch.manual_seed(config.seed)
+    net.to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    total_steps = config.epochs * config.steps_per_epoch
+    weights = np.array([s.labels.size for s in train_samples], dtype=float)
+    weights /= weights.sum()
+    start = time.monotonic()
+
+    net.eval()
+    val_loss, best_f1 = evaluate(net, val_samples, config, device) if val_samples else (float("nan"), 0.0)
+    initial_f1, best_loss = best_f1, val_loss
+    best_state, best_epoch = copy.deepcopy(net.state_dict()), 0
+    history: list[dict[str, Any]] = []
+    step, stopped = 0, False
+    for epoch in range(1, config.epochs + 1):
+        _set_train_mode(net, config.freeze_batchnorm)
+        losses = []
+        for _ in range(config.steps_per_epoch):
+            elapsed = time.monotonic() - start
+            frac = step / total_steps
+            if config.time_limit:
+                frac = max(frac, elapsed / config.time_limit)
+            if frac >= 1 or (should_stop is not None and should_stop()):
+                stopped = True
+                break
+            for g in opt.param_groups:
+                g["lr"] = config.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac)))
+            xb, yb = _batch(rng, train_samples, weights, config)
+            logits = net(xb.to(device))
+            loss = segmentation_loss(logits, yb.to(device), config.boundary_weight, config.dice_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            step += 1
+        if not losses:
+            break
+        net.eval()
+        if val_samples:
+            val_loss, val_f1 = evaluate(net, val_samples, config, device)
+        else:
+            val_loss, val_f1 = float("nan"), float("nan")
+        elapsed = time.monotonic() - start
+        eta = elapsed / epoch * (config.epochs - epoch)
+        if config.time_limit:
+            eta = min(eta, max(0.0, config.time_limit - elapsed))
+        record = {
+            "epoch": epoch, "step": step, "train_loss": float(np.mean(losses)), "val_loss": val_loss,
+            "val_f1": val_f1, "elapsed": round(elapsed, 2), "eta": round(eta, 2),
+        }
+        history.append(record)
+        emit({"event": "progress", **record})
+        improved = val_samples and (val_f1 > best_f1 or (val_f1 == best_f1 and val_loss < best_loss))
+        if improved or not val_samples:
+            best_f1, best_loss, best_epoch = val_f1, val_loss, epoch
+            best_state = copy.deepcopy(net.state_dict())
+            if on_best is not None:
+                on_best(net, record)
+        if stopped:
+            break
+    net.load_state_dict(best_state)
+    net.eval()
+    return TrainResult(best_state, best_f1, best_epoch, initial_f1, history, stopped,
+                       time.monotonic() - start)
+
+
+def _batch(
+    rng: np.random.Generator, samples: list[Sample], weights: np.ndarray, config: TrainConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    xs, ys = [], []
+    for i in rng.choice(len(samples), size=config.batch_size, p=weights):
+        s = samples[i]
+        rev = None if s.reviewed is None else s.reviewed.astype(np.uint8)
+        img, lab, rev = random_crop(rng, s.image, s.labels, rev, config.crop_size, config.augment)
+        xs.append(img)
+        ys.append(class_targets(lab, rev))
+    return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))

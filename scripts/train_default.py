@@ -1,0 +1,77 @@
+"""Train the shipped default nuclei model on mnfinder's training-data, choosing the checkpoint
+on its validation-data. Rebuild with: ``.venv/bin/python scripts/train_default.py``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from mnfinder_data import load_split  # noqa: E402
+
+from napari_unet.checkpoint import ModelInfo, save_checkpoint  # noqa: E402
+from napari_unet.model import UNet, UNetConfig  # noqa: E402
+from napari_unet.normalize import Normalization  # noqa: E402
+from napari_unet.training import Sample, TrainConfig, train  # noqa: E402
+
+
+def samples(split: str, norm: Normalization) -> list[Sample]:
+    return [Sample(norm.apply(img[None]), lab, None, name) for name, img, lab in load_split(split)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", default="sample_data/nuclei_default.safetensors")
+    ap.add_argument("--minutes", type=float, default=40)
+    ap.add_argument("--epochs", type=int, default=1000)
+    ap.add_argument("--steps-per-epoch", type=int, default=60)
+    ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--depth", type=int, default=4)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--crop", type=int, default=256)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--threads", type=int, default=0)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    norm = Normalization()
+    train_s, val_s = samples("training-data", norm), samples("validation-data", norm)
+    print(f"{len(train_s)} training images, {len(val_s)} validation images", flush=True)
+    config = TrainConfig(
+        epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, time_limit=args.minutes * 60,
+        batch_size=args.batch_size, crop_size=args.crop, lr=args.lr,
+    )
+    net = UNet(UNetConfig(in_channels=1, out_classes=3, depth=args.depth, base_width=args.width))
+    out = Path(args.out)
+
+    def info(metrics: dict) -> ModelInfo:
+        return ModelInfo(
+            name="nuclei_default",
+            normalization=norm.to_dict(),
+            provenance={
+                "data": "mnfinder 1.2.3 training-data (30 images, DAPI/H2B nuclei; MIT licence)",
+                "validation_data": "mnfinder 1.2.3 validation-data (3 images)",
+                "epochs": metrics["epoch"], "steps": metrics["step"],
+                "validation_f1": round(metrics["val_f1"], 4),
+                "validation_loss": round(metrics["val_loss"], 4),
+                "train_config": config.to_dict(),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            },
+        )
+
+    def on_best(model: UNet, metrics: dict) -> None:
+        save_checkpoint(out, model, info(metrics), dtype=torch.float16)
+        print(f"  saved best: epoch {metrics['epoch']} val F1 {metrics['val_f1']:.4f}", flush=True)
+
+    result = train(net, train_s, val_s, config,
+                   on_event=lambda e: print(json.dumps(e), flush=True), on_best=on_best)
+    print(f"best val F1 {result.best_f1:.4f} at epoch {result.best_epoch}, {result.seconds:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

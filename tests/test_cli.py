@@ -1,0 +1,64 @@
+"""The napari-unet command line, run as a real subprocess and in-process."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import tifffile
+
+from napari_unet.checkpoint import ModelInfo, save_checkpoint
+from napari_unet.cli import main
+
+from .conftest import SAMPLES, make_tiny_model
+
+
+def test_segment_writes_labels_and_skips_bad_inputs(tmp_path, misc):
+    stack = np.stack([misc[:128, :128], misc[128:256, :128]])
+    tifffile.imwrite(tmp_path / "stack.tif", stack)
+    (tmp_path / "broken.tif").write_bytes(b"II*\x00garbage")
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "napari_unet", "segment", str(SAMPLES / "nuclei_misc.tif"),
+         str(tmp_path / "missing.tif"), str(tmp_path / "broken.tif"), str(tmp_path / "stack.tif"),
+         "--out", str(out), "--device", "cpu", "--tile", "256"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 1
+    assert "missing.tif: no such file" in proc.stderr
+    assert "broken.tif: not a readable TIFF" in proc.stderr
+    assert "tiles" in proc.stderr  # the progress bar
+    labels = tifffile.imread(out / "nuclei_misc_labels.tif")
+    assert labels.shape == (512, 512) and labels.dtype == np.uint32 and labels.max() >= 5
+    assert tifffile.imread(out / "stack_labels.tif").shape == (2, 128, 128)
+    assert sorted(p.name for p in out.iterdir()) == ["nuclei_misc_labels.tif", "stack_labels.tif"]
+
+
+def test_segment_with_bad_checkpoint_exits_nonzero(tmp_path, capsys):
+    (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 100)
+    code = main(["segment", str(SAMPLES / "nuclei_misc.tif"), "--model", str(tmp_path / "bad.safetensors"),
+                 "--out", str(tmp_path)])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "bad.safetensors" in err and "Traceback" not in err
+    assert not list(tmp_path.glob("*_labels.tif"))
+
+
+def test_segment_with_custom_model(tmp_path):
+    ckpt = save_checkpoint(tmp_path / "tiny.safetensors", make_tiny_model().net, ModelInfo())
+    code = main(["segment", str(SAMPLES / "nuclei_misc.tif"), "--model", str(ckpt), "--out", str(tmp_path),
+                 "--quiet", "--tile", "128", "--overlap", "16", "--batch-size", "2"])
+    assert code == 0
+    assert tifffile.imread(tmp_path / "nuclei_misc_labels.tif").shape == (512, 512)
+
+
+def test_evaluate_prints_metrics_and_json(capsys):
+    gt = str(SAMPLES / "nuclei_misc_labels.tif")
+    assert main(["evaluate", gt, gt]) == 0
+    assert "F1@0.5=1.000" in capsys.readouterr().out
+    assert main(["evaluate", gt, gt, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["f1"]["0.9"] == 1.0 and data["n_true"] == 14
+    assert main(["evaluate", gt]) == 1
+    assert main(["evaluate", gt, str(SAMPLES / "nuclei_u2os_labels.tif")]) == 1
+    assert "shape" in capsys.readouterr().err
