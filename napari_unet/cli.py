@@ -94,6 +94,55 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+    import traceback
+
+    import torch
+
+    from .finetune import FineTuneOptions, run_finetune
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    stop = threading.Event()
+
+    def request_stop(signum, frame) -> None:  # finish the current step, save, report
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+
+    def emit(event: dict) -> None:
+        if args.json:
+            print(json.dumps(event), flush=True)
+        elif event["event"] == "progress":
+            print(f"epoch {event['epoch']}: train loss {event['train_loss']:.4f}, val loss "
+                  f"{event['val_loss']:.4f}, val F1 {event['val_f1']:.3f}, {event['elapsed']:.0f} s", flush=True)
+        elif event["event"] == "done":
+            verdict = "better than" if event["improved"] else "NOT better than"
+            print(f"done: validation F1 {event['f1']:.3f} vs base {event['base_f1']:.3f} ({verdict} the base); "
+                  f"best weights in {event['path']}", flush=True)
+        elif event["event"] == "error":
+            print(f"napari-unet: error: {event['message']}", file=sys.stderr, flush=True)
+
+    options = FineTuneOptions(
+        pairs=Path(args.pairs), out=Path(args.out), base=Path(args.base) if args.base else None,
+        epochs=args.epochs, time_limit=args.time_limit, device=args.device, val_fraction=args.val_fraction,
+        steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, seed=args.seed,
+    )
+    try:
+        run_finetune(options, emit, should_stop=stop.is_set)
+    except NapariUnetError as exc:
+        emit({"event": "error", "message": str(exc)})
+        return 1
+    except Exception as exc:  # noqa: BLE001 - report, then keep the traceback for the log
+        traceback.print_exc()
+        emit({"event": "error", "message": f"Fine-tuning failed unexpectedly ({type(exc).__name__}: {exc})."})
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="napari-unet", description="U-Net segmentation for microscopy.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -118,6 +167,21 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("files", nargs="+", help="PRED.tif GT.tif [PRED.tif GT.tif ...]")
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(func=cmd_evaluate)
+
+    tr = sub.add_parser("train", help="fine-tune a model on a training-pairs folder")
+    tr.add_argument("--pairs", required=True, help="training-pairs folder (or cellpose-style folder)")
+    tr.add_argument("--base", help="base checkpoint (default: shipped nuclei model)")
+    tr.add_argument("--out", required=True, help="where to write the fine-tuned checkpoint (best weights)")
+    tr.add_argument("--epochs", type=int, default=30)
+    tr.add_argument("--time-limit", type=float, help="seconds; stops at epochs or time, whichever first")
+    tr.add_argument("--device", default="auto", choices=DEVICES)
+    tr.add_argument("--val-fraction", type=float, default=0.2)
+    tr.add_argument("--steps-per-epoch", type=int, default=20)
+    tr.add_argument("--batch-size", type=int, default=4)
+    tr.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--json", action="store_true", help="one JSON event per line on stdout")
+    tr.set_defaults(func=cmd_train)
     return parser
 
 

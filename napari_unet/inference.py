@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import threading
-from importlib.resources import files
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 

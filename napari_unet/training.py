@@ -150,11 +150,13 @@ def train(
     on_event: EventFn | None = None,
     on_best: Callable[[UNet, dict[str, Any]], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    save_initial: bool = False,
 ) -> TrainResult:
     """Train ``net`` in place; returns the best weights by validation F1 (then loss).
 
     ``on_event`` receives ``progress`` dicts; ``on_best(net_with_best_weights, metrics)`` is
-    called whenever validation improves; ``should_stop()`` ends training after the current step.
+    called whenever validation improves (and once before training if ``save_initial``);
+    ``should_stop()`` ends training after the current step.
     """
     if not train_samples:
         raise ValueError("no training samples")
@@ -173,6 +175,8 @@ def train(
     val_loss, best_f1 = evaluate(net, val_samples, config, device) if val_samples else (float("nan"), 0.0)
     initial_f1, best_loss = best_f1, val_loss
     best_state, best_epoch = copy.deepcopy(net.state_dict()), 0
+    if save_initial and on_best is not None:
+        on_best(net, {"epoch": 0, "step": 0, "val_f1": best_f1, "val_loss": val_loss})
     history: list[dict[str, Any]] = []
     step, stopped = 0, False
     for epoch in range(1, config.epochs + 1):

@@ -1,0 +1,198 @@
+"""Run fine-tuning in a separate process and stream its JSON events to a callback.
+
+The child is ``python -m napari_unet train --json``: its memory (GPU memory included) lives and
+dies with it, and the caller's process (napari) never imports the training loop. One fine-tune
+per pairs folder at a time, enforced by a lock file that names the owner's PID, so a lock left
+by a crashed run is recognised as stale and taken over.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import NapariUnetError
+from .versions import models_dir_for, new_version_path
+
+LOCK_NAME = ".napari-unet-train.lock"
+EventFn = Callable[[dict[str, Any]], None]
+
+
+class FineTuneBusy(NapariUnetError):
+    """Another fine-tune is already running on this pairs folder."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class FolderLock:
+    """An exclusive lock file in the pairs folder; stale if its PID is no longer running."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = Path(folder) / LOCK_NAME
+
+    def acquire(self) -> None:
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    pid = int(self.path.read_text().split()[0])
+                except (OSError, ValueError, IndexError):
+                    pid = -1
+                if pid > 0 and _pid_alive(pid):
+                    raise FineTuneBusy(
+                        f"A fine-tune is already running on {self.path.parent} (process {pid})."
+                    ) from None
+                self.path.unlink(missing_ok=True)  # stale: its owner is gone
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{os.getpid()}\n")
+            return
+        raise FineTuneBusy(f"Could not lock {self.path.parent} for fine-tuning.")
+
+    def release(self) -> None:
+        try:
+            if int(self.path.read_text().split()[0]) == os.getpid():
+                self.path.unlink()
+        except (OSError, ValueError, IndexError):
+            pass
+
+
+@dataclass
+class FineTuneRequest:
+    pairs: Path
+    base: Path | None = None
+    out: Path | None = None  # default: a new version in models/ beside the pairs folder
+    epochs: int = 30
+    time_limit: float | None = None
+    device: str = "auto"
+    threads: int | None = None
+    extra_args: tuple[str, ...] = ()
+
+
+class FineTuneRunner:
+    """Start, watch and cancel one background fine-tune; events go to ``on_event`` (from a thread)."""
+
+    def __init__(self, request: FineTuneRequest, on_event: EventFn) -> None:
+        self.request = request
+        self.on_event = on_event
+        pairs = Path(request.pairs)
+        base_name = Path(request.base).stem if request.base else "nuclei_default"
+        self.out = Path(request.out) if request.out else new_version_path(models_dir_for(pairs), base_name)
+        self._lock = FolderLock(pairs)
+        self._proc: subprocess.Popen | None = None
+        self._thread: threading.Thread | None = None
+        self._stderr: collections.deque[str] = collections.deque(maxlen=30)
+        self.final_event: dict[str, Any] | None = None
+        self.cancelled = False
+
+    def command(self) -> list[str]:
+        r = self.request
+        cmd = [sys.executable, "-m", "napari_unet", "train", "--json", "--pairs", str(r.pairs),
+               "--out", str(self.out), "--epochs", str(r.epochs), "--device", r.device]
+        if r.base:
+            cmd += ["--base", str(r.base)]
+        if r.time_limit:
+            cmd += ["--time-limit", str(r.time_limit)]
+        if r.threads:
+            cmd += ["--threads", str(r.threads)]
+        return cmd + list(r.extra_args)
+
+    def start(self) -> None:
+        """Lock the pairs folder and start the child; raises FineTuneBusy if one is running."""
+        if not Path(self.request.pairs).is_dir():
+            raise NapariUnetError(f"{self.request.pairs}: no such pairs folder.")
+        self._lock.acquire()
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if self.request.threads:
+            env["OMP_NUM_THREADS"] = str(self.request.threads)
+        try:
+            self._proc = subprocess.Popen(
+                self.command(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            self._lock.release()
+            raise NapariUnetError(f"Could not start the fine-tuning process ({exc}).") from None
+        threading.Thread(target=self._read_stderr, daemon=True).start()
+        self._thread = threading.Thread(target=self._read_stdout, daemon=True)
+        self._thread.start()
+
+    def _read_stderr(self) -> None:
+        assert self._proc and self._proc.stderr
+        for line in self._proc.stderr:
+            if line.strip():
+                self._stderr.append(line.rstrip())
+
+    def _read_stdout(self) -> None:
+        assert self._proc and self._proc.stdout
+        try:
+            for line in self._proc.stdout:
+                try:
+                    event = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if not isinstance(event, dict) or "event" not in event:
+                    continue
+                if event["event"] in ("done", "error"):
+                    self.final_event = event
+                self._deliver(event)
+            code = self._proc.wait()
+            if self.final_event is None:
+                tail = " | ".join(list(self._stderr)[-5:])
+                how = "was cancelled before training began" if self.cancelled else f"crashed (exit code {code})"
+                event = {"event": "error", "message": f"The fine-tuning process {how}." + (f" {tail}" if tail else ""),
+                         "returncode": code, "cancelled": self.cancelled}
+                self.final_event = event
+                self._deliver(event)
+        finally:
+            self._lock.release()
+
+    def _deliver(self, event: dict[str, Any]) -> None:
+        try:
+            self.on_event(event)
+        except Exception:  # noqa: BLE001 - a broken callback must not kill the reader
+            pass
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def cancel(self, grace: float = 30.0) -> None:
+        """Ask the child to stop (SIGTERM: it saves and reports ``done``); kill it after ``grace`` s."""
+        if not self.running:
+            return
+        self.cancelled = True
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGTERM)
+        threading.Thread(target=self._kill_after, args=(grace,), daemon=True).start()
+
+    def _kill_after(self, grace: float) -> None:
+        assert self._proc is not None
+        try:
+            self._proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+
+    def wait(self, timeout: float | None = None) -> dict[str, Any] | None:
+        """Block until the child has ended and every event was delivered; returns the final event."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self.final_event

@@ -1,0 +1,135 @@
+"""Fine-tuning: the train command's JSON events, the background runner, cancel, crash, lock, versions."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from napari_unet import load_model
+from napari_unet.checkpoint import ModelInfo, save_checkpoint
+from napari_unet.finetune import split_samples
+from napari_unet.pairs import export_pair
+from napari_unet.runner import LOCK_NAME, FineTuneBusy, FineTuneRequest, FineTuneRunner, FolderLock
+from napari_unet.training import Sample
+from napari_unet.versions import list_versions, models_dir_for
+
+from .conftest import make_tiny_model
+
+FAST = ("--steps-per-epoch", "2", "--batch-size", "2", "--threads", "1")
+
+
+@pytest.fixture
+def pairs_dir(tmp_path, misc, misc_labels):
+    folder = tmp_path / "pairs"
+    export_pair(folder, misc[:256, :256], misc_labels[:256, :256], source="misc.tif")
+    export_pair(folder, misc[256:, 256:], misc_labels[256:, 256:], source="misc.tif")
+    return folder
+
+
+@pytest.fixture
+def tiny_ckpt(tmp_path):
+    return save_checkpoint(tmp_path / "tiny.safetensors", make_tiny_model().net, ModelInfo(name="tiny"))
+
+
+def test_single_pair_is_split_into_train_and_held_out_strip(misc, misc_labels):
+    s = Sample(misc[None].astype("float32"), misc_labels)
+    train, val = split_samples([s], 0.2, 0)
+    assert val[0].labels.shape == (102, 512)
+    assert train[0].reviewed.sum() + val[0].labels.size == misc_labels.size
+
+
+def test_train_command_streams_json_and_gates(tmp_path, pairs_dir, tiny_ckpt):
+    out = tmp_path / "models" / "ft.safetensors"
+    proc = subprocess.run(
+        [sys.executable, "-m", "napari_unet", "train", "--pairs", str(pairs_dir), "--base", str(tiny_ckpt),
+         "--out", str(out), "--epochs", "2", "--device", "cpu", "--json", *FAST],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "done"
+    assert kinds.count("progress") == 2 and "checkpoint" in kinds
+    start, done = events[0], events[-1]
+    assert len(start["pairs_used"]) == 2 and start["device"] == "cpu"
+    progress = next(e for e in events if e["event"] == "progress")
+    assert {"epoch", "step", "train_loss", "val_loss", "val_f1", "elapsed", "eta"} <= set(progress)
+    assert done["improved"] == (done["f1"] > done["base_f1"])
+    model = load_model(out)
+    assert model.info.provenance["base_model"] == "tiny"
+    assert model.info.provenance["base_validation_f1"] == round(done["base_f1"], 4)
+    assert load_model(tiny_ckpt).info.name == "tiny"  # base untouched
+
+
+def test_train_command_reports_bad_pairs_folder(tmp_path, tiny_ckpt):
+    (tmp_path / "empty").mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "napari_unet", "train", "--pairs", str(tmp_path / "empty"), "--base",
+         str(tiny_ckpt), "--out", str(tmp_path / "o.safetensors"), "--json"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 1
+    event = json.loads(proc.stdout.splitlines()[-1])
+    assert event["event"] == "error" and "No usable training pairs" in event["message"]
+
+
+def _run(request):
+    events, got_progress = [], threading.Event()
+
+    def on_event(e):
+        events.append(e)
+        if e["event"] == "progress":
+            got_progress.set()
+
+    runner = FineTuneRunner(request, on_event)
+    return runner, events, got_progress
+
+
+def test_runner_streams_events_and_cancel_leaves_loadable_checkpoint(pairs_dir, tiny_ckpt):
+    request = FineTuneRequest(pairs_dir, base=tiny_ckpt, epochs=500, device="cpu", extra_args=FAST)
+    runner, events, got_progress = _run(request)
+    assert runner.out.parent == models_dir_for(pairs_dir)
+    runner.start()
+    assert (pairs_dir / LOCK_NAME).exists()
+    with pytest.raises(FineTuneBusy):
+        FineTuneRunner(request, lambda e: None).start()
+    assert got_progress.wait(120)
+    runner.cancel()
+    final = runner.wait(120)
+    assert final["event"] == "done" and final["stopped_early"]
+    assert final["epochs"] < 500
+    assert load_model(runner.out).config == make_tiny_model().config
+    assert not (pairs_dir / LOCK_NAME).exists()
+    versions = list_versions(runner.out.parent)
+    assert [v.path for v in versions] == [runner.out]
+    assert versions[0].base == "tiny" and versions[0].f1_after is not None
+
+
+def test_runner_reports_a_crashed_child(pairs_dir, tiny_ckpt):
+    runner, events, got_progress = _run(
+        FineTuneRequest(pairs_dir, base=tiny_ckpt, epochs=500, device="cpu", extra_args=FAST))
+    runner.start()
+    assert got_progress.wait(120)
+    os.killpg(runner._proc.pid, signal.SIGKILL)  # like the OOM killer
+    final = runner.wait(60)
+    assert final["event"] == "error" and "crashed (exit code -9)" in final["message"]
+    assert load_model(runner.out)  # the last good checkpoint survives
+    runner2, events2, _ = _run(FineTuneRequest(pairs_dir, base=tiny_ckpt, extra_args=("--bogus-flag",)))
+    runner2.start()
+    final2 = runner2.wait(60)
+    assert final2["event"] == "error" and "exit code 2" in final2["message"] and "bogus" in final2["message"]
+
+
+def test_stale_lock_is_taken_over(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / LOCK_NAME).write_text(f"{dead.pid}\n")
+    lock = FolderLock(tmp_path)
+    lock.acquire()
+    assert (tmp_path / LOCK_NAME).read_text().split()[0] == str(os.getpid())
+    lock.release()
+    assert not (tmp_path / LOCK_NAME).exists()

@@ -1,0 +1,105 @@
+"""Training-pairs folders: export, atomicity under SIGKILL, validation, cellpose folders."""
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_unet import InputError
+from napari_unet.pairs import count_pairs, export_pair, read_pairs
+
+
+def test_export_whole_plane_and_rectangle(tmp_path, misc, misc_labels):
+    rec = export_pair(tmp_path, misc, misc_labels, source="nuclei_misc.tif", plane=(0,), model="default",
+                      edited_pixels=42)
+    assert (tmp_path / "images" / f"{rec.name}.tif").exists()
+    assert not (tmp_path / "reviewed" / f"{rec.name}.tif").exists()
+    rec2 = export_pair(tmp_path, misc, misc_labels, rect=(100, 150, 300, 400), source="nuclei_misc.tif")
+    assert rec2.name != rec.name and rec2.crop == [68, 118, 332, 432]
+    manifest = json.loads((tmp_path / "pairs.json").read_text())
+    assert [p["name"] for p in manifest["pairs"]] == [rec.name, rec2.name]
+    assert manifest["pairs"][0]["edited_pixels"] == 42 and manifest["pairs"][0]["model"] == "default"
+    pairs, skipped = read_pairs(tmp_path)
+    assert not skipped and len(pairs) == 2 == count_pairs(tmp_path)
+    whole, rect = pairs
+    np.testing.assert_array_equal(whole.image, misc)
+    assert whole.image.dtype == misc.dtype and whole.labels.dtype == np.uint32 and whole.reviewed is None
+    assert rect.image.shape == (264, 314)
+    assert rect.reviewed.sum() == 200 * 250 and rect.reviewed[32:232, 32:282].all()
+
+
+def test_export_refuses_bad_input(tmp_path, misc, misc_labels):
+    with pytest.raises(InputError, match="empty"):
+        export_pair(tmp_path, misc, np.zeros_like(misc_labels))
+    with pytest.raises(InputError, match="labels are"):
+        export_pair(tmp_path, misc, misc_labels[:100])
+    with pytest.raises(InputError, match="no labelled objects inside the rectangle"):
+        export_pair(tmp_path, misc, misc_labels, rect=(0, 0, 10, 10))
+    assert count_pairs(tmp_path) == 0
+
+
+def test_bad_pairs_are_skipped_with_a_warning(tmp_path, misc, misc_labels):
+    good = export_pair(tmp_path, misc, misc_labels)
+    bad_shape = export_pair(tmp_path, misc, misc_labels)
+    tifffile.imwrite(tmp_path / "labels" / f"{bad_shape.name}.tif", misc_labels[:50].astype(np.uint32))
+    unreadable = export_pair(tmp_path, misc, misc_labels)
+    (tmp_path / "images" / f"{unreadable.name}.tif").write_bytes(b"not a tiff")
+    empty = export_pair(tmp_path, misc, misc_labels)
+    tifffile.imwrite(tmp_path / "labels" / f"{empty.name}.tif", np.zeros_like(misc_labels, np.uint32))
+    with pytest.warns(UserWarning, match="Skipping pair"):
+        pairs, skipped = read_pairs(tmp_path)
+    assert [p.name for p in pairs] == [good.name]
+    reasons = dict(skipped)
+    assert "image is (512, 512) but labels are (50, 512)" in reasons[bad_shape.name]
+    assert "not a readable TIFF" in reasons[unreadable.name]
+    assert "empty" in reasons[empty.name]
+
+
+def test_cellpose_style_folder(tmp_path, misc, misc_labels):
+    tifffile.imwrite(tmp_path / "a.tif", misc)
+    tifffile.imwrite(tmp_path / "a_masks.tif", misc_labels)
+    tifffile.imwrite(tmp_path / "b_masks.tif", misc_labels)  # image missing
+    with pytest.warns(UserWarning):
+        pairs, skipped = read_pairs(tmp_path)
+    assert [p.name for p in pairs] == ["a"] and skipped[0][0] == "b"
+
+
+def test_missing_folder_and_broken_manifest(tmp_path):
+    with pytest.raises(InputError, match="no such pairs folder"):
+        read_pairs(tmp_path / "nope")
+    (tmp_path / "pairs.json").write_text("{broken")
+    with pytest.raises(InputError, match="manifest is unreadable"):
+        read_pairs(tmp_path)
+
+
+def test_export_survives_sigkill_at_any_moment(tmp_path, misc, misc_labels):
+    np.save(tmp_path / "img.npy", misc)
+    np.save(tmp_path / "lab.npy", misc_labels)
+    folder = tmp_path / "pairs"
+    script = textwrap.dedent(f"""
+        import numpy as np, sys
+        from napari_unet.pairs import export_pair
+        img, lab = np.load({str(tmp_path / 'img.npy')!r}), np.load({str(tmp_path / 'lab.npy')!r})
+        print("ready", flush=True)
+        i = 0
+        while True:
+            export_pair({str(folder)!r}, img, lab, rect=(0, 0, 300, 300) if i % 2 else None)
+            i += 1
+    """)
+    for delay in (0.05, 0.17, 0.31, 0.44):
+        proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        pairs, skipped = read_pairs(folder)
+        assert not skipped, skipped  # every listed pair is complete
+        for p in pairs:
+            assert p.labels.max() > 0
+    assert len(pairs) >= 2
