@@ -276,6 +276,7 @@ class UNetWidget(QWidget):
             self._refresh_models()
             return False
         self.model, self.model_path = model, Path(path) if path else None
+        self._set_postprocess(model.postprocess)
         s = model.summary()
         f1 = s["validation_f1"]
         self.model_info.setText(
@@ -319,6 +320,14 @@ class UNetWidget(QWidget):
         return f"{image_name} labels"
 
     # ----------------------------------------------------------------- segment
+    def _set_postprocess(self, config: PostprocessConfig) -> None:
+        """Show a model's own post-processing parameters without re-labelling existing layers."""
+        for spin, value in ((self.threshold, config.threshold), (self.seed_threshold, config.seed_threshold),
+                            (self.min_size, config.min_size)):
+            spin.blockSignals(True)
+            spin.setValue(value)
+            spin.blockSignals(False)
+
     def postprocess_config(self) -> PostprocessConfig:
         return PostprocessConfig(threshold=self.threshold.value(), seed_threshold=self.seed_threshold.value(),
                                  min_size=self.min_size.value())

@@ -22,6 +22,7 @@ from .atomic import atomic_path
 from .errors import CheckpointError
 from .model import UNet, UNetConfig
 from .normalize import Normalization
+from .postprocess import PostprocessConfig
 
 FORMAT = "napari-unet-checkpoint"
 FORMAT_VERSION = 1
@@ -36,6 +37,7 @@ class ModelInfo:
     classes: list[str] = field(default_factory=lambda: list(DEFAULT_CLASSES))
     normalization: dict[str, Any] = field(default_factory=lambda: Normalization().to_dict())
     pixel_size_um: float | None = None
+    postprocess: dict[str, Any] = field(default_factory=lambda: PostprocessConfig().to_dict())
     provenance: dict[str, Any] = field(default_factory=dict)
     version: str = __version__
 

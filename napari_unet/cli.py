@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from .device import DEVICES
 from .errors import NapariUnetError
 from .inference import DEFAULT_OVERLAP, DEFAULT_TILE, load_model, predict
 from .metrics import THRESHOLDS, instance_scores
-from .postprocess import PostprocessConfig, labels_from_probabilities
+from .postprocess import labels_from_probabilities
 from .tiff import read_image, write_tiff_atomic
 
 
@@ -44,9 +45,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
         model = load_model(args.model)
     except NapariUnetError as exc:
         return _fail(str(exc))
-    post = PostprocessConfig(
-        threshold=args.threshold, seed_threshold=args.seed_threshold, min_size=args.min_size
-    )
+    chosen = {"threshold": args.threshold, "seed_threshold": args.seed_threshold, "min_size": args.min_size}
+    post = replace(model.postprocess, **{k: v for k, v in chosen.items() if v is not None})
     out_dir = Path(args.out)
     failures = 0
     for path in map(Path, args.inputs):
@@ -157,9 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--batch-size", type=int, default=4)
     seg.add_argument("--scale", type=float, default=1.0, help="resize factor before the network")
     seg.add_argument("--channel", type=int, help="channel to use from a multichannel image")
-    seg.add_argument("--threshold", type=float, default=PostprocessConfig.threshold)
-    seg.add_argument("--seed-threshold", type=float, default=PostprocessConfig.seed_threshold)
-    seg.add_argument("--min-size", type=int, default=PostprocessConfig.min_size)
+    seg.add_argument("--threshold", type=float, help="foreground probability threshold (default: the model's)")
+    seg.add_argument("--seed-threshold", type=float, help="seed (interior) threshold (default: the model's)")
+    seg.add_argument("--min-size", type=int, help="smallest object kept, in pixels (default: the model's)")
     seg.add_argument("--quiet", action="store_true", help="no progress bar")
     seg.set_defaults(func=cmd_segment)
 

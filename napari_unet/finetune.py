@@ -99,7 +99,7 @@ def run_finetune(
     config = TrainConfig(
         epochs=options.epochs, steps_per_epoch=options.steps_per_epoch, time_limit=options.time_limit,
         batch_size=options.batch_size, crop_size=crop, lr=options.lr, freeze_batchnorm=True,
-        seed=options.seed,
+        seed=options.seed, postprocess=base.postprocess,
     )
     emit({
         "event": "start", "pairs_used": [p.name for p in pairs],
@@ -124,6 +124,7 @@ def run_finetune(
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         return ModelInfo(name=out.stem, classes=base.info.classes, normalization=base.info.normalization,
+                         postprocess=base.info.postprocess,
                          pixel_size_um=base.info.pixel_size_um, provenance=prov)
 
     def save(which: Path, model: UNet, metrics: dict[str, Any], kind: str) -> None:

@@ -43,6 +43,11 @@ class SegmentationModel:
     def normalization(self) -> Normalization:
         return Normalization.from_dict(self.info.normalization)
 
+    @property
+    def postprocess(self) -> PostprocessConfig:
+        """The post-processing parameters chosen for this model on its validation data."""
+        return PostprocessConfig.from_dict(self.info.postprocess)
+
     @classmethod
     def from_checkpoint(cls, ckpt: Checkpoint, path: Path | None = None) -> SegmentationModel:
         return cls(ckpt.build(path or "<memory>"), ckpt.info, path)
@@ -158,8 +163,8 @@ def segment(
 ) -> np.ndarray:
     """Instance labels (uint32, the image's stack and spatial shape) for ``image``.
 
-    ``options`` are passed to :func:`predict`.
+    ``postprocess`` defaults to the model's own parameters; ``options`` are passed to :func:`predict`.
     """
     model = model or load_model()
     probs = predict(model, image, **options)
-    return labels_from_probabilities(probs, postprocess)
+    return labels_from_probabilities(probs, postprocess or model.postprocess)

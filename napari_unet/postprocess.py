@@ -22,6 +22,10 @@ class PostprocessConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PostprocessConfig:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
 
 def labels_from_probabilities(probs: np.ndarray, config: PostprocessConfig | None = None) -> np.ndarray:
     """Instance labels for probabilities shaped ``(..., K, H, W)``; leading axes are planes.

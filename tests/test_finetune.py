@@ -133,3 +133,21 @@ def test_stale_lock_is_taken_over(tmp_path):
     assert (tmp_path / LOCK_NAME).read_text().split()[0] == str(os.getpid())
     lock.release()
     assert not (tmp_path / LOCK_NAME).exists()
+
+
+def test_finetuning_the_shipped_model_helps_on_a_new_kind_of_image(tmp_path, u2os, u2os_labels):
+    """Inverted contrast: the shipped model fails; a short fine-tune on one real crop fixes much of it."""
+    from napari_unet.finetune import FineTuneOptions, run_finetune
+
+    crop = (slice(0, 384), slice(0, 384))
+    image = (u2os.max() - u2os)[crop]
+    export_pair(tmp_path / "pairs", image, u2os_labels[crop])
+    events = []
+    done = run_finetune(
+        FineTuneOptions(pairs=tmp_path / "pairs", out=tmp_path / "ft.safetensors", epochs=6, device="cpu",
+                        steps_per_epoch=6, batch_size=4, crop_size=128, lr=2e-3),
+        events.append,
+    )
+    progress = [e for e in events if e["event"] == "progress"]
+    assert progress[-1]["train_loss"] < progress[0]["train_loss"]
+    assert done["improved"] and done["f1"] > done["base_f1"] + 0.1
