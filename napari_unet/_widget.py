@@ -354,26 +354,27 @@ class UNetWidget(QWidget):
         except Exception as exc:  # noqa: BLE001 - lazy arrays can fail to load
             self._error(f"The image layer '{layer.name}' could not be read ({exc}).")
             return
-        model, image_name = self.model, layer.name
+        model, image_name, post = self.model, layer.name, self.postprocess_config()
         options = dict(tile=self.tile.value(), overlap=min(self.overlap.value(), self.tile.value() // 2),
                        device=self.device_combo.currentText(), scale=self.scale.value(),
                        channel_axis=-1 if layer.rgb else None)
         self._cancel.clear()
         torch.set_num_threads(ui_threads())
 
-        def run() -> np.ndarray | None:
+        def run() -> tuple[np.ndarray, np.ndarray] | None:
             try:
-                return predict(model, image, progress=self._bridge.progressed.emit, cancel=self._cancel.is_set,
-                               **options)
+                probs = predict(model, image, progress=self._bridge.progressed.emit, cancel=self._cancel.is_set,
+                                **options)
             except Cancelled:
                 return None
+            return probs, labels_from_probabilities(probs, post)  # off the UI thread too
 
         self.segment_btn.setEnabled(False)
         self.cancel_btn.setEnabled(True)
         self.seg_progress.setValue(0)
         self._pbar = napari_progress(total=0, desc=f"Segmenting {image_name}")
         self.worker = create_worker(run, _ignore_errors=True)  # errors are reported by _segment_failed
-        self.worker.returned.connect(lambda probs: self._segment_done(image_name, plane, probs))
+        self.worker.returned.connect(lambda result: self._segment_done(image_name, plane, result))
         self.worker.errored.connect(self._segment_failed)
         self.worker.finished.connect(self._segment_finished)
         self.status.setText(f"Segmenting {image_name}…")
@@ -404,12 +405,13 @@ class UNetWidget(QWidget):
             self._pbar.close()
             self._pbar = None
 
-    def _segment_done(self, image_name: str, plane: tuple[int, ...] | None, probs: np.ndarray | None) -> None:
-        if probs is None:
+    def _segment_done(self, image_name: str, plane: tuple[int, ...] | None,
+                      result: tuple[np.ndarray, np.ndarray] | None) -> None:
+        if result is None:
             self._info("Segmentation cancelled; nothing was changed.")
             return
         self.inference_runs += 1
-        labels = labels_from_probabilities(probs, self.postprocess_config())
+        probs, labels = result
         model_name = self.model.info.name if self.model else ""
         layer = self._write_labels(image_name, plane, labels, probs, model_name)
         n = len(np.unique(labels)) - (1 if (labels == 0).any() else 0)

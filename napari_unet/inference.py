@@ -87,20 +87,21 @@ def load_model(path: Path | str | None = None) -> SegmentationModel:
     return SegmentationModel.from_checkpoint(read_checkpoint(path), path)
 
 
-def _tile_sizes(net: UNet, tile: int, overlap: int) -> tuple[int, int]:
+def _tile_sizes(net: UNet, tile: int, overlap: int) -> tuple[int, int, int]:
     if tile < 16:
         raise InputError(f"Tile size {tile} is too small; use at least 16 pixels.")
-    if not 0 <= overlap < tile // 2 + 1:
-        raise InputError(f"Overlap {overlap} must be between 0 and half the tile size ({tile // 2}).")
+    if overlap < 0:
+        raise InputError(f"Overlap {overlap} must not be negative.")
+    overlap = min(overlap, tile // 2)
     m = net.size_multiple
     if net.config.padding == "same":
         in_tile = -(-tile // m) * m
-        return in_tile, in_tile
+        return in_tile, in_tile, overlap
     in_tile = net.valid_input_size(tile)
     out_tile = net.output_size(in_tile)
     if out_tile <= overlap:
         raise InputError(f"Tile size {tile} leaves too small an output for overlap {overlap}.")
-    return in_tile, out_tile
+    return in_tile, out_tile, overlap
 
 
 def predict(
@@ -132,10 +133,11 @@ def predict(
     dev = resolve_device(device)
     amp = (dev.type == "cuda") if amp is None else (amp and dev.type == "cuda")
     net = model.prepared(dev, compile=compile)
-    in_tile, out_tile = _tile_sizes(model.net, tile, overlap)
+    in_tile, out_tile, overlap = _tile_sizes(model.net, tile, overlap)
     h, w = planes.spatial_shape
     work = (max(8, round(h * scale)), max(8, round(w * scale)))
-    per_plane = count_tiles(work, in_tile, out_tile, overlap)
+    multiple = model.net.size_multiple if model.config.padding == "same" else None
+    per_plane = count_tiles(work, in_tile, out_tile, overlap, multiple)
     total = per_plane * planes.data.shape[0]
     norm = model.normalization
     out = np.empty((planes.data.shape[0], model.config.out_classes, h, w), dtype=np.float32)
@@ -145,7 +147,8 @@ def predict(
             x = resize_planes(x, work)
         p = predict_plane(
             net, x, in_tile=in_tile, out_tile=out_tile, overlap=overlap, batch_size=max(1, batch_size),
-            device=dev, amp=amp, progress=progress, cancel=cancel, done_before=i * per_plane, total=total,
+            device=dev, multiple=multiple, amp=amp, progress=progress, cancel=cancel,
+            done_before=i * per_plane, total=total,
         )
         if work != (h, w):
             p = resize_planes(p, (h, w))

@@ -24,48 +24,65 @@ CancelFn = Callable[[], bool]
 
 @dataclass(frozen=True)
 class TileGrid:
-    """Where the tiles of one plane go. Input windows are ``in_tile`` wide, outputs ``out_tile``."""
+    """Where the tiles of one plane go: input windows ``in_tile``, their outputs ``out_tile`` (h, w)."""
 
-    in_tile: int
-    out_tile: int
+    in_tile: tuple[int, int]
+    out_tile: tuple[int, int]
     pad: tuple[int, int, int, int]  # top, bottom, left, right mirror padding of the input
     canvas: tuple[int, int]  # output canvas (padded plane minus the valid-conv halo)
     starts: list[tuple[int, int]]  # tile origins on the canvas
 
 
-def _starts(length: int, tile: int, overlap: int) -> list[int]:
-    if length <= tile:
-        return [0]
-    n = math.ceil((length - overlap) / (tile - overlap))
-    return sorted({round(x) for x in np.linspace(0, length - tile, n)})
+def _axis(n: int, tile: int, overlap: int, halo: int, multiple: int | None) -> tuple[int, list[int], int, int]:
+    """Tile length, tile starts, and mirror padding before/after along one axis of length ``n``.
+
+    As few tiles as the maximum size allows. With ``multiple`` (a network that pools by that
+    factor) tiles shrink so neighbours overlap by about ``overlap`` and no more, and every tile
+    starts on the pooling grid of the image, so tiled and untiled passes see the same pooling phase.
+    """
+    border = overlap // 2
+    step = multiple or 1
+    before = -(-border // step) * step
+    length = before + n + border
+    count = 1 if length <= tile else math.ceil((length - overlap) / (tile - overlap))
+    if multiple:
+        tile = min(tile, -(-(length + (count - 1) * overlap) // (count * multiple)) * multiple)
+        length = -(-length // multiple) * multiple
+    length = max(length, tile)
+    if count == 1:
+        starts = [0]
+    else:
+        starts = sorted({round(x / step) * step for x in np.linspace(0, length - tile, count)})
+    return tile, starts, before + halo, length - n - before + halo
 
 
 def plan_tiles(
-    shape: tuple[int, int], in_tile: int, out_tile: int, overlap: int
+    shape: tuple[int, int], in_tile: int, out_tile: int, overlap: int, *, multiple: int | None = None
 ) -> TileGrid:
-    """Lay tiles over a plane of ``shape``; ``overlap`` is in output pixels."""
-    h, w = shape
+    """Lay tiles over a plane of ``shape``; ``overlap`` is in output pixels.
+
+    With ``multiple`` (networks with 'same' padding, ``in_tile == out_tile``) tiles shrink to fit
+    the plane and align to the pooling grid; otherwise (valid convolutions) the tile is fixed.
+    """
     halo = (in_tile - out_tile) // 2
-    border = overlap // 2
-    pads = []
-    for n in (h, w):
-        extent = max(n + 2 * border, out_tile)
-        before = border + (extent - n - 2 * border) // 2
-        after = extent - n - before
-        pads += [before + halo, after + halo]
-    canvas = (h + pads[0] + pads[1] - 2 * halo, w + pads[2] + pads[3] - 2 * halo)
-    ys, xs = _starts(canvas[0], out_tile, overlap), _starts(canvas[1], out_tile, overlap)
-    return TileGrid(in_tile, out_tile, tuple(pads), canvas, [(y, x) for y in ys for x in xs])
+    axes = [_axis(n, out_tile, overlap, halo, multiple) for n in shape]
+    out = (axes[0][0], axes[1][0])
+    pad = (axes[0][2], axes[0][3], axes[1][2], axes[1][3])
+    canvas = (shape[0] + pad[0] + pad[1] - 2 * halo, shape[1] + pad[2] + pad[3] - 2 * halo)
+    return TileGrid((out[0] + 2 * halo, out[1] + 2 * halo), out, pad, canvas,
+                    [(y, x) for y in axes[0][1] for x in axes[1][1]])
 
 
-@lru_cache(maxsize=8)
-def gaussian_weights(size: int, sigma_scale: float = 0.125) -> torch.Tensor:
+@lru_cache(maxsize=16)
+def gaussian_weights(h: int, w: int, sigma_scale: float = 0.125) -> torch.Tensor:
     """A 2D Gaussian importance map (as in nnU-Net/MONAI), never exactly zero at the edges."""
-    r = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
-    g = torch.exp(-(r**2) / (2 * (size * sigma_scale) ** 2))
-    w = torch.outer(g, g)
-    w /= w.max()
-    return w.clamp_min(1e-3)
+    gs = []
+    for size in (h, w):
+        r = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+        gs.append(torch.exp(-(r**2) / (2 * (size * sigma_scale) ** 2)))
+    weights = torch.outer(gs[0], gs[1])
+    weights /= weights.max()
+    return weights.clamp_min(1e-3)
 
 
 def mirror_pad(plane: np.ndarray, pad: tuple[int, int, int, int]) -> np.ndarray:
@@ -84,18 +101,22 @@ def predict_plane(
     overlap: int,
     batch_size: int,
     device: torch.device,
+    multiple: int | None = None,
     amp: bool = False,
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
     done_before: int = 0,
     total: int | None = None,
 ) -> np.ndarray:
-    """Probabilities ``(K, H, W)`` for one normalised ``(C, H, W)`` plane."""
+    """Probabilities ``(K, H, W)`` for one normalised ``(C, H, W)`` plane.
+
+    ``multiple`` lets tiles shrink to fit the plane (see :func:`plan_tiles`).
+    """
     h, w = plane.shape[-2:]
-    grid = plan_tiles((h, w), in_tile, out_tile, overlap)
-    padded = torch.from_numpy(np.ascontiguousarray(mirror_pad(plane, grid.pad)))
-    padded = padded.to(device, non_blocking=True)
-    weight = gaussian_weights(out_tile).to(device)
+    grid = plan_tiles((h, w), in_tile, out_tile, overlap, multiple=multiple)
+    (ih, iw), (oh, ow) = grid.in_tile, grid.out_tile
+    padded = torch.from_numpy(np.ascontiguousarray(mirror_pad(plane, grid.pad))).to(device)
+    weight = gaussian_weights(oh, ow).to(device)
     acc: torch.Tensor | None = None
     norm = torch.zeros(grid.canvas, device=device)
     total = total if total is not None else len(grid.starts)
@@ -106,7 +127,7 @@ def predict_plane(
             if cancel is not None and cancel():
                 raise Cancelled("Segmentation was cancelled.")
             starts = grid.starts[i : i + batch_size]
-            batch = torch.stack([padded[:, y : y + in_tile, x : x + in_tile] for y, x in starts])
+            batch = torch.stack([padded[:, y : y + ih, x : x + iw] for y, x in starts])
             if channels_last:
                 batch = batch.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
@@ -115,19 +136,19 @@ def predict_plane(
             if acc is None:
                 acc = torch.zeros((probs.shape[1], *grid.canvas), device=device)
             for (y, x), p in zip(starts, probs):
-                acc[:, y : y + out_tile, x : x + out_tile] += p
-                norm[y : y + out_tile, x : x + out_tile] += weight
+                acc[:, y : y + oh, x : x + ow] += p
+                norm[y : y + oh, x : x + ow] += weight
             done += len(starts)
             if progress is not None:
                 progress(done, total)
     assert acc is not None
-    t, l = grid.pad[0] - (in_tile - out_tile) // 2, grid.pad[2] - (in_tile - out_tile) // 2
+    t, l = grid.pad[0] - (ih - oh) // 2, grid.pad[2] - (iw - ow) // 2
     out = acc[:, t : t + h, l : l + w] / norm[t : t + h, l : l + w]
     return out.cpu().numpy()
 
 
-def count_tiles(shape: tuple[int, int], in_tile: int, out_tile: int, overlap: int) -> int:
-    return len(plan_tiles(shape, in_tile, out_tile, overlap).starts)
+def count_tiles(shape: tuple[int, int], in_tile: int, out_tile: int, overlap: int, multiple: int | None = None) -> int:
+    return len(plan_tiles(shape, in_tile, out_tile, overlap, multiple=multiple).starts)
 
 
 def resize_planes(x: np.ndarray, size: tuple[int, int], *, nearest: bool = False) -> np.ndarray:

@@ -118,7 +118,7 @@ def evaluate(
     for s in samples:
         probs = predict_plane(
             fast, s.image, in_tile=tile, out_tile=tile, overlap=config.val_overlap,
-            batch_size=4, device=device,
+            batch_size=4, device=device, multiple=m,
         )
         target = torch.from_numpy(class_targets(s.labels, s.reviewed))[None]
         logp = torch.log(torch.from_numpy(probs).clamp_min(1e-6))[None]
