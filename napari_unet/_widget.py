@@ -196,6 +196,9 @@ class UNetWidget(QWidget):
     def _build_finetune_box(self) -> QGroupBox:
         box = QGroupBox("Fine-tune")
         form = QFormLayout(box)
+        self.base_label = QLabel("")
+        self.base_label.setWordWrap(True)
+        form.addRow("base model", self.base_label)
         self.time_budget = self._spin(10, 24 * 3600, 120, 30)
         self.epochs = self._spin(1, 10000, 30, 5)
         form.addRow("time (s) / epochs", self._row(self.time_budget, self.epochs))
@@ -278,6 +281,7 @@ class UNetWidget(QWidget):
         self.model, self.model_path = model, Path(path) if path else None
         self._set_postprocess(model.postprocess)
         s = model.summary()
+        self.base_label.setText(f"{s['name']} (the model in use)")
         f1 = s["validation_f1"]
         self.model_info.setText(
             f"{s['name']}: {s['in_channels']} channel(s) → {', '.join(s['classes'])}\n"
