@@ -93,12 +93,7 @@ def _tile_sizes(net: UNet, tile: int, overlap: int) -> tuple[int, int, int]:
     if overlap < 0:
         raise InputError(f"Overlap {overlap} must not be negative.")
     overlap = min(overlap, tile // 2)
-    m = net.size_multiple
-    if net.config.padding == "same":
-        in_tile = -(-tile // m) * m
-        return in_tile, in_tile, overlap
-    in_tile = net.valid_input_size(tile)
-    out_tile = net.output_size(in_tile)
+    in_tile, out_tile = net.tile_io(tile)
     if out_tile <= overlap:
         raise InputError(f"Tile size {tile} leaves too small an output for overlap {overlap}.")
     return in_tile, out_tile, overlap

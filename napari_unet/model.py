@@ -125,6 +125,15 @@ class UNet(nn.Module):
             n += 1
         return n
 
+    def tile_io(self, tile: int) -> tuple[int, int]:
+        """(input, output) side of a tile of about ``tile`` pixels: equal for 'same' padding
+        (rounded up to :attr:`size_multiple`), output smaller by the halo for 'valid' padding."""
+        if self.config.padding == "same":
+            side = -(-tile // self.size_multiple) * self.size_multiple
+            return side, side
+        side = self.valid_input_size(tile)
+        return side, self.output_size(side)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []
         for i, block in enumerate(self.down):

@@ -112,13 +112,13 @@ def evaluate(
 ) -> tuple[float, float]:
     """Validation (loss, instance F1 at IoU 0.5) with the real tiled inference."""
     fast = prepare_for_inference(net, device, channels_last=device.type != "mps")
-    m = net.size_multiple
-    tile = -(-config.val_tile // m) * m
+    in_tile, out_tile = net.tile_io(config.val_tile)
+    multiple = net.size_multiple if in_tile == out_tile else None
     pairs, losses = [], []
     for s in samples:
         probs = predict_plane(
-            fast, s.image, in_tile=tile, out_tile=tile, overlap=config.val_overlap,
-            batch_size=4, device=device, multiple=m,
+            fast, s.image, in_tile=in_tile, out_tile=out_tile, overlap=min(config.val_overlap, out_tile // 2),
+            batch_size=4, device=device, multiple=multiple,
         )
         target = torch.from_numpy(class_targets(s.labels, s.reviewed))[None]
         logp = torch.log(torch.from_numpy(probs).clamp_min(1e-6))[None]
@@ -192,8 +192,11 @@ def train(
                 break
             for g in opt.param_groups:
                 g["lr"] = config.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac)))
-            xb, yb = _batch(rng, train_samples, weights, config)
+            xb, yb = _batch(rng, train_samples, weights, config, net.tile_io(config.crop_size)[0])
             logits = net(xb.to(device))
+            if logits.shape[-2:] != yb.shape[-2:]:  # valid convolutions: targets of the output's centre
+                dy, dx = (yb.shape[-2] - logits.shape[-2]) // 2, (yb.shape[-1] - logits.shape[-1]) // 2
+                yb = yb[:, dy : dy + logits.shape[-2], dx : dx + logits.shape[-1]]
             loss = segmentation_loss(logits, yb.to(device), config.boundary_weight, config.dice_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -232,13 +235,13 @@ def train(
 
 
 def _batch(
-    rng: np.random.Generator, samples: list[Sample], weights: np.ndarray, config: TrainConfig
+    rng: np.random.Generator, samples: list[Sample], weights: np.ndarray, config: TrainConfig, size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     xs, ys = [], []
     for i in rng.choice(len(samples), size=config.batch_size, p=weights):
         s = samples[i]
         rev = None if s.reviewed is None else s.reviewed.astype(np.uint8)
-        img, lab, rev = random_crop(rng, s.image, s.labels, rev, config.crop_size, config.augment)
+        img, lab, rev = random_crop(rng, s.image, s.labels, rev, size, config.augment)
         xs.append(img)
         ys.append(class_targets(lab, rev))
     return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))

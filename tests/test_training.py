@@ -53,3 +53,11 @@ def test_training_reduces_loss_and_improves_f1(misc, misc_labels):
     assert events[-1]["train_loss"] < events[0]["train_loss"]
     assert min(losses) < losses[0]
     assert result.best_f1 > result.initial_f1 + 0.2
+
+
+def test_valid_padding_network_trains(misc, misc_labels):
+    img = Normalization().apply(misc[None])
+    net = UNet(UNetConfig(depth=2, base_width=4, padding="valid"))
+    config = TrainConfig(epochs=1, steps_per_epoch=2, batch_size=2, crop_size=64, val_tile=128)
+    result = train(net, [Sample(img, misc_labels)], [Sample(img[:, :200, :200], misc_labels[:200, :200])], config)
+    assert len(result.history) == 1 and np.isfinite(result.history[0]["train_loss"])
