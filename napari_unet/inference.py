@@ -22,7 +22,7 @@ from .prepare import prepare_for_inference
 from .tiling import CancelFn, ProgressFn, count_tiles, predict_plane, resize_planes
 
 DEFAULT_TILE = 512
-DEFAULT_OVERLAP = 64
+DEFAULT_OVERLAP = 128
 
 
 @dataclass

@@ -82,7 +82,7 @@ def gaussian_weights(h: int, w: int, sigma_scale: float = 0.125) -> torch.Tensor
         gs.append(torch.exp(-(r**2) / (2 * (size * sigma_scale) ** 2)))
     weights = torch.outer(gs[0], gs[1])
     weights /= weights.max()
-    return weights.clamp_min(1e-3)
+    return weights.clamp_min(1e-6)
 
 
 def mirror_pad(plane: np.ndarray, pad: tuple[int, int, int, int]) -> np.ndarray:

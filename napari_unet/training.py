@@ -55,7 +55,7 @@ class TrainConfig:
     dice_weight: float = 1.0
     freeze_batchnorm: bool = False  # keep BN statistics fixed (fine-tuning on few images)
     val_tile: int = 512
-    val_overlap: int = 64
+    val_overlap: int = 128
     seed: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
