@@ -21,7 +21,8 @@ from .images import to_planes
 from .inference import SegmentationModel, load_model
 from .model import UNet
 from .pairs import Pair, read_pairs
-from .training import Sample, TrainConfig, train
+from .postprocess import choose_postprocess
+from .training import Sample, TrainConfig, train, validation_probabilities
 
 EventFn = Callable[[dict[str, Any]], None]
 MIN_VAL_SIDE = 64
@@ -99,7 +100,7 @@ def run_finetune(
     config = TrainConfig(
         epochs=options.epochs, steps_per_epoch=options.steps_per_epoch, time_limit=options.time_limit,
         batch_size=options.batch_size, crop_size=crop, lr=options.lr, freeze_batchnorm=True,
-        seed=options.seed, postprocess=base.postprocess,
+        seed=options.seed,
     )
     emit({
         "event": "start", "pairs_used": [p.name for p in pairs],
@@ -109,10 +110,15 @@ def run_finetune(
         "parameters": {"epochs": options.epochs, "time_limit": options.time_limit, "lr": options.lr,
                        "batch_size": options.batch_size, "crop_size": crop, "val_fraction": options.val_fraction},
     })
+    # Post-processing is part of how a model is used: the base is scored with post-processing
+    # chosen on the validation pairs, and so is the fine-tuned model at the end (same grid, same data).
+    truths, masks = [s.labels for s in val_s], [s.reviewed for s in val_s]
+    base_probs = validation_probabilities(base.net, val_s, config, device)
+    config.postprocess, base_f1 = choose_postprocess(base_probs, truths, base.postprocess, masks)
     base_name = base.info.name
     net = UNet(base.config)
     net.load_state_dict(base.net.state_dict())
-    state: dict[str, Any] = {"base_f1": None}
+    state: dict[str, Any] = {"base_f1": round(base_f1, 4), "postprocess": config.postprocess}
 
     def info(metrics: dict[str, Any]) -> ModelInfo:
         prov = {
@@ -124,7 +130,7 @@ def run_finetune(
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         return ModelInfo(name=out.stem, classes=base.info.classes, normalization=base.info.normalization,
-                         postprocess=base.info.postprocess,
+                         postprocess=state["postprocess"].to_dict(),
                          pixel_size_um=base.info.pixel_size_um, provenance=prov)
 
     def save(which: Path, model: UNet, metrics: dict[str, Any], kind: str) -> None:
@@ -137,15 +143,17 @@ def run_finetune(
         save(latest, net, event, "latest")
 
     def on_best(model: UNet, metrics: dict[str, Any]) -> None:
-        if metrics["epoch"] == 0:
-            state["base_f1"] = round(float(metrics["val_f1"]), 4)
         save(out, model, metrics, "best")
 
     result = train(net, train_s, val_s, config, device=device, on_event=on_event, on_best=on_best,
                    should_stop=should_stop, save_initial=True)
-    improved = result.best_f1 > result.initial_f1
+    new_probs = validation_probabilities(net, val_s, config, device)  # net holds the best weights
+    state["postprocess"], f1 = choose_postprocess(new_probs, truths, config.postprocess, masks)
+    save(out, net, {"epoch": result.best_epoch, "val_f1": f1}, "best")
+    improved = f1 > base_f1
     done = {
-        "event": "done", "base_f1": result.initial_f1, "f1": result.best_f1, "improved": bool(improved),
+        "event": "done", "base_f1": base_f1, "f1": f1, "improved": bool(improved),
+        "postprocess": state["postprocess"].to_dict(),
         "best_epoch": result.best_epoch, "epochs": len(result.history), "path": str(out),
         "latest_path": str(latest), "stopped_early": result.stopped_early,
         "seconds": round(time.monotonic() - start, 1),

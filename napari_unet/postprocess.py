@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import itertools
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -72,3 +74,51 @@ def _drop_small(labels: np.ndarray, min_size: int) -> np.ndarray:
     small = np.bincount(labels.ravel()) < min_size
     small[0] = False
     return np.where(small[labels], 0, labels)
+
+
+def median_object_area(labels: Sequence[np.ndarray]) -> float:
+    """Median pixel area of the labelled objects in ``labels`` (0 if there are none)."""
+    areas = [np.bincount(np.asarray(lab).ravel())[1:] for lab in labels]
+    areas = np.concatenate(areas) if areas else np.zeros(0)
+    areas = areas[areas > 0]
+    return float(np.median(areas)) if areas.size else 0.0
+
+
+def choose_postprocess(
+    probs: Sequence[np.ndarray],
+    truths: Sequence[np.ndarray],
+    base: PostprocessConfig | None = None,
+    masks: Sequence[np.ndarray | None] | None = None,
+    *,
+    thresholds: Sequence[float] = (0.5,),
+    seed_thresholds: Sequence[float] = (0.6, 0.8),
+    min_sizes: Sequence[int] = (),
+) -> tuple[PostprocessConfig, float]:
+    """Grid-search thresholds and minimum size on validation probabilities; returns the config
+    with the best pooled F1 at IoU 0.5 (ties keep the earlier, i.e. the base-like, setting).
+
+    The base's own values are always tried first; minimum sizes default to fractions of the
+    median object area of ``truths``.
+    """
+    from .metrics import pooled_f1
+
+    base = base or PostprocessConfig()
+    typical = median_object_area(truths)
+    sizes = min_sizes or [int(f * typical) for f in (0.05, 0.15, 0.3)]
+    masks = masks or [None] * len(truths)
+    best, best_f1 = base, -1.0
+    grid = itertools.product(
+        dict.fromkeys((base.threshold, *thresholds)),
+        dict.fromkeys((base.seed_threshold, *seed_thresholds)),
+        dict.fromkeys((base.min_size, *sizes)),
+    )
+    for thr, seed, size in grid:
+        config = replace(base, threshold=thr, seed_threshold=seed, min_size=size)
+        pairs = []
+        for p, gt, m in zip(probs, truths, masks):
+            pred = labels_from_probabilities(p, config)
+            pairs.append((gt, pred) if m is None else (np.where(m, gt, 0), np.where(m, pred, 0)))
+        f1 = pooled_f1(pairs)
+        if f1 > best_f1:
+            best, best_f1 = config, f1
+    return best, best_f1

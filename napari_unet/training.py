@@ -107,19 +107,28 @@ def segmentation_loss(
     return ce + dice_weight * dice
 
 
+def validation_probabilities(
+    net: UNet, samples: list[Sample], config: TrainConfig, device: torch.device
+) -> list[np.ndarray]:
+    """Class probabilities of each validation sample, with the real tiled inference."""
+    fast = prepare_for_inference(net, device, channels_last=device.type != "mps")
+    in_tile, out_tile = net.tile_io(config.val_tile)
+    multiple = net.size_multiple if in_tile == out_tile else None
+    return [
+        predict_plane(
+            fast, s.image, in_tile=in_tile, out_tile=out_tile, overlap=min(config.val_overlap, out_tile // 2),
+            batch_size=4, device=device, multiple=multiple,
+        )
+        for s in samples
+    ]
+
+
 def evaluate(
     net: UNet, samples: list[Sample], config: TrainConfig, device: torch.device
 ) -> tuple[float, float]:
     """Validation (loss, instance F1 at IoU 0.5) with the real tiled inference."""
-    fast = prepare_for_inference(net, device, channels_last=device.type != "mps")
-    in_tile, out_tile = net.tile_io(config.val_tile)
-    multiple = net.size_multiple if in_tile == out_tile else None
     pairs, losses = [], []
-    for s in samples:
-        probs = predict_plane(
-            fast, s.image, in_tile=in_tile, out_tile=out_tile, overlap=min(config.val_overlap, out_tile // 2),
-            batch_size=4, device=device, multiple=multiple,
-        )
+    for s, probs in zip(samples, validation_probabilities(net, samples, config, device)):
         target = torch.from_numpy(class_targets(s.labels, s.reviewed))[None]
         logp = torch.log(torch.from_numpy(probs).clamp_min(1e-6))[None]
         losses.append(float(segmentation_loss(logp, target, config.boundary_weight, config.dice_weight)))

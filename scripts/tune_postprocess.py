@@ -7,7 +7,6 @@ them in the checkpoint (its ``info.postprocess``). Never reads test-data.
 from __future__ import annotations
 
 import argparse
-import itertools
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -19,8 +18,7 @@ from mnfinder_data import load_split  # noqa: E402
 
 from napari_unet import load_model, predict  # noqa: E402
 from napari_unet.checkpoint import save_checkpoint  # noqa: E402
-from napari_unet.metrics import pooled_f1  # noqa: E402
-from napari_unet.postprocess import PostprocessConfig, labels_from_probabilities  # noqa: E402
+from napari_unet.postprocess import PostprocessConfig, choose_postprocess  # noqa: E402
 
 
 def main() -> None:
@@ -31,15 +29,11 @@ def main() -> None:
     model = load_model(args.checkpoint)
     val = load_split("validation-data")
     probs = [predict(model, img, device="cpu") for _, img, _ in val]
-    scored = []
-    for thr, seed, size in itertools.product((0.4, 0.5, 0.6), (0.5, 0.6, 0.7, 0.8), (30, 60, 100, 150, 200)):
-        config = PostprocessConfig(threshold=thr, seed_threshold=seed, min_size=size)
-        f1 = pooled_f1([(gt, labels_from_probabilities(p, config)) for (_, _, gt), p in zip(val, probs)])
-        scored.append((f1, config))
-    scored.sort(key=lambda t: -t[0])
-    for f1, config in scored[:5]:
-        print(f"F1@0.5 {f1:.4f}  {config}")
-    best_f1, best = scored[0]
+    best, best_f1 = choose_postprocess(
+        probs, [gt for _, _, gt in val], PostprocessConfig(), thresholds=(0.4, 0.5, 0.6),
+        seed_thresholds=(0.5, 0.6, 0.7, 0.8), min_sizes=(30, 60, 100, 150, 200),
+    )
+    print(f"best on validation-data: F1@0.5 {best_f1:.4f}  {best}")
     if args.dry_run:
         return
     model.info.postprocess = best.to_dict()
