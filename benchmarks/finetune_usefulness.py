@@ -28,9 +28,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 from mnfinder_data import load_split  # noqa: E402
 
-from napari_unet import load_model, segment  # noqa: E402
+from napari_unet import load_model, predict, segment  # noqa: E402
 from napari_unet.metrics import pooled_f1  # noqa: E402
 from napari_unet.pairs import export_pair  # noqa: E402
+from napari_unet.postprocess import choose_postprocess  # noqa: E402
 
 
 def inverted(image: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -105,6 +106,13 @@ def main() -> None:
         tuned = load_model(out)
         before = pooled_f1([(lab, segment(img, base, device=args.device)) for _, img, lab in held_out])
         after = pooled_f1([(lab, segment(img, tuned, device=args.device)) for _, img, lab in held_out])
+        # The strongest "before": the base network with post-processing tuned on the same corrected
+        # planes, i.e. what the user could reach by moving the sliders instead of fine-tuning.
+        base_post, _ = choose_postprocess([predict(base, img, device=args.device) for _, img, _ in corrected],
+                                          [lab for _, _, lab in corrected], base.postprocess)
+        before_tuned = pooled_f1(
+            [(lab, segment(img, base, postprocess=base_post, device=args.device)) for _, img, lab in held_out]
+        )
     progress = [e for e in events if e["event"] == "progress"]
     result = {
         "kind": args.kind, "pairs": len(corrected),
@@ -117,13 +125,17 @@ def main() -> None:
         "validation_f1_base": done["base_f1"],
         "validation_f1_finetuned": done["f1"],
         "held_out_f1_before": round(before, 4),
+        "held_out_f1_before_tuned_postprocess": round(before_tuned, 4),
         "held_out_f1_after": round(after, 4),
         "gain": round(after - before, 4),
+        "gain_over_tuned_postprocess": round(after - before_tuned, 4),
     }
     print(json.dumps(result, indent=1))
     print(
-        f"held-out F1@0.5: {before:.3f} -> {after:.3f} ({after - before:+.3f}; target >= +0.10: "
-        f"{'PASS' if after - before >= 0.10 else 'FAIL'})"
+        f"held-out F1@0.5: {before:.3f} (shipped model as is) / {before_tuned:.3f} (its post-processing tuned "
+        f"on the corrected planes) -> {after:.3f} fine-tuned; gain over the stronger 'before' "
+        f"{after - max(before, before_tuned):+.3f} (target >= +0.10: "
+        f"{'PASS' if after - max(before, before_tuned) >= 0.10 else 'FAIL'})"
     )
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
