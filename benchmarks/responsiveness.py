@@ -107,9 +107,13 @@ def run(args: argparse.Namespace) -> dict:
         w.pairs_edit.setText(str(Path(tmp) / "pairs"))
         w.time_budget.setValue(args.finetune_seconds)
         w.finetune_btn.click()
-        gaps, _ = measure(app, lambda: w.last_done is not None or (w.runner and not w.runner.running and
-                                                                    w.finetune_btn.isEnabled()), 900)
-        results["finetune"] = {**stats(gaps), "done": w.last_done}
+        t0 = time.perf_counter()
+        gaps, ends = measure(app, lambda: w.last_done is not None or (w.runner and not w.runner.running and
+                                                                       w.finetune_btn.isEnabled()), 900)
+        top = np.argsort(gaps)[-5:][::-1]
+        results["finetune"] = {**stats(gaps), "done": w.last_done,
+                               "longest_gaps_at_s": [[round(float(ends[i] - t0), 2), round(float(gaps[i]), 1)]
+                                                     for i in top]}
     viewer.close()
     return results
 

@@ -63,6 +63,14 @@ def _compact(labels: np.ndarray) -> np.ndarray:
     return labels.astype(np.uint16) if int(labels.max(initial=0)) < 60000 else labels
 
 
+def _lower_thread_priority(niceness: int = 10) -> None:
+    """Let napari's main thread win the CPU over this worker thread (Linux: per-thread nice)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+    except (AttributeError, OSError):
+        pass
+
+
 def _preload_layer_dependencies() -> None:
     """napari imports pandas lazily when it builds its first Labels layer (about 0.25 s here).
     Doing it while the dock opens keeps that stall away from the moment a result arrives."""
@@ -389,6 +397,7 @@ class UNetWidget(QWidget):
         torch.set_num_threads(ui_threads())
 
         def run() -> tuple[np.ndarray, np.ndarray] | None:
+            _lower_thread_priority()
             try:
                 probs = predict(model, image, progress=self._bridge.progressed.emit, cancel=self._cancel.is_set,
                                 **options)

@@ -95,6 +95,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import os
     import signal
     import threading
     import traceback
@@ -105,6 +106,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.nice:
+        os.nice(args.nice)  # a background fine-tune should yield the CPU to the user's viewer
     stop = threading.Event()
 
     def request_stop(signum, frame) -> None:  # finish the current step, save, report
@@ -179,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--steps-per-epoch", type=int, default=20)
     tr.add_argument("--batch-size", type=int, default=4)
     tr.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    tr.add_argument("--nice", type=int, default=0, help="lower the process priority by this much (0-19)")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--json", action="store_true", help="one JSON event per line on stdout")
     tr.set_defaults(func=cmd_train)

@@ -84,6 +84,7 @@ class FineTuneRequest:
     time_limit: float | None = None
     device: str = "auto"
     threads: int | None = None
+    nice: int = 10  # background training yields the CPU to the UI
     extra_args: tuple[str, ...] = ()
 
 
@@ -113,6 +114,8 @@ class FineTuneRunner:
             cmd += ["--time-limit", str(r.time_limit)]
         if r.threads:
             cmd += ["--threads", str(r.threads)]
+        if r.nice:
+            cmd += ["--nice", str(r.nice)]
         return cmd + list(r.extra_args)
 
     def start(self) -> None:
