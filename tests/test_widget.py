@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,6 +34,12 @@ def widget(make_napari_viewer, tmp_path, misc):
 def _segment(qtbot, w, timeout=60_000):
     w.segment()
     qtbot.waitUntil(lambda: w.worker is None, timeout=timeout)
+
+
+def test_manifest_validates_with_imports():
+    npe2 = shutil.which("npe2") or str(Path(sys.executable).parent / "npe2")
+    proc = subprocess.run([npe2, "validate", "--imports", "napari-unet"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_manifest_contributes_widget_and_samples(make_napari_viewer):
