@@ -119,6 +119,8 @@ class UNetWidget(QWidget):
         self.model_path: Path | None = None  # None = shipped default
         self.results: dict[str, _Result] = {}
         self.inference_runs = 0
+        self.relabel_pending = 0
+        self._relabel_generation = 0
         self.worker = None
         self.runner: FineTuneRunner | None = None
         self.last_done: dict[str, Any] | None = None
@@ -456,12 +458,9 @@ class UNetWidget(QWidget):
     def _target_layer(self, image_name: str, plane: tuple[int, ...] | None) -> Labels | None:
         """The widget's own labels layer for this image if it is unedited; else None (make a new one)."""
         name = self.labels_name(image_name)
-        if name not in self.viewer.layers or name not in self.results:
+        if not self._unedited(name) or not isinstance(self.viewer.layers[name], Labels):
             return None
-        layer, result = self.viewer.layers[name], self.results[name]
-        if not isinstance(layer, Labels) or _digest(layer.data) != _digest(result.written):
-            return None
-        return layer
+        return self.viewer.layers[name]
 
     def _write_labels(self, image_name: str, plane: tuple[int, ...] | None, labels: np.ndarray,
                       probs: np.ndarray, model_name: str) -> Labels:
@@ -487,18 +486,51 @@ class UNetWidget(QWidget):
         else:
             layer.data = data
         self.results[layer.name] = _Result(image_name, plane, probs, np.array(layer.data, copy=True), model_name)
+        self._relabel_generation += 1  # a re-labelling still running was computed from older probabilities
         return layer
 
+    def _unedited(self, name: str) -> bool:
+        result = self.results.get(name)
+        return (result is not None and name in self.viewer.layers
+                and _digest(self.viewer.layers[name].data) == _digest(result.written))
+
     def relabel(self, *_: Any) -> None:
-        """Re-apply post-processing to the stored probabilities (no network run)."""
-        for name, result in list(self.results.items()):
-            if name not in self.viewer.layers:
-                continue
-            layer = self.viewer.layers[name]
-            if _digest(layer.data) != _digest(result.written):
+        """Re-apply post-processing to the stored probabilities (no network run), off the UI thread.
+
+        Only the newest request is applied, and never to a layer the user has edited meanwhile.
+        """
+        config = self.postprocess_config()
+        self._relabel_generation += 1
+        generation = self._relabel_generation
+        jobs = []
+        for name, result in self.results.items():
+            if self._unedited(name):
+                jobs.append((name, result.probs))
+            elif name in self.viewer.layers:
                 self.status.setText(f"'{name}' has your edits; post-processing was not re-applied to it.")
+        if not jobs:
+            return
+
+        def run() -> list[tuple[str, np.ndarray]]:
+            return [(name, _compact(labels_from_probabilities(probs, config))) for name, probs in jobs]
+
+        self.relabel_pending += 1
+        worker = create_worker(run, _ignore_errors=True)
+        worker.returned.connect(lambda out: self._apply_relabel(generation, out))
+        worker.errored.connect(lambda exc: self._error(f"Post-processing failed ({exc})."))
+        worker.finished.connect(self._relabel_finished)
+        worker.start()
+
+    def _relabel_finished(self) -> None:
+        self.relabel_pending -= 1
+
+    def _apply_relabel(self, generation: int, out: list[tuple[str, np.ndarray]]) -> None:
+        if generation != self._relabel_generation:
+            return  # a newer request is on its way
+        for name, labels in out:
+            if not self._unedited(name):
                 continue
-            labels = _compact(labels_from_probabilities(result.probs, self.postprocess_config()))
+            layer, result = self.viewer.layers[name], self.results[name]
             data = labels if result.plane is None else _with_plane(layer.data, result.plane, labels)
             layer.data = data
             result.written = np.array(data, copy=True)

@@ -60,8 +60,10 @@ def test_segment_matches_engine_and_relabels_without_network(qtbot, widget, misc
     assert w.inference_runs == 1
     before, min_size = layer.data.copy(), w.min_size.value()
     w.min_size.setValue(5000)  # every nucleus is smaller: all disappear, without running the network
-    assert w.inference_runs == 1 and layer.data.max() == 0
+    qtbot.waitUntil(lambda: w.relabel_pending == 0 and layer.data.max() == 0, timeout=10_000)
+    assert w.inference_runs == 1
     w.min_size.setValue(min_size)
+    qtbot.waitUntil(lambda: w.relabel_pending == 0, timeout=10_000)
     np.testing.assert_array_equal(layer.data, before)
     _segment(qtbot, w)  # unedited layer: updated in place, not stacked
     assert [la.name for la in w.viewer.layers] == ["misc", "misc labels"]
@@ -74,6 +76,7 @@ def test_edited_layer_is_never_overwritten(qtbot, widget):
     layer.paint((10, 10), 999)  # a user's brush stroke
     edited = layer.data.copy()
     w.min_size.setValue(60)
+    qtbot.waitUntil(lambda: w.relabel_pending == 0, timeout=10_000)
     np.testing.assert_array_equal(layer.data, edited)
     _segment(qtbot, w)
     np.testing.assert_array_equal(w.viewer.layers["misc labels"].data, edited)
