@@ -16,10 +16,11 @@ def _umask() -> int:
 
 
 @contextmanager
-def atomic_path(path: Path | str) -> Iterator[Path]:
-    """Yield a temp path to write; on success it replaces ``path`` in one rename.
+def atomic_path(path: Path | str, *, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temp path to write; on success it becomes ``path`` in one step.
 
-    A crash before the rename leaves ``path`` untouched (old content or absent), never half-written.
+    A crash before that step leaves ``path`` untouched (old content or absent), never half-written.
+    With ``overwrite=False`` an existing ``path`` is never replaced: FileExistsError instead.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -31,6 +32,9 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         os.chmod(tmp_path, 0o666 & ~_umask())
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(tmp_path, path)
+        if overwrite:
+            os.replace(tmp_path, path)
+        else:
+            os.link(tmp_path, path)  # atomic, and fails if path exists
     finally:
         tmp_path.unlink(missing_ok=True)

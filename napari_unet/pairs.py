@@ -13,7 +13,6 @@ Cellpose-style folders (``X.tif`` beside ``X_masks.tif``) are read too.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import time
 import warnings
@@ -72,10 +71,9 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
 
 
 def _write_new(path: Path, data: np.ndarray) -> None:
-    """Write atomically and never overwrite: link the finished temp file to its final name."""
-    with atomic_path(path.with_name(path.name + ".part")) as tmp:
+    """Write atomically and never overwrite an existing file."""
+    with atomic_path(path, overwrite=False) as tmp:
         tifffile.imwrite(tmp, data, compression="zlib")
-        os.link(tmp, path)  # raises FileExistsError rather than replace an existing file
 
 
 def _unique_name(folder: Path, source: str, plane: tuple[int, ...]) -> str:

@@ -22,6 +22,7 @@ def test_export_whole_plane_and_rectangle(tmp_path, misc, misc_labels):
     assert not (tmp_path / "reviewed" / f"{rec.name}.tif").exists()
     rec2 = export_pair(tmp_path, misc, misc_labels, rect=(100, 150, 300, 400), source="nuclei_misc.tif")
     assert rec2.name != rec.name and rec2.crop == [68, 118, 332, 432]
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == sorted([f"{rec.name}.tif", f"{rec2.name}.tif"])
     manifest = json.loads((tmp_path / "pairs.json").read_text())
     assert [p["name"] for p in manifest["pairs"]] == [rec.name, rec2.name]
     assert manifest["pairs"][0]["edited_pixels"] == 42 and manifest["pairs"][0]["model"] == "default"
