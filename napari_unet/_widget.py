@@ -288,7 +288,7 @@ class UNetWidget(QWidget):
         self.model_combo.clear()
         self.model_combo.addItem(DEFAULT_LABEL, None)
         for v in list_versions(self.models_dir()) if self.models_dir().is_dir() else []:
-            f1 = f" (val F1 {v.f1_before:.2f}→{v.f1_after:.2f})" if v.f1_after is not None and v.f1_before else ""
+            f1 = f" (val F1 {v.f1_before:.2f}→{v.f1_after:.2f})" if None not in (v.f1_after, v.f1_before) else ""
             self.model_combo.addItem(f"{v.path.name}{f1}", str(v.path))
         if current is not None and self.model_combo.findData(str(current)) < 0:
             self.model_combo.addItem(current.name, str(current))
@@ -322,6 +322,8 @@ class UNetWidget(QWidget):
 
     # ----------------------------------------------------------------- layers
     def _refresh_layers(self, *_: Any) -> None:
+        for name in [n for n in self.results if n not in self.viewer.layers]:
+            del self.results[name]  # frees the stored probabilities of removed layers
         current = self.image_combo.currentText()
         self.image_combo.clear()
         names = [layer.name for layer in self.viewer.layers if isinstance(layer, Image)]
@@ -388,6 +390,7 @@ class UNetWidget(QWidget):
             self._error(f"The image layer '{layer.name}' could not be read ({exc}).")
             return
         model, image_name, post = self.model, layer.name, self.postprocess_config()
+        model_name = model.info.name
         options = dict(tile=self.tile.value(), overlap=min(self.overlap.value(), self.tile.value() // 2),
                        device=self.device_combo.currentText(), scale=self.scale.value(),
                        channel_axis=-1 if layer.rgb else None)
@@ -408,7 +411,7 @@ class UNetWidget(QWidget):
         self.seg_progress.setValue(0)
         self._pbar = napari_progress(total=0, desc=f"Segmenting {image_name}")
         self.worker = create_worker(run, _ignore_errors=True)  # errors are reported by _segment_failed
-        self.worker.returned.connect(lambda result: self._segment_done(image_name, plane, result))
+        self.worker.returned.connect(lambda result: self._segment_done(image_name, plane, result, model_name))
         self.worker.errored.connect(self._segment_failed)
         self.worker.finished.connect(self._segment_finished)
         self.status.setText(f"Segmenting {image_name}…")
@@ -440,13 +443,15 @@ class UNetWidget(QWidget):
             self._pbar = None
 
     def _segment_done(self, image_name: str, plane: tuple[int, ...] | None,
-                      result: tuple[np.ndarray, np.ndarray] | None) -> None:
+                      result: tuple[np.ndarray, np.ndarray] | None, model_name: str = "") -> None:
         if result is None:
             self._info("Segmentation cancelled; nothing was changed.")
             return
+        if plane is not None and image_name not in self.viewer.layers:
+            self._error(f"The image layer '{image_name}' was removed while it was being segmented.")
+            return
         self.inference_runs += 1
         probs, labels = result[0], _compact(result[1])
-        model_name = self.model.info.name if self.model else ""
         layer = self._write_labels(image_name, plane, labels, probs, model_name)
         n = len(np.unique(labels)) - (1 if (labels == 0).any() else 0)
         self._info(f"Segmented {image_name}: {n} objects in layer '{layer.name}'.")
@@ -470,7 +475,7 @@ class UNetWidget(QWidget):
                 k += 1
             name = f"{base} [{k}]"
         if plane is not None:
-            shape = image.data.shape[: image.ndim] if image is not None else (*plane, *labels.shape)
+            shape = image.data.shape[: image.ndim]
             data = _with_plane(layer.data if layer is not None else np.zeros(shape, labels.dtype), plane, labels)
         else:
             data = labels
@@ -551,11 +556,14 @@ class UNetWidget(QWidget):
             self._refresh_models()
 
     def _labels_layer_for(self, image: Image) -> Labels | None:
+        """The selected Labels layer, else the one the widget made for ``image``."""
+        active = self.viewer.layers.selection.active
+        if isinstance(active, Labels):
+            return active
         name = self.labels_name(image.name)
         if name in self.viewer.layers and isinstance(self.viewer.layers[name], Labels):
             return self.viewer.layers[name]
-        active = self.viewer.layers.selection.active
-        return active if isinstance(active, Labels) else None
+        return None
 
     def _rectangle(self, shape: tuple[int, int]) -> tuple[int, int, int, int] | None:
         for layer in reversed(list(self.viewer.layers)):

@@ -42,9 +42,10 @@ def random_crop(
     """
     h, w = labels.shape
     if foreground_bias and rng.random() < foreground_bias and labels.any():
-        ys, xs = np.nonzero(labels[::4, ::4])
+        step = 4 if labels[::4, ::4].any() else 1  # tiny objects can fall between the subsampled pixels
+        ys, xs = np.nonzero(labels[::step, ::step])
         k = rng.integers(len(ys))
-        cy, cx = ys[k] * 4.0, xs[k] * 4.0
+        cy, cx = ys[k] * float(step), xs[k] * float(step)
     else:
         cy, cx = rng.uniform(0, h - 1), rng.uniform(0, w - 1)
     # magnification s > 1 enlarges objects: output pixel step in the source is 1 / s

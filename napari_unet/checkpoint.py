@@ -103,10 +103,13 @@ def read_checkpoint(path: Path | str) -> Checkpoint:
         raise CheckpointError(f"{path}: no such checkpoint file.")
     if not path.is_file():
         raise CheckpointError(f"{path}: is not a file.")
-    with open(path, "rb") as f:
-        head = f.read(8)
-    if path.suffix in (".pt", ".pth") or head[:2] == b"PK" or head[:1] == b"\x80":
+    if path.suffix in (".pt", ".pth"):
         return _read_torch(path)
+    with open(path, "rb") as f:
+        head = f.read(9)
+    # safetensors: 8-byte little-endian header length, then the JSON header's "{"
+    if head[8:9] != b"{" and (head[:2] == b"PK" or head[:1] == b"\x80"):
+        return _read_torch(path)  # a PyTorch zip or pickle under another extension
     return _read_safetensors(path)
 
 
@@ -122,14 +125,17 @@ def _read_safetensors(path: Path) -> Checkpoint:
         ) from None
     if header.get("format") != FORMAT:
         raise CheckpointError(f"{path}: a safetensors file, but not a napari-unet checkpoint (no format header).")
-    if int(header.get("format_version", "0")) > FORMAT_VERSION:
+    version = header.get("format_version", "0")
+    if not version.isdigit() or int(version) > FORMAT_VERSION:
         raise CheckpointError(
-            f"{path}: checkpoint format version {header['format_version']} is newer than this "
-            f"napari-unet understands ({FORMAT_VERSION}); please upgrade napari-unet."
+            f"{path}: checkpoint format version {version!r} is newer than (or unknown to) this "
+            f"napari-unet, which reads up to {FORMAT_VERSION}; please upgrade napari-unet."
         )
     try:
         config = UNetConfig.from_dict(json.loads(header["config"]))
         info = ModelInfo.from_dict(json.loads(header.get("info", "{}")))
+        Normalization.from_dict(info.normalization)  # validate now, not at first use
+        PostprocessConfig(**info.postprocess)
     except (KeyError, ValueError, TypeError) as exc:
         raise CheckpointError(f"{path}: the checkpoint's config is invalid ({exc}).") from None
     return Checkpoint(config, tensors, info)

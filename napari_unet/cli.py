@@ -60,7 +60,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
             )
             labels = labels_from_probabilities(probs, post)
             out = write_tiff_atomic(out_dir / f"{path.stem}_labels.tif", labels)
-        except NapariUnetError as exc:
+        except (NapariUnetError, OSError) as exc:
             message = str(exc) if str(exc).startswith(str(path)) else f"{path}: {exc}"
             print(f"napari-unet: error: {message}", file=sys.stderr)
             failures += 1
@@ -103,6 +103,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
     from .finetune import FineTuneOptions, run_finetune
+    from .runner import FolderLock
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -134,7 +135,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         epochs=args.epochs, time_limit=args.time_limit, device=args.device, val_fraction=args.val_fraction,
         steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, seed=args.seed,
     )
+    lock = FolderLock(Path(args.pairs)) if not args.no_lock and Path(args.pairs).is_dir() else None
     try:
+        if lock is not None:
+            lock.acquire()
         run_finetune(options, emit, should_stop=stop.is_set)
     except NapariUnetError as exc:
         emit({"event": "error", "message": str(exc)})
@@ -143,6 +147,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         traceback.print_exc()
         emit({"event": "error", "message": f"Fine-tuning failed unexpectedly ({type(exc).__name__}: {exc})."})
         return 2
+    finally:
+        if lock is not None:
+            lock.release()
     return 0
 
 
@@ -185,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--nice", type=int, default=0, help="lower the process priority by this much (0-19)")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--json", action="store_true", help="one JSON event per line on stdout")
+    tr.add_argument("--no-lock", action="store_true", help="do not lock the pairs folder (the caller holds it)")
     tr.set_defaults(func=cmd_train)
     return parser
 

@@ -45,7 +45,7 @@ class FineTuneOptions:
 
 
 def _sample(pair: Pair, model: SegmentationModel) -> Sample:
-    planes = to_planes(pair.image, model.config.in_channels)
+    planes = to_planes(pair.image, model.config.in_channels, channel_axis=-1 if pair.image.ndim == 3 else None)
     if planes.data.shape[0] != 1:
         raise InputError(f"pair {pair.name}: the image is not a single plane")
     return Sample(model.normalization.apply(planes.data[0]), pair.labels, pair.reviewed, pair.name)
@@ -88,7 +88,16 @@ def run_finetune(
         reasons = "; ".join(f"{n}: {r}" for n, r in skipped) or "the folder holds no pairs"
         raise InputError(f"No usable training pairs in {options.pairs} ({reasons}).")
     base = load_model(options.base)
-    samples = [_sample(p, base) for p in pairs]
+    samples = []
+    for pair in pairs:
+        try:
+            samples.append(_sample(pair, base))
+        except InputError as exc:  # e.g. an RGB plane for a single-channel model
+            skipped.append((pair.name, str(exc)))
+    if not samples:
+        reasons = "; ".join(f"{n}: {r}" for n, r in skipped)
+        raise InputError(f"No training pair in {options.pairs} fits the base model ({reasons}).")
+    pairs = [p for p in pairs if p.name not in {n for n, _ in skipped}]
     train_s, val_s = split_samples(samples, options.val_fraction, options.seed)
     device = resolve_device(options.device)
     out = Path(options.out)

@@ -48,15 +48,31 @@ class InstanceScores:
         return d
 
 
-def instance_scores(gt: np.ndarray, pred: np.ndarray, thresholds=THRESHOLDS) -> InstanceScores:
-    """Match objects one-to-one (Hungarian on IoU) and score F1 = 2TP / (n_true + n_pred)."""
+def _matched_ious(gt: np.ndarray, pred: np.ndarray) -> tuple[int, int, np.ndarray]:
     iou = iou_matrix(gt, pred)
-    n_true, n_pred = iou.shape
+    if not (iou.shape[0] and iou.shape[1]):
+        return iou.shape[0], iou.shape[1], np.zeros(0)
+    rows, cols = linear_sum_assignment(-iou)
+    return iou.shape[0], iou.shape[1], iou[rows, cols]
+
+
+def instance_scores(gt: np.ndarray, pred: np.ndarray, thresholds=THRESHOLDS) -> InstanceScores:
+    """Match objects one-to-one (Hungarian on IoU) and score F1 = 2TP / (n_true + n_pred).
+
+    Arrays with more than 2 dimensions are stacks of 2D planes (labels are per plane, as
+    ``segment`` writes them): planes are matched separately and the counts pooled.
+    """
+    gt, pred = np.asarray(gt), np.asarray(pred)
+    if gt.shape != pred.shape:
+        raise ValueError("ground truth and prediction must have the same shape")
+    n_true = n_pred = 0
+    parts = []
+    for g, p in zip(gt.reshape(-1, *gt.shape[-2:]), pred.reshape(-1, *pred.shape[-2:])):
+        nt, np_, m = _matched_ious(g, p)
+        n_true, n_pred = n_true + nt, n_pred + np_
+        parts.append(m)
+    matched = np.concatenate(parts)
     scores = InstanceScores(n_true, n_pred)
-    matched = np.zeros(0)
-    if n_true and n_pred:
-        rows, cols = linear_sum_assignment(-iou)
-        matched = iou[rows, cols]
     for t in thresholds:
         tp = int((matched >= t).sum())
         scores.tp[t] = tp

@@ -2,8 +2,9 @@
 
 The child is ``python -m napari_unet train --json``: its memory (GPU memory included) lives and
 dies with it, and the caller's process (napari) never imports the training loop. One fine-tune
-per pairs folder at a time, enforced by a lock file that names the owner's PID, so a lock left
-by a crashed run is recognised as stale and taken over.
+per pairs folder at a time: the runner holds an ``flock`` on a file in the folder for the whole
+run (``napari-unet train`` run by hand takes the same lock), released by the kernel if its
+holder dies, so a crash never leaves it stuck.
 """
 
 from __future__ import annotations
@@ -18,7 +19,12 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 from .errors import NapariUnetError
 from .versions import models_dir_for, new_version_path
@@ -31,48 +37,38 @@ class FineTuneBusy(NapariUnetError):
     """Another fine-tune is already running on this pairs folder."""
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class FolderLock:
-    """An exclusive lock file in the pairs folder; stale if its PID is no longer running."""
+    """An exclusive advisory lock (``flock``) on a file in the pairs folder.
+
+    The kernel drops the lock when its holder dies, so a crashed run never leaves it stuck;
+    the file keeps the holder's PID only to name it in the message.
+    """
 
     def __init__(self, folder: Path) -> None:
         self.path = Path(folder) / LOCK_NAME
+        self._file: IO[str] | None = None
 
     def acquire(self) -> None:
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                try:
-                    pid = int(self.path.read_text().split()[0])
-                except (OSError, ValueError, IndexError):
-                    pid = -1
-                if pid > 0 and _pid_alive(pid):
-                    raise FineTuneBusy(
-                        f"A fine-tune is already running on {self.path.parent} (process {pid})."
-                    ) from None
-                self.path.unlink(missing_ok=True)  # stale: its owner is gone
-                continue
-            with os.fdopen(fd, "w") as f:
-                f.write(f"{os.getpid()}\n")
+        if fcntl is None:  # no flock on this platform: run unlocked rather than refuse
             return
-        raise FineTuneBusy(f"Could not lock {self.path.parent} for fine-tuning.")
+        f = open(self.path, "a+")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            f.close()
+            raise FineTuneBusy(f"A fine-tune is already running on {self.path.parent} (process {holder}).") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        self._file = f
 
     def release(self) -> None:
-        try:
-            if int(self.path.read_text().split()[0]) == os.getpid():
-                self.path.unlink()
-        except (OSError, ValueError, IndexError):
-            pass
+        if self._file is not None:
+            self._file.close()  # closing the descriptor releases the flock
+            self._file = None
 
 
 @dataclass
@@ -103,10 +99,12 @@ class FineTuneRunner:
         self._stderr: collections.deque[str] = collections.deque(maxlen=30)
         self.final_event: dict[str, Any] | None = None
         self.cancelled = False
+        self.started = False  # the child reported its start event
+        self._stderr_thread: threading.Thread | None = None
 
     def command(self) -> list[str]:
         r = self.request
-        cmd = [sys.executable, "-m", "napari_unet", "train", "--json", "--pairs", str(r.pairs),
+        cmd = [sys.executable, "-m", "napari_unet", "train", "--json", "--no-lock", "--pairs", str(r.pairs),
                "--out", str(self.out), "--epochs", str(r.epochs), "--device", r.device]
         if r.base:
             cmd += ["--base", str(r.base)]
@@ -134,7 +132,8 @@ class FineTuneRunner:
         except OSError as exc:
             self._lock.release()
             raise NapariUnetError(f"Could not start the fine-tuning process ({exc}).") from None
-        threading.Thread(target=self._read_stderr, daemon=True).start()
+        self._stderr_thread = threading.Thread(target=self._read_stderr, daemon=True)
+        self._stderr_thread.start()
         self._thread = threading.Thread(target=self._read_stdout, daemon=True)
         self._thread.start()
 
@@ -154,15 +153,25 @@ class FineTuneRunner:
                     continue
                 if not isinstance(event, dict) or "event" not in event:
                     continue
+                if event["event"] == "start":
+                    self.started = True
                 if event["event"] in ("done", "error"):
                     self.final_event = event
                 self._deliver(event)
             code = self._proc.wait()
+            if self._stderr_thread is not None:
+                self._stderr_thread.join(5)
             if self.final_event is None:
-                tail = " | ".join(list(self._stderr)[-5:])
-                how = "was cancelled before training began" if self.cancelled else f"crashed (exit code {code})"
-                event = {"event": "error", "message": f"The fine-tuning process {how}." + (f" {tail}" if tail else ""),
-                         "returncode": code, "cancelled": self.cancelled}
+                last = self._stderr[-1] if self._stderr else ""
+                if self.cancelled and not self.started:
+                    how = "was cancelled before training began"
+                elif self.cancelled:
+                    how = f"was stopped (exit code {code})"
+                else:
+                    how = f"crashed (exit code {code})"
+                message = f"The fine-tuning process {how}." + (f" Last error: {last}" if last else "")
+                event = {"event": "error", "message": message, "returncode": code, "cancelled": self.cancelled,
+                         "stderr_tail": list(self._stderr)[-10:]}
                 self.final_event = event
                 self._deliver(event)
         finally:

@@ -108,3 +108,15 @@ def test_shipped_model_loads_with_metadata(default_model):
     assert s["in_channels"] == 1 and len(s["classes"]) == 3
     assert "mnfinder" in s["trained_on"]
     assert 0 < s["validation_f1"] <= 1
+
+
+def test_safetensors_whose_header_length_starts_with_0x80_is_not_taken_for_a_pickle(tmp_path):
+    net = make_tiny_model(padding="valid").net
+    for n in range(200):  # vary the header length until its first byte is 0x80
+        path = save_checkpoint(tmp_path / "m.safetensors", net, ModelInfo(name="x" * n))
+        if path.read_bytes()[0] == 0x80:
+            break
+    else:
+        pytest.skip("no header length with a 0x80 first byte in range")
+    model = load_model(path)
+    assert model.config.padding == "valid" and model.info.name == "x" * n

@@ -103,7 +103,9 @@ def test_runner_streams_events_and_cancel_leaves_loadable_checkpoint(pairs_dir, 
     assert final["event"] == "done" and final["stopped_early"]
     assert final["epochs"] < 500
     assert load_model(runner.out).config == make_tiny_model().config
-    assert not (pairs_dir / LOCK_NAME).exists()
+    lock = FolderLock(pairs_dir)
+    lock.acquire()  # released by the runner
+    lock.release()
     versions = list_versions(runner.out.parent)
     assert [v.path for v in versions] == [runner.out]
     assert versions[0].base == "tiny" and versions[0].f1_after is not None
@@ -124,15 +126,21 @@ def test_runner_reports_a_crashed_child(pairs_dir, tiny_ckpt):
     assert final2["event"] == "error" and "exit code 2" in final2["message"] and "bogus" in final2["message"]
 
 
-def test_stale_lock_is_taken_over(tmp_path):
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    (tmp_path / LOCK_NAME).write_text(f"{dead.pid}\n")
+def test_lock_of_a_killed_holder_is_free_and_a_live_one_is_not(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from napari_unet.runner import FolderLock; "
+         f"lock = FolderLock({str(tmp_path)!r}); lock.acquire(); print('locked', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(FineTuneBusy, match=f"process {holder.pid}"):
+        FolderLock(tmp_path).acquire()
+    holder.kill()  # a crash: the kernel releases the lock
+    holder.wait()
     lock = FolderLock(tmp_path)
     lock.acquire()
     assert (tmp_path / LOCK_NAME).read_text().split()[0] == str(os.getpid())
     lock.release()
-    assert not (tmp_path / LOCK_NAME).exists()
 
 
 def test_finetuning_the_shipped_model_helps_on_a_new_kind_of_image(tmp_path, u2os, u2os_labels):

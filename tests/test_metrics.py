@@ -37,3 +37,11 @@ def test_class_scores():
     pr = np.array([[0, 1], [2, 1]])
     s = class_scores(gt, pr, 3)
     assert s["iou"] == [1.0, 0.5, 0.5]
+
+
+def test_stacks_are_scored_plane_by_plane():
+    plane = np.zeros((20, 20), int)
+    plane[2:8, 2:8] = 1
+    stack = np.stack([plane, plane])  # the same label id in both planes, as segment writes stacks
+    s = instance_scores(stack, stack)
+    assert s.f1[0.5] == 1.0 and s.n_true == 2
