@@ -179,6 +179,10 @@ class UNetWidget(QWidget):
         self.tile = self._spin(64, 4096, DEFAULT_TILE, 64)
         self.overlap = self._spin(0, 1024, DEFAULT_OVERLAP, 16)
         form.addRow("tile / overlap", self._row(self.tile, self.overlap))
+        self.channel_combo = QComboBox()
+        self.channel_combo.addItems(["all (as the model expects)", "0", "1", "2", "3"])
+        self.channel_combo.setToolTip("For colour/multichannel images: the one channel a single-channel model uses")
+        form.addRow("channel", self.channel_combo)
         self.scale = QDoubleSpinBox()
         self.scale.setRange(0.1, 10)
         self.scale.setSingleStep(0.25)
@@ -390,10 +394,12 @@ class UNetWidget(QWidget):
             self._error(f"The image layer '{layer.name}' could not be read ({exc}).")
             return
         model, image_name, post = self.model, layer.name, self.postprocess_config()
+        channel = self.channel_combo.currentIndex() - 1  # index 0 is "all"
         model_name = model.info.name
         options = dict(tile=self.tile.value(), overlap=min(self.overlap.value(), self.tile.value() // 2),
                        device=self.device_combo.currentText(), scale=self.scale.value(),
-                       channel_axis=-1 if layer.rgb else None)
+                       channel_axis=-1 if layer.rgb else None,
+                       channel=None if channel < 0 else channel)
         self._cancel.clear()
         torch.set_num_threads(ui_threads())
 

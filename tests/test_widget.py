@@ -194,3 +194,14 @@ def test_finetune_streams_into_plot_and_gates(qtbot, widget, misc, misc_labels, 
     assert "F1" in w.ft_status.text()
     assert w.use_new_btn.isEnabled() == done["improved"]
     assert any(v in w.model_combo.itemText(i) for i in range(w.model_combo.count()) for v in ["from_tiny"])
+
+
+def test_rgb_image_needs_and_accepts_a_channel(qtbot, make_napari_viewer, misc):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.stack([misc, misc // 2, misc // 3], -1), name="rgb", rgb=True)
+    w = UNetWidget(viewer)
+    _segment(qtbot, w)
+    assert "choose a channel" in w.status.text() and "rgb labels" not in viewer.layers
+    w.channel_combo.setCurrentIndex(1)  # channel 0
+    _segment(qtbot, w)
+    assert viewer.layers["rgb labels"].data.shape == (512, 512)
