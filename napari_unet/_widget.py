@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -63,12 +65,24 @@ def _compact(labels: np.ndarray) -> np.ndarray:
     return labels.astype(np.uint16) if int(labels.max(initial=0)) < 60000 else labels
 
 
-def _lower_thread_priority(niceness: int = 10) -> None:
-    """Let napari's main thread win the CPU over this worker thread (Linux: per-thread nice)."""
+@contextmanager
+def _lower_thread_priority(niceness: int = 10) -> Iterator[None]:
+    """Let napari's main thread win the CPU over this (pooled) worker thread while the block
+    runs (Linux: per-thread nice); the thread's priority is restored afterwards."""
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+        tid = threading.get_native_id()
+        before = os.getpriority(os.PRIO_PROCESS, tid)
+        os.setpriority(os.PRIO_PROCESS, tid, before + niceness)
     except (AttributeError, OSError):
-        pass
+        yield
+        return
+    try:
+        yield
+    finally:
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, before)
+        except OSError:
+            pass  # raising priority back may need privileges; the thread stays lower
 
 
 def _preload_layer_dependencies() -> None:
@@ -404,13 +418,13 @@ class UNetWidget(QWidget):
         torch.set_num_threads(ui_threads())
 
         def run() -> tuple[np.ndarray, np.ndarray] | None:
-            _lower_thread_priority()
-            try:
-                probs = predict(model, image, progress=self._bridge.progressed.emit, cancel=self._cancel.is_set,
-                                **options)
-            except Cancelled:
-                return None
-            return probs, labels_from_probabilities(probs, post)  # off the UI thread too
+            with _lower_thread_priority():
+                try:
+                    probs = predict(model, image, progress=self._bridge.progressed.emit,
+                                    cancel=self._cancel.is_set, **options)
+                except Cancelled:
+                    return None
+                return probs, labels_from_probabilities(probs, post)  # off the UI thread too
 
         self.segment_btn.setEnabled(False)
         self.cancel_btn.setEnabled(True)

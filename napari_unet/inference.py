@@ -19,7 +19,7 @@ from .model import UNet, UNetConfig
 from .normalize import Normalization
 from .postprocess import PostprocessConfig, labels_from_probabilities
 from .prepare import prepare_for_inference
-from .tiling import CancelFn, ProgressFn, count_tiles, predict_plane, resize_planes
+from .tiling import CancelFn, ProgressFn, count_tiles, predict_plane, resize_planes, tile_geometry
 
 DEFAULT_TILE = 512
 DEFAULT_OVERLAP = 128
@@ -87,18 +87,6 @@ def load_model(path: Path | str | None = None) -> SegmentationModel:
     return SegmentationModel.from_checkpoint(read_checkpoint(path), path)
 
 
-def _tile_sizes(net: UNet, tile: int, overlap: int) -> tuple[int, int, int]:
-    if tile < 16:
-        raise InputError(f"Tile size {tile} is too small; use at least 16 pixels.")
-    if overlap < 0:
-        raise InputError(f"Overlap {overlap} must not be negative.")
-    overlap = min(overlap, tile // 2)
-    in_tile, out_tile = net.tile_io(tile)
-    if out_tile <= overlap:
-        raise InputError(f"Tile size {tile} leaves too small an output for overlap {overlap}.")
-    return in_tile, out_tile, overlap
-
-
 def predict(
     model: SegmentationModel,
     image: np.ndarray,
@@ -128,10 +116,9 @@ def predict(
     dev = resolve_device(device)
     amp = (dev.type == "cuda") if amp is None else (amp and dev.type == "cuda")
     net = model.prepared(dev, compile=compile)
-    in_tile, out_tile, overlap = _tile_sizes(model.net, tile, overlap)
+    in_tile, out_tile, overlap, multiple = tile_geometry(model.net, tile, overlap)
     h, w = planes.spatial_shape
     work = (max(8, round(h * scale)), max(8, round(w * scale)))
-    multiple = model.net.size_multiple if model.config.padding == "same" else None
     per_plane = count_tiles(work, in_tile, out_tile, overlap, multiple)
     total = per_plane * planes.data.shape[0]
     norm = model.normalization

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import Cancelled
+from .errors import Cancelled, InputError
+from .model import UNet
 
 ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]
@@ -83,6 +84,21 @@ def gaussian_weights(h: int, w: int, sigma_scale: float = 0.125) -> torch.Tensor
     weights = torch.outer(gs[0], gs[1])
     weights /= weights.max()
     return weights.clamp_min(1e-6)
+
+
+def tile_geometry(net: UNet, tile: int, overlap: int) -> tuple[int, int, int, int | None]:
+    """``(in_tile, out_tile, overlap, multiple)`` for a network and a requested tile and overlap.
+
+    The overlap is capped at half the output tile; ``multiple`` is set for 'same'-padding
+    networks, whose tiles may shrink to fit (see :func:`plan_tiles`).
+    """
+    if tile < 16:
+        raise InputError(f"Tile size {tile} is too small; use at least 16 pixels.")
+    if overlap < 0:
+        raise InputError(f"Overlap {overlap} must not be negative.")
+    in_tile, out_tile = net.tile_io(tile)
+    multiple = net.size_multiple if in_tile == out_tile else None
+    return in_tile, out_tile, min(overlap, out_tile // 2), multiple
 
 
 def mirror_pad(plane: np.ndarray, pad: tuple[int, int, int, int]) -> np.ndarray:

@@ -24,7 +24,7 @@ from .metrics import pooled_f1
 from .model import UNet
 from .postprocess import PostprocessConfig, labels_from_probabilities
 from .prepare import prepare_for_inference
-from .tiling import predict_plane
+from .tiling import predict_plane, tile_geometry
 
 IGNORE = 255
 EventFn = Callable[[dict[str, Any]], None]
@@ -112,11 +112,10 @@ def validation_probabilities(
 ) -> list[np.ndarray]:
     """Class probabilities of each validation sample, with the real tiled inference."""
     fast = prepare_for_inference(net, device, channels_last=device.type != "mps")
-    in_tile, out_tile = net.tile_io(config.val_tile)
-    multiple = net.size_multiple if in_tile == out_tile else None
+    in_tile, out_tile, overlap, multiple = tile_geometry(net, config.val_tile, config.val_overlap)
     return [
         predict_plane(
-            fast, s.image, in_tile=in_tile, out_tile=out_tile, overlap=min(config.val_overlap, out_tile // 2),
+            fast, s.image, in_tile=in_tile, out_tile=out_tile, overlap=overlap,
             batch_size=4, device=device, multiple=multiple,
         )
         for s in samples
