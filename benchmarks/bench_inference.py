@@ -42,7 +42,7 @@ extended to ``size x size`` by mirror reflection.
 
 Run::
 
-    .venv/bin/python benchmarks/bench_inference.py [--size 2048] [--tile 512] [--overlap 64] \\
+    .venv/bin/python benchmarks/bench_inference.py [--size 2048] [--tile 512] [--overlap 128] \\
         [--batch-size 4] [--repeats 3] [--device auto] [--model PATH] [--json OUT]
 
 The ``bench`` extra (``pip install -e .[bench]``) installs MONAI; without it (a) is skipped.
@@ -70,6 +70,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import napari_unet
 from napari_unet import SegmentationModel, load_model, predict
 from napari_unet.device import resolve_device
+from napari_unet.inference import DEFAULT_OVERLAP, DEFAULT_TILE
 from napari_unet.tiling import count_tiles, mirror_pad
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "nuclei_u2os.tif"
@@ -325,8 +326,8 @@ def summarise(r: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", type=int, default=2048, help="benchmark image side in pixels (default 2048)")
-    p.add_argument("--tile", type=int, default=512)
-    p.add_argument("--overlap", type=int, default=64)
+    p.add_argument("--tile", type=int, default=DEFAULT_TILE)
+    p.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--repeats", type=int, default=3, help="timed rounds after one warm-up (default 3)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
