@@ -65,6 +65,9 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
         data = json.loads(path.read_text())
         if data.get("format") != FORMAT or not isinstance(data.get("pairs"), list):
             raise ValueError("not a napari-unet pairs manifest")
+        if not isinstance(data.get("version"), int) or data["version"] > FORMAT_VERSION:
+            raise ValueError(f"pairs format version {data.get('version')!r} is newer than this napari-unet reads "
+                             f"({FORMAT_VERSION}); please upgrade napari-unet")
     except (OSError, ValueError) as exc:
         raise InputError(f"{path}: the pairs manifest is unreadable ({exc}).") from None
     return data

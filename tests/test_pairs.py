@@ -77,6 +77,9 @@ def test_missing_folder_and_broken_manifest(tmp_path):
     (tmp_path / "pairs.json").write_text("{broken")
     with pytest.raises(InputError, match="manifest is unreadable"):
         read_pairs(tmp_path)
+    (tmp_path / "pairs.json").write_text(json.dumps({"format": "napari-unet-pairs", "version": 9, "pairs": []}))
+    with pytest.raises(InputError, match="newer"):
+        read_pairs(tmp_path)
 
 
 def test_export_survives_sigkill_at_any_moment(tmp_path, misc, misc_labels):
