@@ -410,7 +410,7 @@ class UNetWidget(QWidget):
         model, image_name, post = self.model, layer.name, self.postprocess_config()
         channel = self.channel_combo.currentIndex() - 1  # index 0 is "all"
         model_name = model.info.name
-        options = dict(tile=self.tile.value(), overlap=min(self.overlap.value(), self.tile.value() // 2),
+        options = dict(tile=self.tile.value(), overlap=self.overlap.value(),  # predict caps the overlap
                        device=self.device_combo.currentText(), scale=self.scale.value(),
                        channel_axis=-1 if layer.rgb else None,
                        channel=None if channel < 0 else channel)
