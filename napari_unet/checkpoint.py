@@ -8,6 +8,7 @@ The format is documented in the README ("Checkpoint format").
 from __future__ import annotations
 
 import json
+import math
 import pickle
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from safetensors.torch import load_file, safe_open, save_file
 
 from . import __version__
 from .atomic import atomic_path
-from .errors import CheckpointError
+from .errors import CheckpointError, os_error_sentence
 from .model import UNet, UNetConfig
 from .normalize import Normalization
 from .postprocess import PostprocessConfig
@@ -43,8 +44,26 @@ class ModelInfo:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelInfo:
+        """Build from a dict, checking each known field's type (unknown fields are ignored)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"info must be a JSON object, not {type(data).__name__}")
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        for key, kinds in _INFO_TYPES.items():
+            if key in known and not isinstance(known[key], kinds):
+                raise ValueError(f"info field {key!r} has the wrong type ({type(known[key]).__name__})")
+        if not all(isinstance(c, str) for c in known.get("classes", [])):
+            raise ValueError("info field 'classes' must be a list of names")
+        px = known.get("pixel_size_um")
+        if px is not None and (isinstance(px, bool) or not math.isfinite(px) or px <= 0):
+            raise ValueError(f"pixel_size_um must be a positive number, not {px!r}")
         return cls(**known)
+
+
+_INFO_TYPES: dict[str, type | tuple[type, ...]] = {
+    "name": str, "classes": list, "normalization": dict, "pixel_size_um": (int, float, type(None)),
+    "postprocess": dict, "provenance": dict, "version": str,
+}
+MAX_PARAMETERS = 10**9  # a config asking for more is refused before anything is allocated
 
 
 @dataclass
@@ -56,13 +75,39 @@ class Checkpoint:
     info: ModelInfo
 
     def build(self, path: Path | str = "<memory>") -> UNet:
-        """Rebuild the network; a mismatch between tensors and config is a CheckpointError."""
+        """Rebuild the network; a mismatch between tensors and config is a CheckpointError.
+
+        Sizes and shapes are checked on a weightless ("meta") copy first, so a config asking for a
+        huge network fails in one sentence instead of allocating; non-finite weights are refused.
+        """
+        with torch.device("meta"):
+            skeleton = UNet(self.config)
+        n_params = sum(p.numel() for p in skeleton.parameters())
+        if n_params > MAX_PARAMETERS:
+            raise CheckpointError(
+                f"{path}: the config describes a network of {n_params:,} parameters, more than the "
+                f"{MAX_PARAMETERS:,} napari-unet accepts; the file is corrupt or not meant for napari-unet."
+            )
+        expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+        for key, tensor in self.state_dict.items():
+            if key in expected and tuple(tensor.shape) != expected[key]:
+                raise CheckpointError(
+                    f"{path}: the tensors do not fit the model config ({key} is {tuple(tensor.shape)}, "
+                    f"the config needs {expected[key]})."
+                )
+        for key, tensor in self.state_dict.items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise CheckpointError(
+                    f"{path}: the weights contain NaN or infinite values ({key}); the training that "
+                    "wrote it diverged, so it cannot segment anything. Use an earlier checkpoint."
+                )
         net = UNet(self.config)
         state = {k: v.to(torch.float32) if v.is_floating_point() else v for k, v in self.state_dict.items()}
         try:
             net.load_state_dict(state, strict=True)
         except RuntimeError as exc:
-            first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+            first = lines[1] if len(lines) > 1 else (lines[0] if lines else type(exc).__name__)
             raise CheckpointError(
                 f"{path}: the tensors do not fit the model config ({first[:200]})."
             ) from None
@@ -103,10 +148,15 @@ def read_checkpoint(path: Path | str) -> Checkpoint:
         raise CheckpointError(f"{path}: no such checkpoint file.")
     if not path.is_file():
         raise CheckpointError(f"{path}: is not a file.")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError as exc:
+        raise CheckpointError(os_error_sentence(exc, path)) from None
+    if not head:
+        raise CheckpointError(f"{path}: the checkpoint file is empty.")
     if path.suffix in (".pt", ".pth"):
         return _read_torch(path)
-    with open(path, "rb") as f:
-        head = f.read(9)
     # safetensors: 8-byte little-endian header length, then the JSON header's "{"
     if head[8:9] != b"{" and (head[:2] == b"PK" or head[:1] == b"\x80"):
         return _read_torch(path)  # a PyTorch zip or pickle under another extension
@@ -121,7 +171,7 @@ def _read_safetensors(path: Path) -> Checkpoint:
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(
             f"{path}: not a readable checkpoint (truncated, corrupt or another kind of file: "
-            f"{str(exc).splitlines()[0][:120]})."
+            f"{_first_line(exc)})."
         ) from None
     if header.get("format") != FORMAT:
         raise CheckpointError(f"{path}: a safetensors file, but not a napari-unet checkpoint (no format header).")
@@ -132,11 +182,14 @@ def _read_safetensors(path: Path) -> Checkpoint:
             f"napari-unet, which reads up to {FORMAT_VERSION}; please upgrade napari-unet."
         )
     try:
-        config = UNetConfig.from_dict(json.loads(header["config"]))
+        config_dict = json.loads(header["config"])
+        if not isinstance(config_dict, dict):
+            raise ValueError(f"config must be a JSON object, not {type(config_dict).__name__}")
+        config = UNetConfig.from_dict(config_dict)
         info = ModelInfo.from_dict(json.loads(header.get("info", "{}")))
         Normalization.from_dict(info.normalization)  # validate now, not at first use
         PostprocessConfig(**info.postprocess)
-    except (KeyError, ValueError, TypeError) as exc:
+    except (KeyError, ValueError, TypeError, RecursionError) as exc:
         raise CheckpointError(f"{path}: the checkpoint's config is invalid ({exc}).") from None
     return Checkpoint(config, tensors, info)
 
@@ -150,22 +203,33 @@ def _read_torch(path: Path) -> Checkpoint:
             f"{path}: refused, it is not a plain-tensor PyTorch file that can be loaded without running "
             f"code{f' ({detail})' if detail else ''}; only plain tensors are accepted."
         ) from None
+    except OSError as exc:
+        raise CheckpointError(os_error_sentence(exc, path)) from None
     except Exception as exc:  # noqa: BLE001 - torch raises many kinds for corrupt files
-        raise CheckpointError(
-            f"{path}: not a readable PyTorch file ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})."
-        ) from None
+        detail = f"{type(exc).__name__}: {_first_line(exc)}"
+        raise CheckpointError(f"{path}: not a readable PyTorch file ({detail}).") from None
     config_dict: dict[str, Any] | None = None
     if isinstance(obj, dict) and "state_dict" in obj:
         config_dict = obj.get("config")
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: does not hold a state dict of tensors.")
+    if not all(isinstance(k, str) for k in obj):
+        raise CheckpointError(f"{path}: does not hold a state dict of named tensors.")
     obj = {k.removeprefix("module."): v for k, v in obj.items()}
     try:
+        if config_dict is not None and not isinstance(config_dict, dict):
+            raise ValueError(f"config must be a dict, not {type(config_dict).__name__}")
         config = UNetConfig.from_dict(config_dict) if config_dict else infer_config(obj)
-    except (ValueError, TypeError, KeyError) as exc:
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
         raise CheckpointError(f"{path}: the state dict is not a napari-unet U-Net ({exc}).") from None
     return Checkpoint(config, obj, ModelInfo(name=path.stem))
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message (its type name if it has none), shortened."""
+    line = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+    return line[:120]
 
 
 def infer_config(state: dict[str, torch.Tensor]) -> UNetConfig:

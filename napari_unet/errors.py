@@ -1,5 +1,7 @@
 """Exceptions whose message is one plain sentence meant for the user."""
 
+import errno
+
 
 class NapariUnetError(Exception):
     """Base class: ``str(error)`` is a complete sentence to show as is."""
@@ -15,3 +17,29 @@ class InputError(NapariUnetError):
 
 class Cancelled(NapariUnetError):
     """The caller asked to stop."""
+
+
+_OS_REASONS = {
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.ENOENT: "no such file or folder",
+    errno.EISDIR: "it is a folder, not a file",
+    errno.ENOTDIR: "a part of the path is not a folder",
+    errno.EEXIST: "it already exists",
+    errno.ENAMETOOLONG: "the name is too long",
+    errno.EPIPE: "the output was closed",
+}
+
+
+def os_error_sentence(exc: OSError, path: object = None) -> str:
+    """One plain sentence for an OS error, naming the file and the reason (no traceback)."""
+    where = path if path is not None else exc.filename
+    reason = _OS_REASONS.get(exc.errno or 0) or (exc.strerror or type(exc).__name__).lower()
+    return f"{where}: {reason}." if where is not None else f"{reason[0].upper()}{reason[1:]}."
+
+
+class InvalidParameter(InputError, ValueError):
+    """A number or option given by the user is of the wrong type or outside its range."""

@@ -15,11 +15,13 @@ from .checkpoint import Checkpoint, ModelInfo, read_checkpoint
 from .device import resolve_device
 from .errors import InputError
 from .images import to_planes
+from .memory import check_fits, predict_bytes
 from .model import UNet, UNetConfig
 from .normalize import Normalization
 from .postprocess import PostprocessConfig, labels_from_probabilities
 from .prepare import prepare_for_inference
 from .tiling import CancelFn, ProgressFn, count_tiles, predict_plane, resize_planes, tile_geometry
+from .validate import check_number
 
 DEFAULT_TILE = 512
 DEFAULT_OVERLAP = 128
@@ -111,7 +113,11 @@ def predict(
     True the call raises :class:`~napari_unet.errors.Cancelled` before the next batch.
     """
     planes = to_planes(image, model.config.in_channels, channel_axis=channel_axis, channel=channel)
-    if not (np.isfinite(scale) and 0.1 <= scale <= 10):
+    tile = check_number("tile", tile, low=16, high=16384, integer=True)
+    overlap = check_number("overlap", overlap, low=0, integer=True)
+    batch_size = check_number("batch size", batch_size, low=1, high=1024, integer=True)
+    scale = check_number("scale", scale)
+    if not 0.1 <= scale <= 10:
         raise InputError(f"Scale {scale} is outside the supported range 0.1–10.")
     dev = resolve_device(device)
     amp = (dev.type == "cuda") if amp is None else (amp and dev.type == "cuda")
@@ -119,6 +125,11 @@ def predict(
     in_tile, out_tile, overlap, multiple = tile_geometry(model.net, tile, overlap)
     h, w = planes.spatial_shape
     work = (max(8, round(h * scale)), max(8, round(w * scale)))
+    check_fits(
+        predict_bytes(planes.data.shape[0], planes.data.shape[1], model.config.out_classes, (h, w), work),
+        f"Segmenting this {h}×{w} image ({planes.data.shape[0]} plane(s))",
+        "segment a smaller region or fewer planes at a time",
+    )
     per_plane = count_tiles(work, in_tile, out_tile, overlap, multiple)
     total = per_plane * planes.data.shape[0]
     norm = model.normalization

@@ -7,28 +7,73 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 
 
-def iou_matrix(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    """IoU between every ground-truth object (rows) and predicted object (columns); 0 excluded."""
-    gt = np.asarray(gt).ravel().astype(np.int64)
-    pred = np.asarray(pred).ravel().astype(np.int64)
+@dataclass(frozen=True)
+class Overlaps:
+    """Every (ground-truth, predicted) object pair that shares pixels, with its IoU; 0 excluded.
+
+    Sparse: memory and time grow with the number of touching pairs, never with label values.
+    """
+
+    gt_ids: np.ndarray  # object ids of the pairs
+    pred_ids: np.ndarray
+    iou: np.ndarray
+    n_true: int
+    n_pred: int
+
+
+def overlaps(gt: np.ndarray, pred: np.ndarray) -> Overlaps:
+    """The overlapping object pairs of two label images of the same shape."""
+    gt, pred = np.asarray(gt).ravel(), np.asarray(pred).ravel()
     if gt.shape != pred.shape:
         raise ValueError("ground truth and prediction must have the same shape")
-    gt, pred = _dense(gt), _dense(pred)
-    ng, npred = int(gt.max()) + 1, int(pred.max()) + 1
-    inter = coo_matrix((np.ones_like(gt), (gt, pred)), shape=(ng, npred)).toarray()
-    area_g, area_p = inter.sum(1, keepdims=True), inter.sum(0, keepdims=True)
-    union = area_g + area_p - inter
-    iou = np.divide(inter, union, out=np.zeros(inter.shape, float), where=union > 0)
-    return iou[1:, 1:]
+    g_ids, g = np.unique(gt, return_inverse=True)
+    p_ids, p = np.unique(pred, return_inverse=True)
+    g_area, p_area = np.bincount(g), np.bincount(p)
+    both = (gt != 0) & (pred != 0)
+    keys, inter = np.unique(g[both].astype(np.int64) * len(p_ids) + p[both], return_counts=True)
+    gi, pi = keys // len(p_ids), keys % len(p_ids)
+    iou = inter / (g_area[gi] + p_area[pi] - inter)
+    n_true = len(g_ids) - int(g_ids[0] == 0)
+    n_pred = len(p_ids) - int(p_ids[0] == 0)
+    return Overlaps(g_ids[gi], p_ids[pi], iou, n_true, n_pred)
 
 
-def _dense(labels: np.ndarray) -> np.ndarray:
-    """Relabel to 0..n keeping 0 as background."""
-    return np.unique(np.r_[0, labels], return_inverse=True)[1][1:]
+def _matched_ious(gt: np.ndarray, pred: np.ndarray, min_iou: float) -> tuple[int, int, np.ndarray]:
+    """One-to-one matching maximising total IoU among pairs with IoU ≥ ``min_iou``.
+
+    Solved per connected group of candidate pairs (above 0.5 every object has at most one
+    candidate, so groups are tiny), which keeps it linear in the number of objects.
+    """
+    ov = overlaps(gt, pred)
+    keep = ov.iou >= min_iou
+    gi, pi, iou = ov.gt_ids[keep], ov.pred_ids[keep], ov.iou[keep]
+    if not len(iou):
+        return ov.n_true, ov.n_pred, np.zeros(0)
+    rows = np.unique(gi, return_inverse=True)[1]
+    cols = np.unique(pi, return_inverse=True)[1]
+    nr, nc = rows.max() + 1, cols.max() + 1
+    graph = coo_matrix((np.ones(len(iou)), (rows, nr + cols)), shape=(nr + nc, nr + nc))
+    _, group = connected_components(graph, directed=False)
+    pair_group = group[rows]
+    size = np.bincount(pair_group)
+    single = size[pair_group] == 1  # most pairs: one candidate on both sides, nothing to solve
+    matched = [iou[single]]
+    multi = np.flatnonzero(~single)
+    order = multi[np.argsort(pair_group[multi], kind="stable")]
+    bounds = np.flatnonzero(np.diff(pair_group[order])) + 1
+    for idx in np.split(order, bounds) if len(order) else []:
+        r = np.unique(rows[idx], return_inverse=True)[1]
+        c = np.unique(cols[idx], return_inverse=True)[1]
+        m = np.zeros((r.max() + 1, c.max() + 1))
+        m[r, c] = iou[idx]
+        a, b = linear_sum_assignment(-m)
+        matched.append(m[a, b][m[a, b] > 0])
+    return ov.n_true, ov.n_pred, np.concatenate(matched)
 
 
 @dataclass
@@ -41,23 +86,26 @@ class InstanceScores:
     f1: dict[float, float] = field(default_factory=dict)
     mean_matched_iou: float = 0.0
 
+    @property
+    def precision(self) -> float:
+        """Fraction of predicted objects matched at IoU 0.5."""
+        return self.tp.get(0.5, 0) / self.n_pred if self.n_pred else 1.0
+
+    @property
+    def recall(self) -> float:
+        """Fraction of true objects matched at IoU 0.5."""
+        return self.tp.get(0.5, 0) / self.n_true if self.n_true else 1.0
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["tp"] = {str(k): v for k, v in self.tp.items()}
         d["f1"] = {str(k): v for k, v in self.f1.items()}
+        d["precision"], d["recall"] = self.precision, self.recall
         return d
 
 
-def _matched_ious(gt: np.ndarray, pred: np.ndarray) -> tuple[int, int, np.ndarray]:
-    iou = iou_matrix(gt, pred)
-    if not (iou.shape[0] and iou.shape[1]):
-        return iou.shape[0], iou.shape[1], np.zeros(0)
-    rows, cols = linear_sum_assignment(-iou)
-    return iou.shape[0], iou.shape[1], iou[rows, cols]
-
-
 def instance_scores(gt: np.ndarray, pred: np.ndarray, thresholds=THRESHOLDS) -> InstanceScores:
-    """Match objects one-to-one (Hungarian on IoU) and score F1 = 2TP / (n_true + n_pred).
+    """Match objects one-to-one (max total IoU among pairs with IoU ≥ 0.5) and score F1 = 2TP / (n_true + n_pred).
 
     Arrays with more than 2 dimensions are stacks of 2D planes (labels are per plane, as
     ``segment`` writes them): planes are matched separately and the counts pooled.
@@ -68,7 +116,7 @@ def instance_scores(gt: np.ndarray, pred: np.ndarray, thresholds=THRESHOLDS) -> 
     n_true = n_pred = 0
     parts = []
     for g, p in zip(gt.reshape(-1, *gt.shape[-2:]), pred.reshape(-1, *pred.shape[-2:])):
-        nt, np_, m = _matched_ious(g, p)
+        nt, np_, m = _matched_ious(g, p, min(min(thresholds), 0.5))
         n_true, n_pred = n_true + nt, n_pred + np_
         parts.append(m)
     matched = np.concatenate(parts)

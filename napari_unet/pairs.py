@@ -7,6 +7,11 @@ Layout (documented in the README, "Training-pairs folder")::
     PAIRS/reviewed/<name>.tif   optional uint8, nonzero = reviewed pixels (absent = all reviewed)
     PAIRS/pairs.json            manifest, written last: a pair is listed only once complete
 
+Every manifest update happens under an exclusive lock on ``PAIRS/.napari-unet-pairs.lock``, so
+several napari windows or processes can export into one folder at once without losing pairs.
+Pair files that are not listed (a crash between the files and the manifest) are reported as
+orphans and re-listed by :func:`repair_pairs` (``napari-unet pairs repair PAIRS``).
+
 Cellpose-style folders (``X.tif`` beside ``X_masks.tif``) are read too.
 """
 
@@ -24,12 +29,15 @@ import numpy as np
 import tifffile
 
 from .atomic import atomic_path
-from .errors import InputError, NapariUnetError
+from .errors import InputError, NapariUnetError, os_error_sentence
+from .locking import exclusive_lock
 from .tiff import read_image
 
 FORMAT = "napari-unet-pairs"
 FORMAT_VERSION = 1
 MANIFEST = "pairs.json"
+LOCK_NAME = ".napari-unet-pairs.lock"
+LOCK_TIMEOUT = 30.0  # seconds to wait for another process's manifest update
 CONTEXT = 32  # pixels of context kept around an exported rectangle
 
 
@@ -63,14 +71,25 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
         return {"format": FORMAT, "version": FORMAT_VERSION, "pairs": []}
     try:
         data = json.loads(path.read_text())
-        if data.get("format") != FORMAT or not isinstance(data.get("pairs"), list):
+        if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("pairs"), list):
             raise ValueError("not a napari-unet pairs manifest")
         if not isinstance(data.get("version"), int) or data["version"] > FORMAT_VERSION:
             raise ValueError(f"pairs format version {data.get('version')!r} is newer than this napari-unet reads "
                              f"({FORMAT_VERSION}); please upgrade napari-unet")
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        raise InputError(os_error_sentence(exc, path)) from None
+    except ValueError as exc:
         raise InputError(f"{path}: the pairs manifest is unreadable ({exc}).") from None
     return data
+
+
+def _write_manifest(folder: Path, data: dict[str, Any]) -> None:
+    with atomic_path(folder / MANIFEST) as tmp:
+        tmp.write_text(json.dumps(data, indent=1))
+
+
+def _manifest_lock(folder: Path):
+    return exclusive_lock(folder / LOCK_NAME, timeout=LOCK_TIMEOUT, what=f"The pairs folder {folder}")
 
 
 def _write_new(path: Path, data: np.ndarray) -> None:
@@ -134,21 +153,24 @@ def export_pair(
     if reviewed is not None and np.asarray(reviewed).shape != labels.shape:
         raise InputError("The reviewed mask does not have the shape of the labels.")
 
-    for sub in ("images", "labels", "reviewed"):
-        (folder / sub).mkdir(parents=True, exist_ok=True)
-    name = _unique_name(folder, source, plane)
-    _write_new(folder / "images" / f"{name}.tif", image)
-    _write_new(folder / "labels" / f"{name}.tif", labels.astype(np.uint32))
-    if reviewed is not None:
-        _write_new(folder / "reviewed" / f"{name}.tif", np.asarray(reviewed).astype(np.uint8))
-    record = PairRecord(
-        name=name, source=source, plane=list(plane), crop=crop, time=time.strftime("%Y-%m-%dT%H:%M:%S"),
-        model=model, edited_pixels=edited_pixels, reviewed=reviewed is not None,
-    )
-    manifest = _read_manifest(folder)
-    manifest["pairs"].append(asdict(record))
-    with atomic_path(folder / MANIFEST) as tmp:
-        tmp.write_text(json.dumps(manifest, indent=1))
+    try:
+        for sub in ("images", "labels", "reviewed"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        name = _unique_name(folder, source, plane)
+        _write_new(folder / "images" / f"{name}.tif", image)
+        _write_new(folder / "labels" / f"{name}.tif", labels.astype(np.uint32))
+        if reviewed is not None:
+            _write_new(folder / "reviewed" / f"{name}.tif", np.asarray(reviewed).astype(np.uint8))
+        record = PairRecord(
+            name=name, source=source, plane=list(plane), crop=crop, time=time.strftime("%Y-%m-%dT%H:%M:%S"),
+            model=model, edited_pixels=edited_pixels, reviewed=reviewed is not None,
+        )
+        with _manifest_lock(folder):  # read-modify-write: another exporter may be doing the same
+            manifest = _read_manifest(folder)
+            manifest["pairs"].append(asdict(record))
+            _write_manifest(folder, manifest)
+    except OSError as exc:
+        raise InputError(f"Could not save the training pair: {os_error_sentence(exc)}") from None
     return record
 
 
@@ -184,15 +206,72 @@ def _load_pair(name: str, image_path: Path, labels_path: Path, reviewed_path: Pa
     return Pair(name, image, labels.astype(np.uint32), reviewed)
 
 
+def _listed_names(folder: Path) -> list[str]:
+    entries = _read_manifest(folder)["pairs"]
+    return [p["name"] for p in entries if isinstance(p, dict) and isinstance(p.get("name"), str)]
+
+
+def find_orphans(folder: Path | str) -> list[str]:
+    """Names of pair files in ``images/`` or ``labels/`` that the manifest does not list."""
+    folder = Path(folder)
+    if not (folder / MANIFEST).exists():
+        return []
+    listed = set(_listed_names(folder))
+    found = {p.stem for sub in ("images", "labels") for p in (folder / sub).glob("*.tif") if not p.name.startswith(".")}
+    return sorted(found - listed)
+
+
+def repair_pairs(folder: Path | str) -> tuple[list[str], list[tuple[str, str]]]:
+    """Re-list complete orphan pairs in the manifest; return (re-listed names, (name, reason) left out)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no such pairs folder.")
+    relisted, left = [], []
+    try:
+        with _manifest_lock(folder):
+            manifest = _read_manifest(folder)
+            for name in find_orphans(folder):
+                rev = folder / "reviewed" / f"{name}.tif"
+                try:
+                    _load_pair(name, folder / "images" / f"{name}.tif", folder / "labels" / f"{name}.tif",
+                               rev if rev.exists() else None)
+                except (NapariUnetError, ValueError) as exc:
+                    left.append((name, _reason(exc, folder)))
+                    continue
+                record = PairRecord(name=name, source="(re-listed by repair)", reviewed=rev.exists(),
+                                    time=time.strftime("%Y-%m-%dT%H:%M:%S"))
+                manifest["pairs"].append(asdict(record))
+                relisted.append(name)
+            if relisted:
+                _write_manifest(folder, manifest)
+    except OSError as exc:
+        raise InputError(f"Could not repair {folder}: {os_error_sentence(exc)}") from None
+    return relisted, left
+
+
+def _reason(exc: Exception, folder: Path) -> str:
+    return str(exc).replace(f"{folder}/images/", "").replace(f"{folder}/labels/", "")
+
+
 def read_pairs(folder: Path | str) -> tuple[list[Pair], list[tuple[str, str]]]:
-    """Valid pairs of a folder, and ``(name, reason)`` for each pair skipped (also warned)."""
+    """Valid pairs of a folder, and ``(name, reason)`` for each pair skipped (also warned).
+
+    Unlisted pair files (orphans) are warned about too; ``repair_pairs`` re-lists complete ones.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: no such pairs folder.")
     candidates: list[tuple[str, Path, Path, Path | None]] = []
     if (folder / MANIFEST).exists() or (folder / "images").is_dir():
         if (folder / MANIFEST).exists():
-            names = [p["name"] for p in _read_manifest(folder)["pairs"] if isinstance(p, dict) and "name" in p]
+            names = _listed_names(folder)
+            orphans = find_orphans(folder)
+            if orphans:
+                warnings.warn(
+                    f"{len(orphans)} pair file(s) in {folder} are not listed in {MANIFEST} ({', '.join(orphans[:5])}"
+                    f"{', …' if len(orphans) > 5 else ''}); run 'napari-unet pairs repair {folder}' to re-list them.",
+                    stacklevel=2,
+                )
         else:
             names = sorted(p.stem for p in (folder / "images").glob("*.tif"))
         for name in names:

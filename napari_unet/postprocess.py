@@ -11,6 +11,8 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import relabel_sequential, watershed
 
+from .validate import check_number
+
 
 @dataclass(frozen=True)
 class PostprocessConfig:
@@ -20,6 +22,13 @@ class PostprocessConfig:
     seed_threshold: float = 0.6  # seeds = connected regions of P(interior) above this
     min_size: int = 30
     min_seed_size: int = 4
+
+    def __post_init__(self) -> None:  # checked here so every path (API, CLI, checkpoint) refuses alike
+        for name in ("threshold", "seed_threshold"):
+            object.__setattr__(self, name, check_number(name.replace("_", " "), getattr(self, name), low=0, high=1))
+        for name in ("min_size", "min_seed_size"):
+            object.__setattr__(self, name, check_number(name.replace("_", " "), getattr(self, name), low=0,
+                                                        integer=True))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

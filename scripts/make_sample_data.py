@@ -23,8 +23,8 @@ def main() -> None:
     out = Path(__file__).parent.parent / "sample_data"
     for name, image, labels in load_split("validation-data"):
         if name in CHOSEN:
-            write_tiff_atomic(out / f"{CHOSEN[name]}.tif", image)
-            write_tiff_atomic(out / f"{CHOSEN[name]}_labels.tif", labels.astype(np.uint32))
+            write_tiff_atomic(out / f"{CHOSEN[name]}.tif", image, overwrite=True)
+            write_tiff_atomic(out / f"{CHOSEN[name]}_labels.tif", labels.astype(np.uint32), overwrite=True)
             print(name, image.shape, image.dtype, int(labels.max()), "nuclei")
 
 

@@ -1,6 +1,6 @@
 import numpy as np
 
-from napari_unet.metrics import class_scores, instance_scores, iou_matrix, pooled_f1
+from napari_unet.metrics import class_scores, instance_scores, overlaps, pooled_f1
 
 
 def test_identical_and_empty():
@@ -23,7 +23,7 @@ def test_partial_overlap_counts():
     s = instance_scores(gt, pred)
     assert s.tp[0.5] == 1 and s.tp[0.7] == 1 and s.tp[0.8] == 0
     assert abs(s.f1[0.5] - 2 / 4) < 1e-9
-    assert abs(iou_matrix(gt, pred)[0, 0] - 0.7) < 1e-9
+    assert abs(overlaps(gt, pred).iou[0] - 0.7) < 1e-9
     assert abs(pooled_f1([(gt, pred), (gt, gt)]) - (2 * 3 / 8)) < 1e-9
 
 
