@@ -1,22 +1,32 @@
-"""The ``napari-unet`` command line: ``segment``, ``evaluate`` (and ``train``)."""
+"""The ``napari-unet`` command line: ``segment``, ``evaluate``, ``train`` and ``pairs repair``.
+
+Every failure reaches the user as one sentence on stderr with a non-zero exit code (2 for bad
+arguments, 1 for bad inputs, 130 for Ctrl-C); outputs are written atomically and never replace an
+existing file unless ``--overwrite`` is given.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
 from .device import DEVICES
-from .errors import NapariUnetError
+from .errors import InputError, InvalidParameter, NapariUnetError, os_error_sentence
 from .inference import DEFAULT_OVERLAP, DEFAULT_TILE, load_model, predict
 from .metrics import THRESHOLDS, instance_scores
 from .postprocess import labels_from_probabilities
 from .tiff import read_image, write_tiff_atomic
+from .validate import check_number
 
 
 class ProgressBar:
@@ -40,57 +50,214 @@ def _fail(message: str) -> int:
     return 1
 
 
+def _say(line: str) -> None:
+    """Print a result line; if stdout was closed (``| head``), keep working silently."""
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - replaces the closed stream for the rest of the run
+
+
+IMAGE_SUFFIXES = (".tif", ".tiff")
+LABEL_SUFFIXES = ("_labels", "_masks", "_mask", "_label")
+
+
+def _stem(path: Path) -> str:
+    """File name without its image suffix (``a.ome.tif`` → ``a``, ``a.1.tif`` → ``a.1``)."""
+    name = path.name
+    for suffix in (".tif", ".tiff", ".ome"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+    return name
+
+
+def _is_labels_name(path: Path) -> bool:
+    return _stem(path).lower().endswith(LABEL_SUFFIXES)
+
+
+def _expand_inputs(names: list[str]) -> tuple[list[Path], list[str]]:
+    """Input paths (folders expanded to the images inside), and notes about what was skipped."""
+    paths, notes = [], []
+    for name in names:
+        path = Path(name)
+        found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else [path]
+        if path.is_dir() and not found:
+            notes.append(f"{path}: folder holds no TIFF images; nothing to do there.")
+        for p in found:
+            if _is_labels_name(p):
+                notes.append(f"{p}: skipped, its name says it is a labels file, not an image.")
+            else:
+                paths.append(p)
+    return paths, notes
+
+
+def _output_paths(inputs: list[Path], out_dir: Path, overwrite: bool) -> tuple[list[Path], list[str]]:
+    """Output path per input, and the problems that must stop the run before anything is written."""
+    outputs = [out_dir / f"{_stem(p)}_labels.tif" for p in inputs]
+    problems = []
+    seen: dict[Path, Path] = {}
+    for src, out in zip(inputs, outputs):
+        if out in seen and seen[out].resolve() != src.resolve():
+            problems.append(f"{seen[out]} and {src} would both be written to {out}; segment them into "
+                            "different --out folders or rename one.")
+        seen.setdefault(out, src)
+        if not overwrite and out.exists():
+            problems.append(f"{out} already exists; pass --overwrite to replace it, or choose another --out.")
+    if out_dir.exists() and not out_dir.is_dir():
+        problems.insert(0, f"{out_dir}: the output folder is a file.")
+    return outputs, problems
+
+
+def _check_writable(folder: Path) -> str | None:
+    """None if files can be created in ``folder`` (created if missing); else one sentence."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        return f"Cannot write to the output folder: {os_error_sentence(exc, folder)}"
+    return None
+
+
 def cmd_segment(args: argparse.Namespace) -> int:
+    inputs, notes = _expand_inputs(args.inputs)
+    for note in notes:
+        print(f"napari-unet: note: {note}", file=sys.stderr)
+    if not inputs:
+        return _fail("no images to segment.")
+    out_dir = Path(args.out)
+    outputs, problems = _output_paths(inputs, out_dir, args.overwrite)
+    problem = problems[0] if problems else _check_writable(out_dir)
+    if problem:
+        for extra in problems[1:]:
+            print(f"napari-unet: error: {extra}", file=sys.stderr)
+        return _fail(f"{problem} Nothing was segmented.")
     try:
         model = load_model(args.model)
+        chosen = {"threshold": args.threshold, "seed_threshold": args.seed_threshold, "min_size": args.min_size}
+        post = replace(model.postprocess, **{k: v for k, v in chosen.items() if v is not None})
     except NapariUnetError as exc:
         return _fail(str(exc))
-    chosen = {"threshold": args.threshold, "seed_threshold": args.seed_threshold, "min_size": args.min_size}
-    post = replace(model.postprocess, **{k: v for k, v in chosen.items() if v is not None})
-    out_dir = Path(args.out)
-    failures = 0
-    for path in map(Path, args.inputs):
-        start = time.monotonic()
-        try:
-            image = read_image(path)
-            probs = predict(
-                model, image, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
-                device=args.device, scale=args.scale, channel=args.channel,
-                progress=None if args.quiet else ProgressBar(path.name),
-            )
-            labels = labels_from_probabilities(probs, post)
-            out = write_tiff_atomic(out_dir / f"{path.stem}_labels.tif", labels)
-        except (NapariUnetError, OSError) as exc:
-            message = str(exc) if str(exc).startswith(str(path)) else f"{path}: {exc}"
-            print(f"napari-unet: error: {message}", file=sys.stderr)
-            failures += 1
-            continue
-        n = int(sum(len(np.unique(p)) - (p == 0).any() for p in labels.reshape(-1, *labels.shape[-2:])))
-        print(f"{path} -> {out}  ({n} objects, {labels.shape}, {time.monotonic() - start:.1f} s)")
+    failures = written = 0
+    try:
+        for path, out in zip(inputs, outputs):
+            start = time.monotonic()
+            try:
+                image = read_image(path, series=args.series)
+                probs = predict(
+                    model, image, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
+                    device=args.device, scale=args.scale, channel=args.channel, channel_axis=args.channel_axis,
+                    progress=None if args.quiet else ProgressBar(path.name),
+                )
+                labels = labels_from_probabilities(probs, post)
+                del probs
+                write_tiff_atomic(out, labels, overwrite=args.overwrite)
+            except FileExistsError:
+                failures += 1
+                print(f"napari-unet: error: {out} appeared while segmenting; it was not replaced.", file=sys.stderr)
+                continue
+            except (NapariUnetError, OSError, MemoryError) as exc:
+                failures += 1
+                if isinstance(exc, OSError):
+                    message = os_error_sentence(exc)
+                elif isinstance(exc, MemoryError):
+                    message = "not enough memory to segment it"
+                else:
+                    message = str(exc)
+                message = message if message.startswith(str(path)) else f"{path}: {message}"
+                print(f"napari-unet: error: {message}", file=sys.stderr)
+                continue
+            written += 1
+            planes = labels.reshape(-1, *labels.shape[-2:])
+            counts = [int(p.max()) for p in planes]  # labels are numbered 1..n per plane
+            found = (f"{counts[0]} objects" if len(counts) == 1 else
+                     f"~{round(sum(counts) / len(counts))} objects per plane, {len(counts)} planes")
+            _say(f"{path} -> {out}  ({found}, {labels.shape}, {time.monotonic() - start:.1f} s)")
+            if not any(counts):
+                print(f"napari-unet: note: {path}: no objects found; check the image, --threshold or the model.",
+                      file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"\nnapari-unet: Interrupted; {written} of {len(inputs)} outputs written.", file=sys.stderr)
+        return 130
     return 1 if failures else 0
+
+
+def _read_labels(path: str, role: str) -> np.ndarray:
+    data = read_image(path)
+    if not np.issubdtype(data.dtype, np.integer) and data.dtype != bool:
+        raise InputError(f"{path}: the {role} has data type {data.dtype}; labels must be integers "
+                         "(is it an intensity image rather than a labels image?).")
+    if data.dtype.kind == "i" and data.min(initial=0) < 0:
+        raise InputError(f"{path}: the {role} has negative values; labels must be 0 (background) or positive.")
+    return data
+
+
+def _warn_if_not_labels(path: str, labels: np.ndarray) -> None:
+    """Warn when a "labels" image looks like intensities: in real labels, neighbouring foreground
+    pixels almost always carry the same id; in an intensity image they rarely do."""
+    a, b = labels[..., :, :-1], labels[..., :, 1:]
+    both = (a != 0) & (b != 0)
+    if both.sum() > 100 and (a != b)[both].mean() > 0.05:
+        print(f"napari-unet: warning: {path}: {100 * (a != b)[both].mean():.0f}% of neighbouring pixels have "
+              "different ids; it looks like an intensity image, not labels.", file=sys.stderr)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     paths = args.files
     if len(paths) % 2:
         return _fail("evaluate takes pairs of files: PRED.tif GT.tif [PRED.tif GT.tif ...].")
-    results = []
+    results, failures = [], 0
+    total = {"n_true": 0, "n_pred": 0, "tp": dict.fromkeys(THRESHOLDS, 0)}
     for pred_path, gt_path in zip(paths[::2], paths[1::2]):
         try:
-            pred, gt = read_image(pred_path), read_image(gt_path)
+            pred, gt = _read_labels(pred_path, "prediction"), _read_labels(gt_path, "ground truth")
+            if pred.shape != gt.shape:
+                raise InputError(f"{pred_path} has shape {pred.shape} but {gt_path} has {gt.shape}.")
         except NapariUnetError as exc:
-            return _fail(str(exc))
-        if pred.shape != gt.shape:
-            return _fail(f"{pred_path} has shape {pred.shape} but {gt_path} has {gt.shape}.")
+            failures += 1
+            print(f"napari-unet: error: {exc}", file=sys.stderr)
+            continue
         s = instance_scores(gt, pred)
+        _warn_if_not_labels(pred_path, pred)
         results.append({"prediction": str(pred_path), "ground_truth": str(gt_path), **s.to_dict()})
+        total["n_true"] += s.n_true
+        total["n_pred"] += s.n_pred
+        for t in THRESHOLDS:
+            total["tp"][t] += s.tp[t]
+    n, tp = total["n_true"] + total["n_pred"], total["tp"]
+    pooled = {
+        "files": len(results), "n_true": total["n_true"], "n_pred": total["n_pred"],
+        "f1": {str(t): (2 * tp[t] / n if n else 1.0) for t in THRESHOLDS},
+        "precision": tp[0.5] / total["n_pred"] if total["n_pred"] else 1.0,
+        "recall": tp[0.5] / total["n_true"] if total["n_true"] else 1.0,
+    }
     if args.json:
-        print(json.dumps(results if len(results) > 1 else results[0], indent=2))
-        return 0
-    for r in results:
+        _say(json.dumps(results[0] if len(results) == 1 and not failures else
+                        {"files": results, "total": pooled}, indent=2))
+        return 1 if failures else 0
+    rows = [(f"{r['prediction']} vs {r['ground_truth']}", r) for r in results]
+    if len(results) > 1:
+        rows.append(("TOTAL (pooled over all files)", pooled))
+    for title, r in rows:
         f1 = "  ".join(f"F1@{t}={r['f1'][str(t)]:.3f}" for t in THRESHOLDS)
-        print(f"{r['prediction']} vs {r['ground_truth']}: {r['n_pred']} predicted, {r['n_true']} true")
-        print(f"  {f1}  mean matched IoU={r['mean_matched_iou']:.3f}")
+        _say(f"{title}: {r['n_pred']} predicted, {r['n_true']} true, precision {r['precision']:.3f}, "
+             f"recall {r['recall']:.3f}")
+        _say(f"  {f1}" + (f"  mean matched IoU={r['mean_matched_iou']:.3f}" if "mean_matched_iou" in r else ""))
+    return 1 if failures else 0
+
+
+def cmd_pairs(args: argparse.Namespace) -> int:
+    from .pairs import repair_pairs
+
+    try:
+        relisted, left = repair_pairs(args.folder)
+    except NapariUnetError as exc:
+        return _fail(str(exc))
+    for name in relisted:
+        _say(f"re-listed {name}")
+    for name, reason in left:
+        print(f"napari-unet: note: {name} left unlisted: {reason}", file=sys.stderr)
+    _say(f"{len(relisted)} pair(s) re-listed, {len(left)} incomplete left as they are.")
     return 0
 
 
@@ -130,6 +297,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         elif event["event"] == "error":
             print(f"napari-unet: error: {event['message']}", file=sys.stderr, flush=True)
 
+    problem = _check_train_paths(Path(args.pairs), Path(args.out), args.overwrite)
+    if problem:
+        emit({"event": "error", "message": problem})
+        return 1
     options = FineTuneOptions(
         pairs=Path(args.pairs), out=Path(args.out), base=Path(args.base) if args.base else None,
         epochs=args.epochs, time_limit=args.time_limit, device=args.device, val_fraction=args.val_fraction,
@@ -143,6 +314,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     except NapariUnetError as exc:
         emit({"event": "error", "message": str(exc)})
         return 1
+    except OSError as exc:  # disk full, permissions changed mid-run, ...
+        emit({"event": "error", "message": f"Fine-tuning stopped: {os_error_sentence(exc)}"})
+        return 1
+    except MemoryError:
+        emit({"event": "error", "message": "Fine-tuning ran out of memory; use a smaller --batch-size."})
+        return 1
     except Exception as exc:  # noqa: BLE001 - report, then keep the traceback for the log
         traceback.print_exc()
         emit({"event": "error", "message": f"Fine-tuning failed unexpectedly ({type(exc).__name__}: {exc})."})
@@ -153,23 +330,75 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_train_paths(pairs: Path, out: Path, overwrite: bool) -> str | None:
+    """One sentence if the pairs folder or the output cannot be used; checked before training."""
+    if not pairs.exists():
+        return f"{pairs}: no such pairs folder."
+    if not pairs.is_dir():
+        return f"{pairs}: the pairs folder is a file, not a folder."
+    if out.is_dir():
+        return f"{out}: --out is a folder; give a file name such as {out / 'model.safetensors'}."
+    if out.exists() and not overwrite:
+        return f"{out} already exists; pass --overwrite to replace it, or choose another --out."
+    return _check_writable(out.parent)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (no usage dump), exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"napari-unet: error: {message} (see '{self.prog} --help').\n")
+
+
+def _number(name: str, *, integer: bool = False, **bounds: float) -> Callable[[str], float | int]:
+    """An argparse type: a number checked by :func:`check_number` (NaN, ranges, whole numbers)."""
+
+    def parse(text: str) -> float | int:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, not {text!r}") from None
+        try:
+            return check_number(name, value, integer=integer, **bounds)
+        except InvalidParameter as exc:
+            raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{name} ").rstrip(".")) from None
+
+    parse.__name__ = name  # argparse names the type in its messages
+    return parse
+
+
+def _scale(text: str) -> float:
+    return _number("--scale", low=0.1, high=10)(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="napari-unet", description="U-Net segmentation for microscopy.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="napari-unet", description="U-Net segmentation for microscopy.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    unit = {"low": 0, "high": 1}
 
     seg = sub.add_parser("segment", help="segment TIFF images into instance labels")
-    seg.add_argument("inputs", nargs="+", help="TIFF images")
+    seg.add_argument("inputs", nargs="+", help="TIFF images, or folders of them (labels files are skipped)")
     seg.add_argument("--model", help="checkpoint (.safetensors or .pt); default: shipped nuclei model")
     seg.add_argument("--out", default=".", help="output folder (default: current folder)")
     seg.add_argument("--device", default="auto", choices=DEVICES)
-    seg.add_argument("--tile", type=int, default=DEFAULT_TILE)
-    seg.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP)
-    seg.add_argument("--batch-size", type=int, default=4)
-    seg.add_argument("--scale", type=float, default=1.0, help="resize factor before the network")
-    seg.add_argument("--channel", type=int, help="channel to use from a multichannel image")
-    seg.add_argument("--threshold", type=float, help="foreground probability threshold (default: the model's)")
-    seg.add_argument("--seed-threshold", type=float, help="seed (interior) threshold (default: the model's)")
-    seg.add_argument("--min-size", type=int, help="smallest object kept, in pixels (default: the model's)")
+    seg.add_argument("--tile", type=_number("--tile", integer=True, low=16, high=16384), default=DEFAULT_TILE)
+    seg.add_argument("--overlap", type=_number("--overlap", integer=True, low=0), default=DEFAULT_OVERLAP)
+    seg.add_argument("--batch-size", type=_number("--batch-size", integer=True, low=1, high=1024), default=4)
+    seg.add_argument("--scale", type=_scale, default=1.0, help="resize factor before the network")
+    seg.add_argument("--channel", type=_number("--channel", integer=True, low=0),
+                     help="channel to use from a multichannel image")
+    seg.add_argument("--channel-axis", type=_number("--channel-axis", integer=True),
+                     help="which axis holds the channels (e.g. -1 for Y,X,C; 0 for C,Y,X); default: a last "
+                          "axis of 2-4 is read as channels")
+    seg.add_argument("--series", type=_number("--series", integer=True, low=0),
+                     help="which image series of a multi-series TIFF to segment")
+    seg.add_argument("--threshold", type=_number("--threshold", **unit),
+                     help="foreground probability threshold, 0-1 (default: the model's)")
+    seg.add_argument("--seed-threshold", type=_number("--seed-threshold", **unit),
+                     help="seed (interior) threshold, 0-1 (default: the model's)")
+    seg.add_argument("--min-size", type=_number("--min-size", integer=True, low=0),
+                     help="smallest object kept, in pixels (default: the model's)")
+    seg.add_argument("--overwrite", action="store_true", help="replace existing output files")
     seg.add_argument("--quiet", action="store_true", help="no progress bar")
     seg.set_defaults(func=cmd_segment)
 
@@ -182,21 +411,40 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--pairs", required=True, help="training-pairs folder (or cellpose-style folder)")
     tr.add_argument("--base", help="base checkpoint (default: shipped nuclei model)")
     tr.add_argument("--out", required=True, help="where to write the fine-tuned checkpoint (best weights)")
-    tr.add_argument("--epochs", type=int, default=30)
-    tr.add_argument("--time-limit", type=float, help="seconds; stops at epochs or time, whichever first")
+    tr.add_argument("--epochs", type=_number("--epochs", integer=True, low=1, high=100000), default=30)
+    tr.add_argument("--time-limit", type=_number("--time-limit", low=0, low_open=True),
+                    help="seconds (> 0); stops at epochs or time, whichever first")
     tr.add_argument("--device", default="auto", choices=DEVICES)
-    tr.add_argument("--val-fraction", type=float, default=0.2)
-    tr.add_argument("--steps-per-epoch", type=int, default=20)
-    tr.add_argument("--batch-size", type=int, default=4)
-    tr.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    tr.add_argument("--nice", type=int, default=0, help="lower the process priority by this much (0-19)")
-    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--val-fraction", type=_number("--val-fraction", low=0.05, high=0.9), default=0.2)
+    tr.add_argument("--steps-per-epoch", type=_number("--steps-per-epoch", integer=True, low=1, high=100000),
+                    default=20)
+    tr.add_argument("--batch-size", type=_number("--batch-size", integer=True, low=1, high=1024), default=4)
+    tr.add_argument("--threads", type=_number("--threads", integer=True, low=0, high=1024), default=0,
+                    help="torch CPU threads (0: torch's default)")
+    tr.add_argument("--nice", type=_number("--nice", integer=True, low=0, high=19), default=0,
+                    help="lower the process priority by this much (0-19)")
+    tr.add_argument("--seed", type=_number("--seed", integer=True, low=0), default=0)
+    tr.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     tr.add_argument("--json", action="store_true", help="one JSON event per line on stdout")
     tr.add_argument("--no-lock", action="store_true", help="do not lock the pairs folder (the caller holds it)")
     tr.set_defaults(func=cmd_train)
+
+    pr = sub.add_parser("pairs", help="maintain a training-pairs folder")
+    pr_sub = pr.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    rep = pr_sub.add_parser("repair", help="re-list complete pair files missing from pairs.json")
+    rep.add_argument("folder", help="training-pairs folder")
+    rep.set_defaults(func=cmd_pairs)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    """Run the command line; every failure is one sentence on stderr and a non-zero exit code."""
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("\nnapari-unet: Interrupted.", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the closed pipe at exit
+        return 0

@@ -23,6 +23,7 @@ from .model import UNet
 from .pairs import Pair, read_pairs
 from .postprocess import choose_postprocess
 from .training import Sample, TrainConfig, train, validation_probabilities
+from .validate import check_number
 
 EventFn = Callable[[dict[str, Any]], None]
 MIN_VAL_SIDE = 64
@@ -42,6 +43,16 @@ class FineTuneOptions:
     crop_size: int = 256
     lr: float = 5e-4
     seed: int = 0
+
+    def __post_init__(self) -> None:  # the API refuses what the CLI refuses
+        self.epochs = check_number("epochs", self.epochs, low=1, integer=True)
+        if self.time_limit is not None:
+            self.time_limit = check_number("time limit", self.time_limit, low=0, low_open=True)
+        self.val_fraction = check_number("validation fraction", self.val_fraction, low=0.05, high=0.9)
+        self.steps_per_epoch = check_number("steps per epoch", self.steps_per_epoch, low=1, integer=True)
+        self.batch_size = check_number("batch size", self.batch_size, low=1, high=1024, integer=True)
+        self.crop_size = check_number("crop size", self.crop_size, low=16, integer=True)
+        self.lr = check_number("learning rate", self.lr, low=0, low_open=True)
 
 
 def _sample(pair: Pair, model: SegmentationModel) -> Sample:

@@ -1,6 +1,6 @@
 """Turn user images of any supported layout into ``(N, C, H, W)`` planes, with clear errors.
 
-Layouts: ``(H, W)`` grayscale; ``(H, W, C)`` colour/multichannel when ``C`` is 3 or 4 or a
+Layouts: ``(H, W)`` grayscale; ``(H, W, C)`` multichannel when ``C`` is 2, 3 or 4 or a
 ``channel_axis`` is given; anything with more leading axes is a stack (Z, T, …) processed
 plane by plane.
 """
@@ -49,7 +49,7 @@ def to_planes(
     """View ``image`` as ``(N, C, H, W)`` planes matching a model with ``in_channels`` inputs.
 
     ``channel_axis`` marks the channel axis explicitly; otherwise a last axis of length 3 or 4
-    on a 3D+ image is read as colour. ``channel`` picks one channel for a single-channel model.
+    on a 3D+ image is read as channels. ``channel`` picks one channel for a single-channel model.
     """
     try:
         image = np.asarray(image)
@@ -60,7 +60,7 @@ def to_planes(
         raise InputError(f"The image is empty (shape {image.shape}).")
     if image.ndim < 2:
         raise InputError(f"The image has {image.ndim} dimension(s); at least 2 (Y, X) are needed.")
-    if channel_axis is None and image.ndim >= 3 and image.shape[-1] in (3, 4):
+    if channel_axis is None and image.ndim >= 3 and image.shape[-1] in (2, 3, 4) and image.shape[-2] > 4:
         channel_axis = image.ndim - 1
     if channel_axis is not None:
         if not -image.ndim <= channel_axis < image.ndim:

@@ -26,7 +26,7 @@ try:
 except ImportError:  # Windows
     fcntl = None
 
-from .errors import NapariUnetError
+from .errors import NapariUnetError, os_error_sentence
 from .versions import models_dir_for, new_version_path
 
 LOCK_NAME = ".napari-unet-train.lock"
@@ -51,7 +51,12 @@ class FolderLock:
     def acquire(self) -> None:
         if fcntl is None:  # no flock on this platform: run unlocked rather than refuse
             return
-        f = open(self.path, "a+")
+        try:
+            f = open(self.path, "a+")
+        except OSError as exc:
+            raise NapariUnetError(
+                f"Cannot lock the pairs folder for fine-tuning: {os_error_sentence(exc, self.path.parent)}"
+            ) from None
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -108,7 +113,7 @@ class FineTuneRunner:
                "--out", str(self.out), "--epochs", str(r.epochs), "--device", r.device]
         if r.base:
             cmd += ["--base", str(r.base)]
-        if r.time_limit:
+        if r.time_limit is not None:  # 0 must reach the child and be refused, not mean "no limit"
             cmd += ["--time-limit", str(r.time_limit)]
         if r.threads:
             cmd += ["--threads", str(r.threads)]
