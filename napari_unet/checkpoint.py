@@ -101,10 +101,11 @@ class Checkpoint:
                     f"{path}: the weights contain NaN or infinite values ({key}); the training that "
                     "wrote it diverged, so it cannot segment anything. Use an earlier checkpoint."
                 )
-        net = UNet(self.config)
-        state = {k: v.to(torch.float32) if v.is_floating_point() else v for k, v in self.state_dict.items()}
+        net = skeleton  # the weights are assigned into it: no second construction, no random init
+        state = {k: v.to(torch.float32, copy=True) if v.is_floating_point() else v.clone()
+                 for k, v in self.state_dict.items()}
         try:
-            net.load_state_dict(state, strict=True)
+            net.load_state_dict(state, strict=True, assign=True)
         except RuntimeError as exc:
             lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
             first = lines[1] if len(lines) > 1 else (lines[0] if lines else type(exc).__name__)

@@ -1,6 +1,8 @@
-"""Training-pairs folders: export, atomicity under SIGKILL, validation, cellpose folders."""
+"""Training-pairs folders: export, atomicity under SIGKILL, concurrent writers, orphans, validation,
+cellpose folders."""
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,7 +14,8 @@ import pytest
 import tifffile
 
 from napari_unet import InputError
-from napari_unet.pairs import count_pairs, export_pair, read_pairs
+from napari_unet.cli import main
+from napari_unet.pairs import count_pairs, export_pair, find_orphans, read_pairs
 
 
 def test_export_whole_plane_and_rectangle(tmp_path, misc, misc_labels):
@@ -107,3 +110,51 @@ def test_export_survives_sigkill_at_any_moment(tmp_path, misc, misc_labels):
         for p in pairs:
             assert p.labels.max() > 0
     assert len(pairs) >= 2
+
+
+def test_four_processes_exporting_into_one_folder_lose_nothing(tmp_path, misc, misc_labels):
+    np.save(tmp_path / "img.npy", misc[:64, :64])
+    np.save(tmp_path / "lab.npy", misc_labels[:64, :64])
+    folder = tmp_path / "shared"
+    script = textwrap.dedent(f"""
+        import numpy as np, sys
+        from napari_unet.pairs import export_pair
+        img, lab = np.load({str(tmp_path / 'img.npy')!r}), np.load({str(tmp_path / 'lab.npy')!r})
+        print("ready", flush=True)
+        sys.stdin.readline()  # start together
+        for i in range(25):
+            export_pair({str(folder)!r}, img, lab, source=f"writer{{sys.argv[1]}}.tif", plane=(i,))
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(w)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True) for w in range(4)]
+    for p in procs:
+        assert p.stdout.readline().strip() == "ready"
+    for p in procs:
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    for p in procs:
+        assert p.wait(300) == 0
+    manifest = json.loads((folder / "pairs.json").read_text())
+    names = [e["name"] for e in manifest["pairs"]]
+    assert len(names) == 100 and len(set(names)) == 100
+    assert find_orphans(folder) == []
+    pairs, skipped = read_pairs(folder)
+    assert len(pairs) == 100 and not skipped
+
+
+def test_orphans_are_reported_and_repaired(tmp_path, misc, misc_labels, capsys):
+    folder = tmp_path / "pairs"
+    rec = export_pair(folder, misc[:64, :64], misc_labels[:64, :64])
+    for sub in ("images", "labels"):  # a pair whose manifest entry was lost (e.g. an old concurrent export)
+        shutil.copy(folder / sub / f"{rec.name}.tif", folder / sub / "lost.tif")
+    shutil.copy(folder / "images" / f"{rec.name}.tif", folder / "images" / "half.tif")  # image only
+    assert find_orphans(folder) == ["half", "lost"]
+    with pytest.warns(UserWarning, match="2 pair file.* not listed.*napari-unet pairs repair"):
+        pairs, _ = read_pairs(folder)
+    assert len(pairs) == 1
+    assert main(["pairs", "repair", str(folder)]) == 0
+    out = capsys.readouterr()
+    assert "re-listed lost" in out.out and "half left unlisted" in out.err
+    pairs, _ = read_pairs(folder)
+    assert sorted(p.name for p in pairs) == sorted([rec.name, "lost"])
+    assert find_orphans(folder) == ["half"]
