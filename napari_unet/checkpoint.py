@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open, save
 
 from . import __version__
 from .atomic import atomic_path
@@ -137,8 +137,9 @@ def save_checkpoint(
         "config": json.dumps(net.config.to_dict()),
         "info": json.dumps(asdict(info)),
     }
+    data = save(tensors, metadata=header)  # serialised in memory: write errors then surface as OSError
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=header)
+        tmp.write_bytes(data)
     return path
 
 

@@ -24,6 +24,7 @@ _OS_REASONS = {
     errno.EPERM: "permission denied",
     errno.ENOSPC: "the disk is full",
     errno.EDQUOT: "the disk quota is exceeded",
+    errno.EFBIG: "the file is larger than the disk or this process may write",
     errno.EROFS: "the file system is read-only",
     errno.ENOENT: "no such file or folder",
     errno.EISDIR: "it is a folder, not a file",

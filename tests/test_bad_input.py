@@ -406,3 +406,52 @@ def test_evaluate_refuses_or_warns_about_intensity_images(tmp_path, capsys):
     assert code == 0 and "looks like an intensity image" in err
     code, _, err = run(["evaluate", gt, gt], capsys)
     assert "intensity" not in err
+
+
+def _limit_file_size(limit: int):
+    """A real write failure (EFBIG) past ``limit`` bytes, standing in for a full disk."""
+    import resource
+
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def test_a_full_disk_is_one_sentence_and_leaves_nothing_half_written(tmp_path, misc, misc_labels, tiny_ckpt):
+    image = tmp_path / "img.tif"
+    tifffile.imwrite(image, misc)
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "napari_unet", "segment", image, "--out", out, "--model", tiny_ckpt,
+                           *FAST], capture_output=True, text=True, timeout=300, preexec_fn=_limit_file_size(256))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stdout
+    assert "img_labels.tif" not in [p.name for p in out.iterdir()]
+    assert "larger than the disk" in proc.stderr and not list(out.iterdir())  # temp file removed too
+
+    pairs = tmp_path / "pairs"
+    export_pair(pairs, misc[:256, :256], misc_labels[:256, :256])
+    export_pair(pairs, misc[256:, 256:], misc_labels[256:, 256:])
+    proc = subprocess.run([sys.executable, "-m", "napari_unet", "train", "--pairs", pairs, "--base", tiny_ckpt,
+                           "--out", tmp_path / "m.safetensors", "--epochs", "1", "--steps-per-epoch", "1",
+                           "--device", "cpu", "--json"],
+                          capture_output=True, text=True, timeout=300, preexec_fn=_limit_file_size(4096))
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert proc.returncode == 1 and events[-1]["event"] == "error", proc.stderr
+    assert "larger than the disk" in events[-1]["message"] and "Traceback" not in proc.stderr
+    assert not (tmp_path / "m.safetensors").exists()
+
+    script = ("import numpy as np, sys; from napari_unet.pairs import export_pair\n"
+              "from napari_unet import NapariUnetError\n"
+              "noise = np.random.default_rng(0).integers(0, 65535, (512, 512)).astype(np.uint16)\n"
+              f"try: export_pair({str(pairs)!r}, noise, np.ones((512, 512), np.uint32))\n"
+              "except NapariUnetError as e: print(e); sys.exit(1)")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          preexec_fn=_limit_file_size(16384))
+    assert proc.returncode == 1 and "Could not save the training pair" in proc.stdout, proc.stderr
+    assert len(read_pairs_names(pairs)) == 2  # the manifest still lists exactly the two good pairs
+    assert len(list((pairs / "images").iterdir())) == 2  # and no temp file was left behind
+
+
+def read_pairs_names(folder):
+    return [e["name"] for e in json.loads((folder / MANIFEST).read_text())["pairs"]]

@@ -159,3 +159,26 @@ def test_finetuning_the_shipped_model_helps_on_a_new_kind_of_image(tmp_path, u2o
     progress = [e for e in events if e["event"] == "progress"]
     assert progress[-1]["train_loss"] < progress[0]["train_loss"]
     assert done["improved"] and done["f1"] > done["base_f1"] + 0.1
+
+
+def test_train_killed_at_any_moment_leaves_a_loadable_checkpoint_or_none(tmp_path, pairs_dir, tiny_ckpt):
+    out = tmp_path / "models" / "ft.safetensors"
+    cmd = [sys.executable, "-m", "napari_unet", "train", "--pairs", str(pairs_dir), "--base", str(tiny_ckpt),
+           "--out", str(out), "--epochs", "50", "--device", "cpu", "--json", "--overwrite", *FAST]
+    moments = []
+    for wait_events in (0, 1, 3, 6):  # after start, first checkpoint (epoch 0), and mid-training
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        seen = 0
+        for line in proc.stdout:
+            if seen >= wait_events:
+                break
+            seen += json.loads(line)["event"] in ("start", "checkpoint", "progress")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        moments.append(seen)
+        if out.exists():  # the best checkpoint on disk is always complete
+            assert load_model(out).info.provenance["base_model"] == "tiny"
+        lock = FolderLock(pairs_dir)  # the kernel released the killed run's lock
+        lock.acquire()
+        lock.release()
+    assert out.exists() and moments[-1] == 6
