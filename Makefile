@@ -15,7 +15,7 @@ SYSTEM_PACKAGES := xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0 lib
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[napari,test]" "napari[$(shell echo $(QT) | tr A-Z a-z)]"
+	$(PIP) install -q -e ".[napari,test,bioimageio]" "napari[$(shell echo $(QT) | tr A-Z a-z)]"
 	touch $(STAMP)
 
 # Qt needs an X server and a few xcb libraries on a bare Debian; install them when we can.

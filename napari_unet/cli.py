@@ -371,6 +371,19 @@ def _scale(text: str) -> float:
     return _number("--scale", low=0.1, high=10)(text)
 
 
+def cmd_export_bioimageio(args: argparse.Namespace) -> int:
+    from .bioimageio_export import export_bioimageio
+
+    authors = [a.strip() for a in args.authors.split(",") if a.strip()] if args.authors else None
+    try:
+        out = export_bioimageio(args.model, args.out, name=args.name, authors=authors, license=args.license,
+                                cover=args.cover, overwrite=args.overwrite)
+    except NapariUnetError as exc:
+        return _fail(str(exc))
+    print(f"{args.model} -> {out}  (bioimage.io model package; check it with: bioimageio test {out})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="napari-unet", description="U-Net segmentation for microscopy.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -434,6 +447,16 @@ def build_parser() -> argparse.ArgumentParser:
     rep = pr_sub.add_parser("repair", help="re-list complete pair files missing from pairs.json")
     rep.add_argument("folder", help="training-pairs folder")
     rep.set_defaults(func=cmd_pairs)
+
+    bx = sub.add_parser("export-bioimageio", help="write a checkpoint as a bioimage.io model package (.zip)")
+    bx.add_argument("model", help="napari-unet checkpoint (.safetensors)")
+    bx.add_argument("out", help="package to write (.zip); never overwritten unless --overwrite")
+    bx.add_argument("--name", help="model name (default: the checkpoint's)")
+    bx.add_argument("--authors", help="comma-separated author names")
+    bx.add_argument("--license", default="MIT", help="SPDX licence id of the model (default: MIT)")
+    bx.add_argument("--cover", help="cover image (PNG); default: drawn from a segmentation of the sample image")
+    bx.add_argument("--overwrite", action="store_true", help="replace an existing OUT.zip")
+    bx.set_defaults(func=cmd_export_bioimageio)
     return parser
 
 

@@ -1,0 +1,331 @@
+"""Export a napari-unet checkpoint as a bioimage.io model package (spec 0.5, a zip file).
+
+The package holds the network three ways: ``pytorch_state_dict`` weights with the architecture
+source (napari-unet's ``model.py``, so any reader can rebuild it), ``torchscript`` weights (runs
+without Python source) and napari-unet's own config under ``config.napari_unet`` (so napari-unet
+rebuilds its network without running anything from the package). Test tensors are computed from
+the shipped sample image with napari-unet's own ``predict``; nothing in the package refers to a
+URL. Needs the ``bioimageio`` extra (``pip install napari-unet[bioimageio]``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import inspect
+import json
+import tempfile
+from dataclasses import asdict
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__
+from . import model as model_module
+from .atomic import atomic_path
+from .checkpoint import read_checkpoint
+from .errors import InputError, NapariUnetError
+from .inference import SegmentationModel, predict
+from .postprocess import labels_from_probabilities
+
+PACKAGE_FORMAT = "napari-unet-bioimageio"
+PACKAGE_FORMAT_VERSION = 1
+ARCHITECTURE_FILE = "napari_unet_model.py"
+ARCHITECTURE_CALLABLE = "NapariUNet"
+HALO = 64  # output pixels each side that depend on image context beyond the tile (half the default overlap)
+SAMPLE_IMAGE = "nuclei_misc.tif"
+TEST_SIDE = 256  # test tensors: the centre 256×256 of the sample image
+INPUT_ID, OUTPUT_ID = "raw", "probabilities"
+
+CITATIONS = {
+    "unet": ("Ronneberger O., Fischer P., Brox T. (2015). U-Net: Convolutional Networks for Biomedical "
+             "Image Segmentation. MICCAI 2015.", "10.1007/978-3-319-24574-4_28"),
+    "unetpp": ("Zhou Z., Rahman Siddiquee M. M., Tajbakhsh N., Liang J. (2018). UNet++: A Nested U-Net "
+               "Architecture for Medical Image Segmentation. DLMIA 2018.", "10.1007/978-3-030-00889-5_1"),
+}
+
+_ARCHITECTURE_ENTRY = f'''
+
+class {ARCHITECTURE_CALLABLE}(UNet):
+    """napari-unet's network built from its config as keyword arguments (bioimage.io entry point).
+
+    It outputs logits; the package's postprocessing applies a softmax over the channel axis.
+    """
+
+    def __init__(self, **config):
+        super().__init__(UNetConfig(**config))
+'''
+
+
+def _need_bioimageio() -> None:
+    try:
+        import bioimageio.spec  # noqa: F401
+    except ImportError:
+        raise InputError(
+            "Writing or reading bioimage.io packages needs the bioimageio extra: "
+            "pip install 'napari-unet[bioimageio]'."
+        ) from None
+
+
+def architecture_source() -> str:
+    """The self-contained source that rebuilds napari-unet's network from its config kwargs."""
+    return inspect.getsource(model_module) + _ARCHITECTURE_ENTRY
+
+
+def _channel_name(text: str) -> str:
+    name = "".join(c if c.isalnum() else "_" for c in text.lower()).strip("_")
+    return name if name and name[0].isalpha() else f"c_{name}"
+
+
+def _sample_image() -> np.ndarray:
+    import tifffile
+
+    return tifffile.imread(str(files("napari_unet.sample_data") / SAMPLE_IMAGE))
+
+
+def test_crop(image: np.ndarray, multiple: int, side: int = TEST_SIDE) -> np.ndarray:
+    """The centre ``side``×``side`` crop of the sample image as float32 (sides a multiple of ``multiple``)."""
+    side = max(multiple, side // multiple * multiple)
+    y, x = (max(0, (n - side) // 2) for n in image.shape[-2:])
+    return np.ascontiguousarray(image[y : y + side, x : x + side], dtype=np.float32)
+
+
+def _cover(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """A 2:1 RGB picture: the image, and the image with the segmented nuclei outlined in colour."""
+    from skimage.segmentation import find_boundaries
+
+    lo, hi = np.percentile(image, [1, 99.8])
+    gray = (np.clip((image.astype(np.float32) - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)
+    left = np.repeat(gray[..., None], 3, axis=2)
+    right = left.copy()
+    rng = np.random.default_rng(0)
+    colours = rng.integers(80, 256, size=(int(labels.max()) + 1, 3), dtype=np.uint8)
+    edges = find_boundaries(labels, mode="inner")
+    right[edges] = colours[labels[edges]]
+    return np.concatenate([left, right], axis=1)
+
+
+def _documentation(name: str, ckpt_info: Any, arch: str, f1_note: str) -> str:
+    prov = ckpt_info.provenance
+    train = prov.get("data") or "not recorded"
+    val = prov.get("validation_data") or "not recorded"
+    classes = ", ".join(ckpt_info.classes)
+    pixel = f"{ckpt_info.pixel_size_um} µm" if ckpt_info.pixel_size_um else "not recorded"
+    return f"""# {name}
+
+A 2D {'UNet++' if arch == 'unetpp' else 'U-Net'} for nuclei segmentation, exported by
+napari-unet {__version__}.
+
+## Input
+One image plane (`raw`, axes batch, channel, y, x), any intensity range: the package's
+preprocessing maps the {ckpt_info.normalization.get('low')} / {ckpt_info.normalization.get('high')}
+percentiles of each image to 0 / 1 (`scale_range`). Pixel size the model was trained at: {pixel}.
+
+## Output
+`probabilities` (batch, channel, y, x): per-pixel class probabilities ({classes}), summing to 1
+(softmax over channels, done by the package's postprocessing). Instance labels come from a seeded
+watershed: foreground = 1 − P(background) > {ckpt_info.postprocess.get('threshold')}, seeds =
+P(interior) > {ckpt_info.postprocess.get('seed_threshold')}, objects smaller than
+{ckpt_info.postprocess.get('min_size')} pixels dropped (napari-unet does this for you).
+Tiles should overlap by twice the halo ({HALO} pixels each side).
+
+## Training
+Training data: {train}.
+Validation data: {val}.
+
+# Validation
+{f1_note}
+
+## Provenance
+```json
+{json.dumps(prov, indent=2, default=str)}
+```
+"""
+
+
+def _f1_note(info: Any) -> str:
+    prov = info.provenance
+    f1 = prov.get("validation_f1")
+    if f1 is None:
+        return "No validation F1 was recorded in this checkpoint's provenance."
+    note = (f"Instance F1 at IoU 0.5 on the validation data ({prov.get('validation_data') or 'see provenance'}): "
+            f"**{float(f1):.3f}**, measured by napari-unet when the checkpoint was trained.")
+    if prov.get("base_validation_f1") is not None:
+        note += f" The base model ({prov.get('base_model', 'unknown')}) scored {float(prov['base_validation_f1']):.3f}."
+    return note
+
+
+def export_bioimageio(
+    model_path: Path | str,
+    out_zip: Path | str,
+    *,
+    name: str | None = None,
+    authors: list[str] | None = None,
+    license: str = "MIT",
+    cover: Path | str | None = None,
+    description: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``model_path`` (a napari-unet checkpoint) as a bioimage.io package ``out_zip``.
+
+    The zip is written atomically; an existing ``out_zip`` is an InputError unless ``overwrite``.
+    """
+    _need_bioimageio()
+    out_zip = Path(out_zip)
+    if out_zip.exists() and not overwrite:
+        raise InputError(f"{out_zip} already exists; choose another name or pass overwrite (--overwrite).")
+    if out_zip.suffix.lower() != ".zip":
+        raise InputError(f"{out_zip}: a bioimage.io package is a .zip file; name the output *.zip.")
+    ckpt = read_checkpoint(model_path)
+    model = SegmentationModel.from_checkpoint(ckpt, Path(model_path))
+    if model.config.padding != "same":
+        raise InputError(f"{model_path}: only models with 'same' padding can be exported to bioimage.io.")
+    if model.config.in_channels != 1:
+        raise InputError(f"{model_path}: only single-channel models can be exported (the sample image is grey).")
+    if cover is not None and not Path(cover).is_file():
+        raise InputError(f"{cover}: no such cover image.")
+    with tempfile.TemporaryDirectory(prefix="napari-unet-bmz-") as tmp:
+        descr = _describe(model, Path(tmp), name=name, authors=authors, license=license,
+                          cover=Path(cover) if cover else None, description=description)
+        from bioimageio.spec import save_bioimageio_package
+
+        with atomic_path(out_zip, overwrite=overwrite) as part:
+            part.unlink()
+            save_bioimageio_package(descr, output_path=part.with_suffix(".zip"))
+            part.with_suffix(".zip").replace(part)
+    return out_zip
+
+
+def _describe(
+    model: SegmentationModel, tmp: Path, *, name: str | None, authors: list[str] | None, license: str,
+    cover: Path | None, description: str | None,
+) -> Any:
+    from bioimageio.spec.model import v0_5 as bmz
+
+    info, config = model.info, model.config
+    arch = str(getattr(config, "architecture", "unet") or "unet")
+    name = name or info.name.replace("_", " ")
+    import imageio.v3 as iio
+
+    sample = _sample_image()
+    if cover is None:
+        cover = tmp / "cover.png"
+        iio.imwrite(cover, _cover(sample, labels_from_probabilities(predict(model, sample, device="cpu"),
+                                                                    model.postprocess)))
+    image = test_crop(sample, model.net.size_multiple)
+    # napari-unet's own prediction, one tile over the whole crop: what the package must reproduce
+    probs = predict(model, image, tile=max(image.shape), overlap=0, device="cpu")
+    np.save(tmp / "test_input.npy", image[None, None])
+    np.save(tmp / "test_output.npy", probs[None].astype(np.float32))
+    iio.imwrite(tmp / "sample_input.tif", image)
+    iio.imwrite(tmp / "sample_output.tif", probs.astype(np.float32))
+    (tmp / ARCHITECTURE_FILE).write_text(architecture_source())
+    net = model.net.float().eval()
+    torch.save({k: v.detach().cpu().float() for k, v in net.state_dict().items()}, tmp / "weights.pt")
+    ts_comment = _save_torchscript(net, tmp / "weights_torchscript.pt")
+    (tmp / "README.md").write_text(_documentation(name, info, arch, _f1_note(info)))
+    (tmp / "LICENSE_DATA.md").write_text((files("napari_unet.sample_data") / "README.md").read_text())
+
+    multiple = model.net.size_multiple
+    min_side = -(-(2 * HALO + multiple) // multiple) * multiple
+    unit = {"unit": "micrometer", "scale": float(info.pixel_size_um)} if info.pixel_size_um else {}
+
+    def space_in(axis: str) -> Any:
+        return bmz.SpaceInputAxis(id=bmz.AxisId(axis), size=bmz.ParameterizedSize(min=min_side, step=multiple),
+                                  **unit)
+
+    def space_out(axis: str) -> Any:
+        return bmz.SpaceOutputAxisWithHalo(
+            id=bmz.AxisId(axis), halo=HALO, size=bmz.SizeReference(tensor_id=bmz.TensorId(INPUT_ID),
+                                                                   axis_id=bmz.AxisId(axis)), **unit)
+
+    norm = model.normalization
+    inputs = [bmz.InputTensorDescr(
+        id=bmz.TensorId(INPUT_ID),
+        description="One image plane, any intensity range (normalised by the preprocessing).",
+        axes=[bmz.BatchAxis(), bmz.ChannelAxis(channel_names=[bmz.Identifier("intensity")]),
+              space_in("y"), space_in("x")],
+        test_tensor=bmz.FileDescr(source=tmp / "test_input.npy"),
+        sample_tensor=bmz.FileDescr(source=tmp / "sample_input.tif"),
+        data=bmz.IntervalOrRatioDataDescr(type="float32"),
+        preprocessing=[bmz.ScaleRangeDescr(kwargs=bmz.ScaleRangeKwargs(
+            axes=[bmz.AxisId("y"), bmz.AxisId("x")], min_percentile=norm.low, max_percentile=norm.high))],
+    )]
+    class_names = [bmz.Identifier(_channel_name(c)) for c in info.classes]
+    outputs = [bmz.OutputTensorDescr(
+        id=bmz.TensorId(OUTPUT_ID),
+        description=f"Per-pixel probabilities of the classes {', '.join(info.classes)} (softmax over channels).",
+        axes=[bmz.BatchAxis(), bmz.ChannelAxis(channel_names=class_names), space_out("y"), space_out("x")],
+        test_tensor=bmz.FileDescr(source=tmp / "test_output.npy"),
+        sample_tensor=bmz.FileDescr(source=tmp / "sample_output.tif"),
+        data=bmz.IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)),
+        postprocessing=[bmz.SoftmaxDescr(kwargs=bmz.SoftmaxKwargs(axis=bmz.AxisId("channel")))],
+    )]
+    torch_version = bmz.Version(torch.__version__.split("+")[0])
+    weights = bmz.WeightsDescr(
+        pytorch_state_dict=bmz.PytorchStateDictWeightsDescr(
+            source=tmp / "weights.pt",
+            architecture=bmz.ArchitectureFromFileDescr(
+                source=tmp / ARCHITECTURE_FILE, callable=bmz.Identifier(ARCHITECTURE_CALLABLE),
+                kwargs=config.to_dict()),
+            pytorch_version=torch_version,
+        ),
+        torchscript=bmz.TorchscriptWeightsDescr(
+            source=tmp / "weights_torchscript.pt", pytorch_version=torch_version,
+            parent="pytorch_state_dict", comment=ts_comment),
+    )
+    cite = [bmz.CiteEntry(text=CITATIONS["unet"][0], doi=bmz.Doi(CITATIONS["unet"][1]))]
+    if arch == "unetpp":
+        cite.append(bmz.CiteEntry(text=CITATIONS["unetpp"][0], doi=bmz.Doi(CITATIONS["unetpp"][1])))
+    ours = {
+        "format": PACKAGE_FORMAT,
+        "format_version": PACKAGE_FORMAT_VERSION,
+        "model_config": config.to_dict(),
+        "info": json.loads(json.dumps(asdict(info), default=str)),
+        "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "napari_unet_version": __version__,
+        "test_tensor_prediction": "napari-unet predict(tile=whole plane, overlap=0, device='cpu')",
+    }
+    return bmz.ModelDescr(
+        name=name,
+        description=description or (f"2D {'UNet++' if arch == 'unetpp' else 'U-Net'} nuclei segmentation "
+                                    "(background / interior / boundary probabilities), trained with napari-unet."),
+        authors=[bmz.Author(name=a) for a in (authors or ["napari-unet user"])],
+        cite=cite,
+        license=bmz.LicenseId(license),
+        documentation=bmz.FileDescr(source=tmp / "README.md"),
+        covers=[bmz.FileDescr(source=cover)],
+        attachments=[bmz.FileDescr(source=tmp / "LICENSE_DATA.md")],
+        tags=["napari-unet", "unet", "2d", "nuclei", "instance-segmentation", "semantic-segmentation",
+              "fluorescence-light-microscopy", "pytorch"],
+        inputs=inputs,
+        outputs=outputs,
+        weights=weights,
+        config=bmz.Config(bioimageio=bmz.BioimageioConfig(reproducibility_tolerance=[
+            bmz.ReproducibilityTolerance(absolute_tolerance=1e-3, relative_tolerance=0.0,
+                                         mismatched_elements_per_million=0)]), napari_unet=ours),
+        version=bmz.Version("0.1.0"),
+    )
+
+
+def _save_torchscript(net: torch.nn.Module, path: Path) -> str:
+    """Script the network (keeps size-dependent branches); fall back to tracing if scripting fails."""
+    import copy
+
+    net = copy.deepcopy(net).eval()
+    # TorchScript compiles properties too; the config-reading ones are not needed by forward()
+    props = [n for n, v in inspect.getmembers(type(net)) if isinstance(v, property)]
+    net.__class__ = type(type(net).__name__, (type(net),), {"__jit_unused_properties__": props})
+    try:
+        scripted = torch.jit.script(net)
+        how = "torch.jit.script"
+    except Exception as exc:  # noqa: BLE001 - any scripting failure: trace instead
+        try:
+            scripted = torch.jit.trace(net, torch.zeros(1, net.config.in_channels, 256, 256))
+        except Exception:  # noqa: BLE001
+            raise NapariUnetError(f"The network could not be converted to TorchScript ({exc}).") from None
+        how = "torch.jit.trace on a 256×256 input"
+    scripted.save(str(path))
+    return f"converted with {how} by napari-unet {__version__}"
