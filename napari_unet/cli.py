@@ -133,7 +133,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
             print(f"napari-unet: error: {extra}", file=sys.stderr)
         return _fail(f"{problem} Nothing was segmented.")
     try:
-        model = load_model(args.model)
+        model = load_model(args.model, trust_code=args.trust_package_code)
         chosen = {"threshold": args.threshold, "seed_threshold": args.seed_threshold, "min_size": args.min_size}
         post = replace(model.postprocess, **{k: v for k, v in chosen.items() if v is not None})
     except NapariUnetError as exc:
@@ -149,7 +149,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
                     device=args.device, scale=args.scale, channel=args.channel, channel_axis=args.channel_axis,
                     progress=None if args.quiet else ProgressBar(path.name),
                 )
-                labels = labels_from_probabilities(probs, post)
+                if getattr(model, "semantic", False):  # a package whose classes are not nuclei/boundary
+                    labels = probs.argmax(axis=-3).astype(np.uint32)
+                else:
+                    labels = labels_from_probabilities(probs, post)
                 del probs
                 write_tiff_atomic(out, labels, overwrite=args.overwrite)
             except FileExistsError:
@@ -391,7 +394,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     seg = sub.add_parser("segment", help="segment TIFF images into instance labels")
     seg.add_argument("inputs", nargs="+", help="TIFF images, or folders of them (labels files are skipped)")
-    seg.add_argument("--model", help="checkpoint (.safetensors or .pt); default: shipped nuclei model")
+    seg.add_argument("--model", help="checkpoint (.safetensors or .pt) or bioimage.io package (.zip); "
+                     "default: shipped nuclei model")
+    seg.add_argument("--trust-package-code", action="store_true",
+                     help="allow a bioimage.io package whose weights need its own Python source (runs that code)")
     seg.add_argument("--out", default=".", help="output folder (default: current folder)")
     seg.add_argument("--device", default="auto", choices=DEVICES)
     seg.add_argument("--tile", type=_number("--tile", integer=True, low=16, high=16384), default=DEFAULT_TILE)

@@ -83,9 +83,16 @@ def default_model_path() -> Path:
     return Path(str(files("napari_unet.sample_data") / "nuclei_default.safetensors"))
 
 
-def load_model(path: Path | str | None = None) -> SegmentationModel:
-    """Load a checkpoint (``None`` = the shipped default nuclei model)."""
+def load_model(path: Path | str | None = None, *, trust_code: bool = False) -> SegmentationModel:
+    """Load a checkpoint (``None`` = the shipped default nuclei model) or a bioimage.io package (.zip).
+
+    ``trust_code`` allows a package whose only weights need its Python source (see bioimageio_import).
+    """
     path = Path(path) if path is not None else default_model_path()
+    if path.suffix.lower() == ".zip":
+        from .bioimageio_import import load_package
+
+        return load_package(path, trust_code=trust_code)
     return SegmentationModel.from_checkpoint(read_checkpoint(path), path)
 
 
@@ -163,4 +170,6 @@ def segment(
     """
     model = model or load_model()
     probs = predict(model, image, **options)
+    if getattr(model, "semantic", False):  # a package whose classes are not nuclei/boundary: class map
+        return probs.argmax(axis=-3).astype(np.uint32)
     return labels_from_probabilities(probs, postprocess or model.postprocess)
