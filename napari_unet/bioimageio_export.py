@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import inspect
 import json
+import shutil
 import tempfile
 from dataclasses import asdict
 from importlib.resources import files
@@ -191,10 +192,12 @@ def export_bioimageio(
                           cover=Path(cover) if cover else None, description=description)
         from bioimageio.spec import save_bioimageio_package
 
-        with atomic_path(out_zip, overwrite=overwrite) as part:
-            part.unlink()
-            save_bioimageio_package(descr, output_path=part.with_suffix(".zip"))
-            part.with_suffix(".zip").replace(part)
+        package = save_bioimageio_package(descr, output_path=Path(tmp) / "package.zip")
+        try:
+            with atomic_path(out_zip, overwrite=overwrite) as part:
+                shutil.copyfile(package, part)
+        except FileExistsError:
+            raise InputError(f"{out_zip} appeared while exporting; it was not replaced.") from None
     return out_zip
 
 

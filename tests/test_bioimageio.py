@@ -37,7 +37,10 @@ def offline_bioimageio(tmp_path, monkeypatch):
 
 def bioimageio_test(package: Path) -> subprocess.CompletedProcess:
     """The real client, as a user runs it: `bioimageio test PACKAGE`."""
-    env = dict(os.environ, NO_COLOR="1", COLUMNS="200")
+    # any attempt to reach the network fails at once through a proxy that is not there
+    proxy = "http://127.0.0.1:9"
+    env = dict(os.environ, NO_COLOR="1", COLUMNS="200", HTTP_PROXY=proxy, HTTPS_PROXY=proxy, ALL_PROXY=proxy,
+               http_proxy=proxy, https_proxy=proxy, NO_PROXY="", no_proxy="")
     return subprocess.run([str(BIOIMAGEIO), "test", str(package)], capture_output=True, text=True,
                           timeout=600, env=env)
 
