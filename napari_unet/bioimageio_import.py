@@ -30,6 +30,7 @@ from .checkpoint import Checkpoint, ModelInfo
 from .errors import CheckpointError
 from .inference import SegmentationModel
 from .model import UNetConfig
+from .pixel_size import to_micrometres
 from .postprocess import PostprocessConfig
 
 PACKAGE_FORMAT = "napari-unet-bioimageio"
@@ -323,7 +324,8 @@ def _load_foreign(path: Path, rdf: dict[str, Any], trust_code: bool) -> Segmenta
     depth = max(1, min(7, int(math.log2(step)) + 1)) if step and step & (step - 1) == 0 else 1
     config = UNetConfig(in_channels=in_channels, out_classes=len(classes), depth=depth)
     net = PackageNet(module, config, min_side=max(min_y, min_x), step=step, post=post, mapping=mapping, picks=picks)
-    info = ModelInfo(name=str(rdf.get("name", path.stem)), classes=classes,
+    pixel = to_micrometres(spatial[-1].get("scale", 1.0), spatial[-1].get("unit"))
+    info = ModelInfo(name=str(rdf.get("name", path.stem)), classes=classes, pixel_size_um=pixel,
                      provenance={"bioimageio_package": str(path), "description": rdf.get("description", "")})
     return PackageModel(net, info, path, preprocessing=PackagePreprocessing(pre),
                         semantic=mapping in ("probabilities", "logits"))

@@ -22,10 +22,12 @@ import numpy as np
 
 from .device import DEVICES
 from .errors import InputError, InvalidParameter, NapariUnetError, os_error_sentence
+from .image_files import read_image_file, write_labels_file
 from .inference import DEFAULT_OVERLAP, DEFAULT_TILE, load_model, predict
 from .metrics import THRESHOLDS, instance_scores
+from .pixel_size import auto_scale
 from .postprocess import labels_from_probabilities
-from .tiff import read_image, write_tiff_atomic
+from .tiff import read_image
 from .validate import check_number
 
 
@@ -58,14 +60,14 @@ def _say(line: str) -> None:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - replaces the closed stream for the rest of the run
 
 
-IMAGE_SUFFIXES = (".tif", ".tiff")
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 LABEL_SUFFIXES = ("_labels", "_masks", "_mask", "_label")
 
 
 def _stem(path: Path) -> str:
     """File name without its image suffix (``a.ome.tif`` → ``a``, ``a.1.tif`` → ``a.1``)."""
     name = path.name
-    for suffix in (".tif", ".tiff", ".ome"):
+    for suffix in (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".ome"):
         if name.lower().endswith(suffix):
             name = name[: -len(suffix)]
     return name
@@ -143,10 +145,16 @@ def cmd_segment(args: argparse.Namespace) -> int:
         for path, out in zip(inputs, outputs):
             start = time.monotonic()
             try:
-                image = read_image(path, series=args.series)
+                file = read_image_file(path, series=args.series)
+                scale = args.scale
+                if scale == "auto":
+                    scale, how = auto_scale(file.pixel_size_um, model.info.pixel_size_um)
+                    print(f"napari-unet: {path}: {how}{'' if scale else '; scale 1'}.", file=sys.stderr)
+                    scale = scale or 1.0
+                channel_axis = args.channel_axis if args.channel_axis is not None else file.channel_axis
                 probs = predict(
-                    model, image, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
-                    device=args.device, scale=args.scale, channel=args.channel, channel_axis=args.channel_axis,
+                    model, file.data, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
+                    device=args.device, scale=scale, channel=args.channel, channel_axis=channel_axis,
                     progress=None if args.quiet else ProgressBar(path.name),
                 )
                 if getattr(model, "semantic", False):  # a package whose classes are not nuclei/boundary
@@ -154,7 +162,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
                 else:
                     labels = labels_from_probabilities(probs, post)
                 del probs
-                write_tiff_atomic(out, labels, overwrite=args.overwrite)
+                write_labels_file(out, labels, axes=file.labels_axes, pixel_size_um=file.pixel_size_um,
+                                  overwrite=args.overwrite)
             except FileExistsError:
                 failures += 1
                 print(f"napari-unet: error: {out} appeared while segmenting; it was not replaced.", file=sys.stderr)
@@ -370,8 +379,8 @@ def _number(name: str, *, integer: bool = False, **bounds: float) -> Callable[[s
     return parse
 
 
-def _scale(text: str) -> float:
-    return _number("--scale", low=0.1, high=10)(text)
+def _scale(text: str) -> float | str:
+    return "auto" if text == "auto" else _number("--scale", low=0.1, high=10)(text)
 
 
 def cmd_export_bioimageio(args: argparse.Namespace) -> int:
@@ -392,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     unit = {"low": 0, "high": 1}
 
-    seg = sub.add_parser("segment", help="segment TIFF images into instance labels")
+    seg = sub.add_parser("segment", help="segment images (TIFF, OME-TIFF, ImageJ, PNG, JPEG) into instance labels")
     seg.add_argument("inputs", nargs="+", help="TIFF images, or folders of them (labels files are skipped)")
     seg.add_argument("--model", help="checkpoint (.safetensors or .pt) or bioimage.io package (.zip); "
                      "default: shipped nuclei model")
@@ -403,7 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--tile", type=_number("--tile", integer=True, low=16, high=16384), default=DEFAULT_TILE)
     seg.add_argument("--overlap", type=_number("--overlap", integer=True, low=0), default=DEFAULT_OVERLAP)
     seg.add_argument("--batch-size", type=_number("--batch-size", integer=True, low=1, high=1024), default=4)
-    seg.add_argument("--scale", type=_scale, default=1.0, help="resize factor before the network")
+    seg.add_argument("--scale", type=_scale, default=1.0,
+                     help="resize factor before the network, or 'auto': the image's pixel size (OME/ImageJ "
+                          "metadata) over the model's")
     seg.add_argument("--channel", type=_number("--channel", integer=True, low=0),
                      help="channel to use from a multichannel image")
     seg.add_argument("--channel-axis", type=_number("--channel-axis", integer=True),

@@ -18,6 +18,7 @@ from .images import to_planes
 from .memory import check_fits, predict_bytes
 from .model import UNet, UNetConfig
 from .normalize import Normalization
+from .pixel_size import auto_scale
 from .postprocess import PostprocessConfig, labels_from_probabilities
 from .prepare import prepare_for_inference
 from .tiling import CancelFn, ProgressFn, count_tiles, predict_plane, resize_planes, tile_geometry
@@ -104,7 +105,8 @@ def predict(
     overlap: int = DEFAULT_OVERLAP,
     batch_size: int = 4,
     device: str | torch.device = "auto",
-    scale: float = 1.0,
+    scale: float | str = 1.0,
+    pixel_size_um: float | None = None,
     channel_axis: int | None = None,
     channel: int | None = None,
     amp: bool | None = None,
@@ -114,7 +116,9 @@ def predict(
 ) -> np.ndarray:
     """Class probabilities ``(*stack, K, H, W)`` float32 for ``image``, by tiled inference.
 
-    ``scale`` resizes the image before the network (e.g. 2.0 for nuclei half the trained size).
+    ``scale`` resizes the image before the network (e.g. 2.0 for nuclei half the trained size);
+    ``"auto"`` takes the ratio of ``pixel_size_um`` (the image's) to the model's pixel size, 1.0
+    when either is unknown.
     ``amp`` (default: on for CUDA) runs the network in bfloat16 on CUDA only.
     ``progress(done, total)`` is called after each batch of tiles; when ``cancel()`` returns
     True the call raises :class:`~napari_unet.errors.Cancelled` before the next batch.
@@ -123,6 +127,8 @@ def predict(
     tile = check_number("tile", tile, low=16, high=16384, integer=True)
     overlap = check_number("overlap", overlap, low=0, integer=True)
     batch_size = check_number("batch size", batch_size, low=1, high=1024, integer=True)
+    if scale == "auto":
+        scale = auto_scale(pixel_size_um, model.info.pixel_size_um)[0] or 1.0
     scale = check_number("scale", scale)
     if not 0.1 <= scale <= 10:
         raise InputError(f"Scale {scale} is outside the supported range 0.1–10.")
