@@ -37,6 +37,7 @@ ARCHITECTURE_FILE = "napari_unet_model.py"
 ARCHITECTURE_CALLABLE = "NapariUNet"
 HALO = 64  # output pixels each side that depend on image context beyond the tile (half the default overlap)
 SAMPLE_IMAGE = "nuclei_misc.tif"
+ONNX_OPSET = 18
 TEST_SIDE = 256  # test tensors: the centre 256×256 of the sample image
 INPUT_ID, OUTPUT_ID = "raw", "probabilities"
 
@@ -167,10 +168,12 @@ def export_bioimageio(
     license: str = "MIT",
     cover: Path | str | None = None,
     description: str | None = None,
+    onnx: bool = True,
     overwrite: bool = False,
 ) -> Path:
     """Write ``model_path`` (a napari-unet checkpoint) as a bioimage.io package ``out_zip``.
 
+    ONNX weights are added when ``onnx`` and the network exports cleanly (checked with ONNX Runtime).
     The zip is written atomically; an existing ``out_zip`` is an InputError unless ``overwrite``.
     """
     _need_bioimageio()
@@ -189,7 +192,7 @@ def export_bioimageio(
         raise InputError(f"{cover}: no such cover image.")
     with tempfile.TemporaryDirectory(prefix="napari-unet-bmz-") as tmp:
         descr = _describe(model, Path(tmp), name=name, authors=authors, license=license,
-                          cover=Path(cover) if cover else None, description=description)
+                          cover=Path(cover) if cover else None, description=description, onnx=onnx)
         from bioimageio.spec import save_bioimageio_package
 
         package = save_bioimageio_package(descr, output_path=Path(tmp) / "package.zip")
@@ -203,7 +206,7 @@ def export_bioimageio(
 
 def _describe(
     model: SegmentationModel, tmp: Path, *, name: str | None, authors: list[str] | None, license: str,
-    cover: Path | None, description: str | None,
+    cover: Path | None, description: str | None, onnx: bool,
 ) -> Any:
     from bioimageio.spec.model import v0_5 as bmz
 
@@ -228,6 +231,7 @@ def _describe(
     net = model.net.float().eval()
     torch.save({k: v.detach().cpu().float() for k, v in net.state_dict().items()}, tmp / "weights.pt")
     ts_comment = _save_torchscript(net, tmp / "weights_torchscript.pt")
+    onnx_note = _save_onnx(net, tmp / "weights.onnx", model.net.size_multiple) if onnx else "not requested"
     (tmp / "README.md").write_text(_documentation(name, info, arch, _f1_note(info)))
     (tmp / "LICENSE_DATA.md").write_text((files("napari_unet.sample_data") / "README.md").read_text())
 
@@ -253,6 +257,9 @@ def _describe(
         test_tensor=bmz.FileDescr(source=tmp / "test_input.npy"),
         sample_tensor=bmz.FileDescr(source=tmp / "sample_input.tif"),
         data=bmz.IntervalOrRatioDataDescr(type="float32"),
+        # bioimageio.core pads by the halo before predicting: mirror, as napari-unet does ("mode" is
+        # given explicitly, or the serialiser drops it and readers see the default constant padding)
+        pad=bmz.ReflectPadding(mode="reflect"),
         preprocessing=[bmz.ScaleRangeDescr(kwargs=bmz.ScaleRangeKwargs(
             axes=[bmz.AxisId("y"), bmz.AxisId("x")], min_percentile=norm.low, max_percentile=norm.high))],
     )]
@@ -278,6 +285,9 @@ def _describe(
         torchscript=bmz.TorchscriptWeightsDescr(
             source=tmp / "weights_torchscript.pt", pytorch_version=torch_version,
             parent="pytorch_state_dict", comment=ts_comment),
+        onnx=bmz.OnnxWeightsDescr(source=tmp / "weights.onnx", opset_version=ONNX_OPSET,
+                                  parent="pytorch_state_dict", comment=onnx_note)
+        if (tmp / "weights.onnx").is_file() else None,
     )
     cite = [bmz.CiteEntry(text=CITATIONS["unet"][0], doi=bmz.Doi(CITATIONS["unet"][1]))]
     if arch == "unetpp":
@@ -311,6 +321,38 @@ def _describe(
                                          mismatched_elements_per_million=0)]), napari_unet=ours),
         version=bmz.Version("0.1.0"),
     )
+
+
+def _save_onnx(net: torch.nn.Module, path: Path, multiple: int) -> str:
+    """Export to ONNX (torch.export, dynamic batch and size); a failure leaves the package without ONNX."""
+    import copy
+    import warnings
+
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return "not exported: onnx/onnxruntime are not installed"
+    net = copy.deepcopy(net).eval()
+    x = torch.zeros(1, net.config.in_channels, 16 * multiple, 16 * multiple)
+    side = torch.export.Dim("side", min=1, max=4096)
+    shapes = ({0: torch.export.Dim("batch", min=1, max=256), 2: side * multiple,
+               3: torch.export.Dim("side_x", min=1, max=4096) * multiple},)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(net, (x,), str(path), dynamo=True, opset_version=ONNX_OPSET,
+                              input_names=[INPUT_ID], output_names=["logits"], dynamic_shapes=shapes,
+                              external_data=False, verbose=False)
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        check = torch.rand(2, net.config.in_channels, 3 * multiple, 5 * multiple)
+        with torch.no_grad():
+            diff = float(abs(session.run(None, {INPUT_ID: check.numpy()})[0] - net(check).numpy()).max())
+        if diff > 1e-3:
+            raise ValueError(f"ONNX Runtime differs from PyTorch by {diff:.2g}")
+    except Exception as exc:  # noqa: BLE001 - any exporter failure: ship torchscript only
+        path.unlink(missing_ok=True)
+        return f"not exported: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+    return f"torch.onnx.export (dynamo) by napari-unet {__version__}, opset {ONNX_OPSET}"
 
 
 def _save_torchscript(net: torch.nn.Module, path: Path) -> str:

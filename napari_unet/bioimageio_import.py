@@ -2,7 +2,7 @@
 
 * Packages napari-unet exported (``config.napari_unet``) are rebuilt as napari-unet's own network
   from the stored config and the ``pytorch_state_dict`` tensors (read with ``weights_only=True``).
-* Other 2D packages run their **torchscript** weights (a compiled graph, no Python). A package
+* Other 2D packages run their **torchscript** or **ONNX** weights (graphs, no Python). A package
   whose only usable weights are ``pytorch_state_dict`` + architecture source would have to import
   that source, i.e. run the package author's Python: refused unless ``trust_code=True``.
 * The package's preprocessing is applied per image; its outputs become napari-unet's classes when
@@ -331,8 +331,34 @@ def _load_foreign(path: Path, rdf: dict[str, Any], trust_code: bool) -> Segmenta
                         semantic=mapping in ("probabilities", "logits"))
 
 
+class OnnxModule(nn.Module):
+    """ONNX weights run by ONNX Runtime on the CPU (a graph: no Python from the package)."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__()
+        import onnxruntime as ort
+
+        self.session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.session.run(None, {self.input_name: x.detach().float().cpu().contiguous().numpy()})[0]
+        return torch.from_numpy(np.ascontiguousarray(out)).to(x.device)
+
+
+def _onnx_available() -> bool:
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
 def _foreign_module(path: Path, rdf: dict[str, Any], trust_code: bool) -> nn.Module:
     weights = rdf.get("weights") or {}
+    if not weights.get("torchscript") and weights.get("onnx") and _onnx_available():
+        try:
+            return OnnxModule(_read_member(path, weights["onnx"]))
+        except CheckpointError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own kinds
+            raise CheckpointError(f"{path}: the package's ONNX weights could not be read ({exc}).") from None
     if weights.get("torchscript"):
         data = _read_member(path, weights["torchscript"])
         try:
@@ -343,7 +369,10 @@ def _foreign_module(path: Path, rdf: dict[str, Any], trust_code: bool) -> nn.Mod
     state_entry = weights.get("pytorch_state_dict")
     if not state_entry:
         kinds = ", ".join(weights) or "none"
-        raise CheckpointError(f"{path}: napari-unet runs torchscript (or its own) weights; this package has {kinds}.")
+        need = " (ONNX needs onnxruntime: pip install 'napari-unet[bioimageio]')" if weights.get("onnx") else ""
+        raise CheckpointError(
+            f"{path}: napari-unet runs torchscript or ONNX (or its own) weights; this package has {kinds}{need}."
+        )
     if not trust_code:
         raise CheckpointError(
             f"{path}: this package's only PyTorch weights need its architecture Python source to be imported, "

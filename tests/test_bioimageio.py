@@ -61,11 +61,12 @@ def test_shipped_model_exports_and_passes_bioimageio_test(tmp_path, capsys):
                  "--authors", "A. Person, B. Person"]) == 0
     proc = bioimageio_test(out)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    for fmt in ("pytorch_state_dict", "torchscript"):
+    for fmt in ("pytorch_state_dict", "torchscript", "onnx"):
         assert f"Reproduce test outputs from test inputs ({fmt})" in proc.stdout
     assert "❌" not in proc.stdout
     description = rdf(out)
-    assert set(description["weights"]) == {"pytorch_state_dict", "torchscript"}
+    assert set(description["weights"]) == {"pytorch_state_dict", "torchscript", "onnx"}
+    assert description["inputs"][0]["pad"] == {"mode": "reflect"}
     tol = description["config"]["bioimageio"]["reproducibility_tolerance"][0]
     assert tol["absolute_tolerance"] == 1e-3 and tol["mismatched_elements_per_million"] == 0
     steps = {s["id"]: s.get("kwargs") for s in description["inputs"][0]["preprocessing"]}
@@ -99,6 +100,7 @@ def test_finetuned_model_round_trip_and_bioimageio_test(tmp_path, misc):
     export_bioimageio(ckpt, out, authors=["Tester"])
     proc = bioimageio_test(out)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Reproduce test outputs from test inputs (onnx)" in proc.stdout
     with zipfile.ZipFile(out) as z:
         readme = z.read("README.md").decode()
     assert "0.735" in readme and "0.701" in readme
@@ -133,7 +135,8 @@ class TinyFgBoundaryNet(nn.Module):
         return self.body(x)
 
 
-def build_foreign_package(tmp: Path, image: np.ndarray, *, torchscript: bool, source: str | None = None) -> Path:
+def build_foreign_package(tmp: Path, image: np.ndarray, *, torchscript: bool = False, onnx: bool = False,
+                          source: str | None = None) -> Path:
     """A spec-0.5 package for ``TinyFgBoundaryNet`` (zero-mean/unit-variance input, sigmoid outputs)."""
     from bioimageio.spec import save_bioimageio_package
     from bioimageio.spec.model import v0_5 as bmz
@@ -150,6 +153,13 @@ def build_foreign_package(tmp: Path, image: np.ndarray, *, torchscript: bool, so
     if torchscript:
         torch.jit.script(net).save(str(tmp / "net.pt"))
         weights["torchscript"] = bmz.TorchscriptWeightsDescr(source=tmp / "net.pt", pytorch_version=bmz.Version("2.13"))
+    if onnx:
+        side = torch.export.Dim("side", min=4, max=1024) * 4
+        torch.onnx.export(net, (torch.from_numpy(xn),), str(tmp / "net.onnx"), dynamo=True, opset_version=18,
+                          input_names=["image"], dynamic_shapes=({2: side, 3: torch.export.Dim("sx", min=4,
+                                                                                             max=1024) * 4},),
+                          external_data=False, verbose=False)
+        weights["onnx"] = bmz.OnnxWeightsDescr(source=tmp / "net.onnx", opset_version=18)
     if source is not None:
         (tmp / "arch.py").write_text(source)
         torch.save(net.state_dict(), tmp / "state.pt")
@@ -178,11 +188,15 @@ def build_foreign_package(tmp: Path, image: np.ndarray, *, torchscript: bool, so
     return save_bioimageio_package(descr, output_path=tmp / "package.zip")
 
 
-def test_foreign_torchscript_package_matches_bioimageio_core(tmp_path, misc):
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_foreign_package_matches_bioimageio_core(tmp_path, misc, fmt):
+    """A package napari-unet did not write (another network, other preprocessing, fg/boundary sigmoid
+    outputs), run from its torchscript or its ONNX weights."""
     from bioimageio.core import predict as bmz_predict
 
     image = misc[128:320, 96:288]
-    package = build_foreign_package(tmp_path / "pkg", image, torchscript=True)
+    package = build_foreign_package(tmp_path / "pkg", image, **{fmt: True})
+    assert set(rdf(package)["weights"]) == {fmt}
     model = load_model(package)
     assert model.info.classes == ["background", "foreground", "boundaries"]
     assert not model.semantic
