@@ -45,7 +45,12 @@ def is_package(path: Path | str) -> bool:
 
 def read_description(path: Path | str) -> dict[str, Any]:
     """The package's description (rdf.yaml / bioimageio.yaml) as a dict; YAML only, no code."""
-    import yaml
+    try:
+        import yaml
+    except ImportError:
+        raise CheckpointError(
+            "Reading bioimage.io packages needs the bioimageio extra: pip install 'napari-unet[bioimageio]'."
+        ) from None
 
     path = Path(path)
     if not path.is_file():
