@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .checkpoint import Checkpoint, ModelInfo
-from .errors import CheckpointError
+from .errors import CheckpointError, InputError
 from .inference import SegmentationModel
 from .model import UNetConfig
 from .pixel_size import to_micrometres
@@ -161,6 +161,26 @@ def _side(axis: dict[str, Any]) -> tuple[int, int]:
     raise ValueError(f"axis {axis.get('id')} has a size napari-unet cannot tile ({size})")
 
 
+def _check_same_size(inp: dict[str, Any], out: dict[str, Any], out_axes: list[dict[str, Any]]) -> None:
+    """napari-unet blends output tiles onto the input grid: the output must have the input's y/x size."""
+    shape = out.get("shape")
+    if isinstance(shape, dict):  # spec 0.4: {reference_tensor, scale, offset}
+        axes = out.get("axes", "")
+        for i, a in enumerate(axes):
+            if a in "yx" and (shape.get("scale", [1] * len(axes))[i] != 1 or shape.get("offset", [0] * len(axes))[i]):
+                raise ValueError("its output is not the size of its input")
+        return
+    for a in out_axes:
+        if a.get("type") != "space":
+            continue
+        size = a.get("size")
+        same = isinstance(size, dict) and size.get("tensor_id") == inp.get("id") and not size.get("offset") \
+            and size.get("axis_id", a["id"]) == a["id"] and a.get("scale", 1) == next(
+                (b.get("scale", 1) for b in _axes(inp) if b["id"] == a["id"]), 1)
+        if not same:
+            raise ValueError(f"its output axis {a['id']} is not the size of the input's")
+
+
 @dataclass
 class PackagePreprocessing:
     """The package's input preprocessing, applied once per image to ``(C, H, W)`` planes."""
@@ -250,7 +270,11 @@ class PackageNet(nn.Module):
         return side, side
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.module(x.contiguous())
+        try:
+            y = self.module(x.contiguous())
+        except RuntimeError as exc:  # a graph that does not accept this tile
+            detail = (str(exc).strip().splitlines() or [""])[-1][:160]
+            raise InputError(f"The package's network failed on a {tuple(x.shape)} tile ({detail}).") from None
         if isinstance(y, (tuple, list)):
             y = y[0]
         y = y.float()
@@ -304,6 +328,7 @@ def _load_foreign(path: Path, rdf: dict[str, Any], trust_code: bool) -> Segmenta
             raise ValueError(f"input axes {[a['id'] for a in in_axes]} are not a 2D image (y, x)")
         if [a["id"] for a in out_axes if a.get("type") == "space"] != ["y", "x"]:
             raise ValueError("the output is not a 2D image")
+        _check_same_size(inputs[0], outputs[0], out_axes)
         (min_y, step_y), (min_x, step_x) = (_side(a) for a in spatial)
         channels = next((a for a in in_axes if a.get("type") == "channel"), None)
         in_channels = len(channels.get("channel_names") or []) or int(channels.get("size", 1)) if channels else 1

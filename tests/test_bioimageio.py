@@ -114,6 +114,19 @@ def test_finetuned_model_round_trip_and_bioimageio_test(tmp_path, misc):
                                   segment(crop, original, device="cpu", tile=128, overlap=32))
     with pytest.raises(InputError, match="already exists"):
         export_bioimageio(ckpt, out)
+    # the same package read as any other (no napari-unet config): torchscript, softmax, class names
+    description = rdf(out)
+    del description["config"]["napari_unet"]
+    anonymous = tmp_path / "anonymous.zip"
+    with zipfile.ZipFile(out) as src, zipfile.ZipFile(anonymous, "w") as dst:
+        for item in src.namelist():
+            data = yaml.safe_dump(description).encode() if item == "rdf.yaml" else src.read(item)
+            dst.writestr(item, data)
+    foreign = load_model(anonymous)
+    assert type(foreign).__name__ == "PackageModel" and not foreign.semantic
+    assert foreign.info.pixel_size_um == 0.65
+    np.testing.assert_allclose(predict(foreign, crop, device="cpu", tile=128, overlap=32),
+                               predict(original, crop, device="cpu", tile=128, overlap=32), atol=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------
