@@ -10,11 +10,15 @@ URL. Needs the ``bioimageio`` extra (``pip install napari-unet[bioimageio]``).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import inspect
+import io
 import json
+import logging
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict
 from importlib.resources import files
 from pathlib import Path
@@ -326,7 +330,6 @@ def _describe(
 def _save_onnx(net: torch.nn.Module, path: Path, multiple: int) -> str:
     """Export to ONNX (torch.export, dynamic batch and size); a failure leaves the package without ONNX."""
     import copy
-    import warnings
 
     try:
         import onnxruntime as ort
@@ -334,12 +337,10 @@ def _save_onnx(net: torch.nn.Module, path: Path, multiple: int) -> str:
         return "not exported: onnx/onnxruntime are not installed"
     net = copy.deepcopy(net).eval()
     x = torch.zeros(1, net.config.in_channels, 16 * multiple, 16 * multiple)
-    side = torch.export.Dim("side", min=1, max=4096)
-    shapes = ({0: torch.export.Dim("batch", min=1, max=256), 2: side * multiple,
+    shapes = ({0: torch.export.Dim("batch", min=1, max=256), 2: torch.export.Dim("side_y", min=1, max=4096) * multiple,
                3: torch.export.Dim("side_x", min=1, max=4096) * multiple},)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with _quiet_exporter():
             torch.onnx.export(net, (x,), str(path), dynamo=True, opset_version=ONNX_OPSET,
                               input_names=[INPUT_ID], output_names=["logits"], dynamic_shapes=shapes,
                               external_data=False, verbose=False)
@@ -353,6 +354,24 @@ def _save_onnx(net: torch.nn.Module, path: Path, multiple: int) -> str:
         path.unlink(missing_ok=True)
         return f"not exported: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
     return f"torch.onnx.export (dynamo) by napari-unet {__version__}, opset {ONNX_OPSET}"
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence the ONNX exporter's progress prints, log lines and warnings."""
+    import warnings
+
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch._dynamo", "torch.export", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def _save_torchscript(net: torch.nn.Module, path: Path) -> str:
