@@ -22,7 +22,7 @@ from napari_unet.cli import main
 from napari_unet.errors import CheckpointError, InputError
 from napari_unet.inference import default_model_path, predict
 
-from .conftest import make_tiny_model
+from .conftest import SAMPLES, make_tiny_model
 
 pytest.importorskip("bioimageio.core")
 BIOIMAGEIO = Path(sys.executable).parent / "bioimageio"
@@ -241,7 +241,7 @@ class TinyFgBoundaryNet(nn.Module):
 '''
 
 
-def test_state_dict_package_is_refused_without_running_its_code(tmp_path, misc):
+def test_state_dict_package_is_refused_without_running_its_code(tmp_path, misc, capsys):
     marker = tmp_path / "payload_ran.txt"
     image = misc[:64, :64]
     package = build_foreign_package(tmp_path / "pkg", image, torchscript=False,
@@ -251,8 +251,10 @@ def test_state_dict_package_is_refused_without_running_its_code(tmp_path, misc):
         load_model(package)
     assert "\n" not in str(err.value)
     assert not marker.exists()
-    code = main(["segment", str(tmp_path / "x.tif"), "--model", str(package)])
-    assert code == 1 and not marker.exists()
+    code = main(["segment", str(SAMPLES / "nuclei_misc.tif"), "--model", str(package), "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 1 and "--trust-package-code" in err and len(err.strip().splitlines()) == 1
+    assert not marker.exists() and not list(tmp_path.glob("*_labels.tif"))
     model = load_model(package, trust_code=True)  # explicitly trusted: its source is imported
     assert marker.read_text() == "package code ran"
     assert segment(image, model, device="cpu").shape == image.shape
