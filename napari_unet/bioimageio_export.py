@@ -1,9 +1,10 @@
 """Export a napari-unet checkpoint as a bioimage.io model package (spec 0.5, a zip file).
 
-The package holds the network three ways: ``pytorch_state_dict`` weights with the architecture
-source (napari-unet's ``model.py``, so any reader can rebuild it), ``torchscript`` weights (runs
-without Python source) and napari-unet's own config under ``config.napari_unet`` (so napari-unet
-rebuilds its network without running anything from the package). Test tensors are computed from
+The package holds the network four ways: ``pytorch_state_dict`` weights with the architecture
+source (napari-unet's ``model.py``, so any reader can rebuild it), ``torchscript`` and ``onnx``
+weights (graphs that run without Python source; ONNX when it exports cleanly) and napari-unet's
+own config under ``config.napari_unet`` (so napari-unet rebuilds its network without running
+anything from the package). Test tensors are computed from
 the shipped sample image with napari-unet's own ``predict``; nothing in the package refers to a
 URL. Needs the ``bioimageio`` extra (``pip install napari-unet[bioimageio]``).
 """
@@ -91,7 +92,7 @@ def _sample_image() -> np.ndarray:
     return tifffile.imread(str(files("napari_unet.sample_data") / SAMPLE_IMAGE))
 
 
-def test_crop(image: np.ndarray, multiple: int, side: int = TEST_SIDE) -> np.ndarray:
+def sample_crop(image: np.ndarray, multiple: int, side: int = TEST_SIDE) -> np.ndarray:
     """The centre ``side``×``side`` crop of the sample image as float32 (sides a multiple of ``multiple``)."""
     side = max(multiple, side // multiple * multiple)
     y, x = (max(0, (n - side) // 2) for n in image.shape[-2:])
@@ -224,7 +225,7 @@ def _describe(
         cover = tmp / "cover.png"
         iio.imwrite(cover, _cover(sample, labels_from_probabilities(predict(model, sample, device="cpu"),
                                                                     model.postprocess)))
-    image = test_crop(sample, model.net.size_multiple)
+    image = sample_crop(sample, model.net.size_multiple)
     # napari-unet's own prediction, one tile over the whole crop: what the package must reproduce
     probs = predict(model, image, tile=max(image.shape), overlap=0, device="cpu")
     np.save(tmp / "test_input.npy", image[None, None])

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .bioimageio_export import PACKAGE_FORMAT, PACKAGE_FORMAT_VERSION
 from .checkpoint import Checkpoint, ModelInfo
 from .errors import CheckpointError, InputError
 from .inference import SegmentationModel
@@ -33,7 +34,6 @@ from .model import UNetConfig
 from .pixel_size import to_micrometres
 from .postprocess import PostprocessConfig
 
-PACKAGE_FORMAT = "napari-unet-bioimageio"
 _DESCRIPTION_FILES = ("rdf.yaml", "bioimageio.yaml")
 _EPS = 1e-6
 
@@ -108,7 +108,7 @@ def _load_state_dict(path: Path, data: bytes) -> dict[str, torch.Tensor]:
 
 def _load_own(path: Path, rdf: dict[str, Any], ours: dict[str, Any]) -> SegmentationModel:
     version = ours.get("format_version", 0)
-    if not isinstance(version, int) or version > 1:
+    if not isinstance(version, int) or version > PACKAGE_FORMAT_VERSION:
         raise CheckpointError(f"{path}: napari-unet package format {version!r} is newer than this napari-unet reads.")
     weights = (rdf.get("weights") or {}).get("pytorch_state_dict")
     if not weights:
@@ -284,7 +284,10 @@ class PackageNet(nn.Module):
             elif name == "softmax":
                 y = torch.softmax(y, dim=1)
             elif name == "scale_linear":
-                y = y * float(kw.get("gain", 1.0)) + float(kw.get("offset", 0.0))
+                gain, offset = (torch.as_tensor(kw.get(k, d), dtype=y.dtype, device=y.device)
+                                for k, d in (("gain", 1.0), ("offset", 0.0)))
+                y = y * (gain.reshape(-1, 1, 1) if gain.ndim else gain) + (
+                    offset.reshape(-1, 1, 1) if offset.ndim else offset)
             elif name == "clip":
                 y = y.clamp(kw.get("min"), kw.get("max"))
         return torch.log(self._classes(y).clamp_min(1e-7))
@@ -348,6 +351,9 @@ def _load_foreign(path: Path, rdf: dict[str, Any], trust_code: bool) -> Segmenta
     data_range = (outputs[0].get("data") or {}).get("range") if isinstance(outputs[0].get("data"), dict) else None
     probabilities = any(n in ("sigmoid", "softmax") for n, _ in post) or (
         isinstance(data_range, (list, tuple)) and None not in data_range and 0 <= data_range[0] and data_range[1] <= 1)
+    if len(names) == 1 and not probabilities:
+        raise CheckpointError(f"{path}: its one output channel is not a probability (no sigmoid/softmax, no 0–1 "
+                              "range), so napari-unet cannot segment from it.")
     mapping, picks, classes = _class_mapping(names, probabilities)
     module = _foreign_module(path, rdf, trust_code)
     step = math.lcm(step_y, step_x) if step_y and step_x else 0

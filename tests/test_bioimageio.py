@@ -149,7 +149,8 @@ class TinyFgBoundaryNet(nn.Module):
 
 
 def build_foreign_package(tmp: Path, image: np.ndarray, *, torchscript: bool = False, onnx: bool = False,
-                          source: str | None = None) -> Path:
+                          source: str | None = None, names: tuple[str, str] = ("foreground", "boundaries"),
+                          softmax: bool = False) -> Path:
     """A spec-0.5 package for ``TinyFgBoundaryNet`` (zero-mean/unit-variance input, sigmoid outputs)."""
     from bioimageio.spec import save_bioimageio_package
     from bioimageio.spec.model import v0_5 as bmz
@@ -159,7 +160,8 @@ def build_foreign_package(tmp: Path, image: np.ndarray, *, torchscript: bool = F
     x = image.astype(np.float32)[None, None]
     xn = (x - x.mean()) / (x.std() + 1e-6)
     with torch.no_grad():
-        y = torch.sigmoid(net(torch.from_numpy(xn))).numpy()
+        logits = net(torch.from_numpy(xn))
+        y = (torch.softmax(logits, dim=1) if softmax else torch.sigmoid(logits)).numpy()
     np.save(tmp / "in.npy", x)
     np.save(tmp / "out.npy", y)
     weights = {}
@@ -191,11 +193,10 @@ def build_foreign_package(tmp: Path, image: np.ndarray, *, torchscript: bool = F
                 axes=[bmz.AxisId("y"), bmz.AxisId("x")]))])],
         outputs=[bmz.OutputTensorDescr(
             id=bmz.TensorId("prediction"), test_tensor=bmz.FileDescr(source=tmp / "out.npy"),
-            axes=[bmz.BatchAxis(), bmz.ChannelAxis(channel_names=[bmz.Identifier("foreground"),
-                                                                  bmz.Identifier("boundaries")]),
+            axes=[bmz.BatchAxis(), bmz.ChannelAxis(channel_names=[bmz.Identifier(n) for n in names]),
                   bmz.SpaceOutputAxis(id=bmz.AxisId("y"), size=bmz.SizeReference(tensor_id="image", axis_id="y")),
                   bmz.SpaceOutputAxis(id=bmz.AxisId("x"), size=bmz.SizeReference(tensor_id="image", axis_id="x"))],
-            postprocessing=[bmz.SigmoidDescr()])],
+            postprocessing=[bmz.SoftmaxDescr() if softmax else bmz.SigmoidDescr()])],
         weights=bmz.WeightsDescr(**weights),
     )
     return save_bioimageio_package(descr, output_path=tmp / "package.zip")
@@ -221,6 +222,21 @@ def test_foreign_package_matches_bioimageio_core(tmp_path, misc, fmt):
     assert np.abs(probs[2] - np.minimum(theirs[1], theirs[0])).max() < 1e-3
     labels = segment(image, model, device="cpu")
     assert labels.shape == image.shape and labels.max() >= 1
+
+
+def test_foreign_semantic_package(tmp_path, misc):
+    """Outputs that are not nuclei/boundary classes: a class map, as bioimageio.core's argmax."""
+    from bioimageio.core import predict as bmz_predict
+
+    image = misc[:128, :160]
+    package = build_foreign_package(tmp_path / "pkg", image, torchscript=True, names=("apple", "pear"), softmax=True)
+    model = load_model(package)
+    assert model.semantic and model.info.classes == ["apple", "pear"]
+    classes = segment(image, model, device="cpu", tile=192, overlap=0)
+    sample = bmz_predict(model=package, inputs={"image": image.astype(np.float32)[None, None]})
+    theirs = next(iter(sample.members.values())).data.to_numpy()[0]
+    agree = classes == theirs.argmax(0)
+    assert agree[np.abs(theirs[0] - theirs[1]) > 1e-3].all() and set(np.unique(classes)) <= {0, 1}
 
 
 PAYLOAD = '''
