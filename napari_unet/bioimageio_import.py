@@ -31,6 +31,7 @@ from .checkpoint import Checkpoint, ModelInfo
 from .errors import CheckpointError, InputError
 from .inference import SegmentationModel
 from .model import UNetConfig
+from .normalize import Normalization
 from .pixel_size import to_micrometres
 from .postprocess import PostprocessConfig
 
@@ -116,6 +117,8 @@ def _load_own(path: Path, rdf: dict[str, Any], ours: dict[str, Any]) -> Segmenta
     try:
         config = UNetConfig.from_dict(dict(ours["model_config"]))
         info = ModelInfo.from_dict(dict(ours.get("info") or {}))
+        Normalization.from_dict(info.normalization)  # validated now, as for checkpoints
+        PostprocessConfig(**info.postprocess)
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: the package's napari-unet config is invalid ({exc}).") from None
     state = _load_state_dict(path, _read_member(path, weights))
