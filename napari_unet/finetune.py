@@ -127,7 +127,8 @@ def run_finetune(
     base_name = base.info.name
     net = UNet(base.config)
     net.load_state_dict(base.net.state_dict())
-    state: dict[str, Any] = {"base_f1": round(base_f1, 4), "postprocess": config.postprocess}
+    state: dict[str, Any] = {"base_f1": round(base_f1, 4), "postprocess": config.postprocess,
+                             "val_objects": int(sum(len(np.unique(t[t > 0])) for t in truths))}
 
     def info(metrics: dict[str, Any]) -> ModelInfo:
         prov = {
@@ -136,6 +137,7 @@ def run_finetune(
             "pairs_used": len(pairs), "epochs": metrics["epoch"],
             "validation_f1": round(float(metrics["val_f1"]), 4),
             "base_validation_f1": state["base_f1"],
+            "validation_pairs": len(val_s), "validation_objects": state["val_objects"],
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         return ModelInfo(name=out.stem, classes=base.info.classes, normalization=base.info.normalization,
@@ -152,6 +154,9 @@ def run_finetune(
         save(latest, net, event, "latest")
 
     def on_best(model: UNet, metrics: dict[str, Any]) -> None:
+        if metrics["epoch"] == 0:  # the base model's score: the curve's starting point
+            emit({"event": "progress", "epoch": 0, "step": 0, "val_f1": metrics["val_f1"],
+                  "val_loss": metrics["val_loss"], "elapsed": round(time.monotonic() - start, 2)})
         save(out, model, metrics, "best")
 
     result = train(net, train_s, val_s, config, device=device, on_event=on_event, on_best=on_best,
@@ -164,6 +169,7 @@ def run_finetune(
         "event": "done", "base_f1": base_f1, "f1": f1, "improved": bool(improved),
         "postprocess": state["postprocess"].to_dict(),
         "best_epoch": result.best_epoch, "epochs": len(result.history), "path": str(out),
+        "validation_pairs": len(val_s), "validation_objects": state["val_objects"],
         "latest_path": str(latest), "stopped_early": result.stopped_early,
         "seconds": round(time.monotonic() - start, 1),
         "seconds_per_epoch": round(result.seconds / max(1, len(result.history)), 2),

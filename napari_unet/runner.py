@@ -4,7 +4,9 @@ The child is ``python -m napari_unet train --json``: its memory (GPU memory incl
 dies with it, and the caller's process (napari) never imports the training loop. One fine-tune
 per pairs folder at a time: the runner holds an ``flock`` on a file in the folder for the whole
 run (``napari-unet train`` run by hand takes the same lock), released by the kernel if its
-holder dies, so a crash never leaves it stuck.
+holder dies, so a crash never leaves it stuck; the lock file names the training child's PID.
+A run into the default models folder that is not better than its base is moved to
+``models/rejected/``; after the child has ended the callback gets a last ``exited`` event.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from .errors import NapariUnetError
 from .versions import models_dir_for, new_version_path
 
 LOCK_NAME = ".napari-unet-train.lock"
+REJECTED = "rejected"  # subfolder of the models folder for runs that were not better than their base
 EventFn = Callable[[dict[str, Any]], None]
 
 
@@ -64,6 +67,14 @@ class FolderLock:
         f.write(f"{os.getpid()}\n")
         f.flush()
         self._file = f
+
+    def set_holder(self, pid: int) -> None:
+        """Name the process that does the work (the training child, not napari) in the lock file."""
+        if self._file is not None:
+            self._file.seek(0)
+            self._file.truncate()
+            self._file.write(f"{pid}\n")
+            self._file.flush()
 
     def release(self) -> None:
         if self._file is not None:
@@ -100,6 +111,7 @@ class FineTuneRunner:
         self.final_event: dict[str, Any] | None = None
         self.cancelled = False
         self.started = False  # the child reported its start event
+        self.exited = False  # the child has ended, its lock is released and every event was delivered
         self._stderr_thread: threading.Thread | None = None
 
     def command(self) -> list[str]:
@@ -132,6 +144,7 @@ class FineTuneRunner:
         except OSError as exc:
             self._lock.release()
             raise NapariUnetError(f"Could not start the fine-tuning process ({exc}).") from None
+        self._lock.set_holder(self._proc.pid)
         self._stderr_thread = threading.Thread(target=self._read_stderr, daemon=True)
         self._stderr_thread.start()
         self._thread = threading.Thread(target=self._read_stdout, daemon=True)
@@ -155,6 +168,8 @@ class FineTuneRunner:
                     continue
                 if event["event"] == "start":
                     self.started = True
+                if event["event"] == "done" and not event.get("improved") and self.request.out is None:
+                    event = self._reject(event)
                 if event["event"] in ("done", "error"):
                     self.final_event = event
                 self._deliver(event)
@@ -176,6 +191,21 @@ class FineTuneRunner:
                 self._deliver(event)
         finally:
             self._lock.release()
+            self.exited = True
+            self._deliver({"event": "exited", "returncode": self._proc.poll(), "cancelled": self.cancelled})
+
+    def _reject(self, event: dict[str, Any]) -> dict[str, Any]:
+        """A run that is not better than its base is no usable version: move it to ``rejected/``."""
+        rejected = self.out.parent / REJECTED
+        moved = {}
+        for key in ("path", "latest_path"):
+            src = Path(event.get(key) or "")
+            if src.is_file():
+                rejected.mkdir(exist_ok=True)
+                dst = rejected / src.name
+                os.replace(src, dst)
+                moved[key] = str(dst)
+        return {**event, **moved, "rejected": True}
 
     def _deliver(self, event: dict[str, Any]) -> None:
         try:
@@ -202,6 +232,17 @@ class FineTuneRunner:
             self._proc.wait(grace)
         except subprocess.TimeoutExpired:
             self._proc.kill()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Cancel and wait at most ``timeout`` s for the child to end; kill it if it has not."""
+        if self._proc is None:
+            return
+        self.cancel(grace=timeout)
+        try:
+            self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait(5)
 
     def wait(self, timeout: float | None = None) -> dict[str, Any] | None:
         """Block until the child has ended and every event was delivered; returns the final event."""
