@@ -303,7 +303,7 @@ def test_dock_close_reopen_cancel_rerun_and_napari_close(qtbot, make_napari_view
                     timeout=120_000)
     pid = session.pid
     with pytest.raises(FineTuneBusy, match=f"process {pid}\\)"):  # the training child, not napari
-        FineTuneRunner(FineTuneRequest(tmp_path / "pairs")).start()
+        FineTuneRunner(FineTuneRequest(tmp_path / "pairs"), lambda event: None).start()
     assert pid != os.getpid()
     _answer_close_question(QMessageBox.StandardButton.Yes)  # keep it running
     viewer.window.remove_dock_widget("all")

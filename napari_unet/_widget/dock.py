@@ -133,7 +133,7 @@ class UNetWidget(QWidget):
         """napari removed the dock: stop our segmentation; the fine-tune belongs to the viewer,
         so ask whether it keeps running (reopen the panel to follow it) or stops now."""
         self.seg.cancel()
-        self.ft.session.event.disconnect(self.ft._on_event)
+        self.ft.detach()
         if not self.ft.session.active:
             return
         answer = QMessageBox.question(

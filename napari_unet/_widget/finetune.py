@@ -98,7 +98,20 @@ class FinetuneSection:
             self.session.cancel()
             self.status.value = "Stopping after the current step; the best weights so far are kept…"
 
+    def detach(self) -> None:
+        """The dock is gone: stop following the session (the session itself lives on)."""
+        try:
+            self.session.event.disconnect(self._on_event)
+        except (TypeError, RuntimeError):
+            pass  # already disconnected
+
     def _on_event(self, event: dict[str, Any]) -> None:
+        try:
+            self._show(event)
+        except RuntimeError:  # napari deleted the dock's widgets (e.g. the window closed)
+            self.detach()
+
+    def _show(self, event: dict[str, Any]) -> None:
         kind = event.get("event")
         if kind == "start":
             skipped = event.get("pairs_skipped") or []

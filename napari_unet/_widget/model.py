@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import threading
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,16 @@ def warm_up(model: SegmentationModel, tile: int, device: str) -> None:
             import pandas  # noqa: F401 - napari imports it lazily when it builds its first Labels layer
         except Exception:  # noqa: BLE001 - a failed warm-up only means the first click is slower
             pass
+
+
+_WARMING: list[threading.Thread] = []
+
+
+@atexit.register
+def _join_warm_ups() -> None:
+    """Let a warm-up finish before the interpreter exits (torch aborts if torn down mid-call)."""
+    for thread in _WARMING:
+        thread.join(30)
 
 
 class ModelSection:
@@ -118,3 +129,4 @@ class ModelSection:
         if self.state.model is not None:
             self.warm_thread = threading.Thread(target=warm_up, args=(self.state.model, tile, device), daemon=True)
             self.warm_thread.start()
+            _WARMING[:] = [t for t in _WARMING if t.is_alive()] + [self.warm_thread]
