@@ -124,7 +124,7 @@ class FineTuneRunner:
             cmd += ["--time-limit", str(r.time_limit)]
         if r.threads:
             cmd += ["--threads", str(r.threads)]
-        if r.nice:
+        if r.nice and not hasattr(os, "setpriority"):  # else the parent lowers it at once (start)
             cmd += ["--nice", str(r.nice)]
         return cmd + list(r.extra_args)
 
@@ -145,6 +145,11 @@ class FineTuneRunner:
             self._lock.release()
             raise NapariUnetError(f"Could not start the fine-tuning process ({exc}).") from None
         self._lock.set_holder(self._proc.pid)
+        if self.request.nice and hasattr(os, "setpriority"):
+            try:  # from its first moment (its imports are CPU-heavy), not only once training starts
+                os.setpriority(os.PRIO_PROCESS, self._proc.pid, os.getpriority(os.PRIO_PROCESS, 0) + self.request.nice)
+            except OSError:
+                pass
         self._stderr_thread = threading.Thread(target=self._read_stderr, daemon=True)
         self._stderr_thread.start()
         self._thread = threading.Thread(target=self._read_stdout, daemon=True)

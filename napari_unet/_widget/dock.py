@@ -15,7 +15,7 @@ from superqt import QCollapsible
 
 from .corrections import CorrectionsSection
 from .finetune import FinetuneSection
-from .model import ModelSection
+from .model import ModelSection, warm_labels_layer
 from .segment import SegmentSection
 from .state import State
 
@@ -90,6 +90,7 @@ class UNetWidget(QWidget):
         if not (saved and self.models.select(saved, quiet=True)):
             self.models.select(None, quiet=True)
         self.reset_choices()
+        warm_labels_layer()
 
     # -- napari calls this when layers are added, removed, reordered or renamed ------------
     def reset_choices(self, *_: Any) -> None:

@@ -9,12 +9,13 @@ from typing import Any
 import numpy as np
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
+from qtpy.QtCore import QTimer
 
 from ..postprocess import PostprocessConfig, labels_from_probabilities
 from .state import Result, State, digest
 
 
-def object_counts(labels: np.ndarray, image_ndim: int = 2) -> list[int]:
+def object_counts(labels: np.ndarray) -> list[int]:
     """Objects per 2D plane (labels are numbered per plane, so a stack's maximum is no count)."""
     planes = labels.reshape(-1, *labels.shape[-2:])
     return [int(len(np.unique(p)) - (1 if (p == 0).any() else 0)) for p in planes]
@@ -74,8 +75,12 @@ class LabelsWriter:
             base = layer.data if layer is not None else np.zeros(image.data.shape[: image.ndim], labels.dtype)
             data = with_plane(base, plane, labels)
         if layer is None:
+            # napari builds a new layer's visuals when it is added and slices, uploads and draws it
+            # when it is shown: added hidden and shown on the next turn of the event loop, the two
+            # main-thread costs come apart instead of one long stall
             layer = viewer.add_labels(data, name=name, scale=image.scale[-data.ndim:],
-                                      translate=image.translate[-data.ndim:])
+                                      translate=image.translate[-data.ndim:], visible=False)
+            QTimer.singleShot(0, lambda: setattr(layer, "visible", True))
             new = True
         else:
             layer.data = data

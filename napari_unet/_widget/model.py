@@ -44,9 +44,16 @@ def warm_up(model: SegmentationModel, tile: int, device: str) -> None:
     with lower_thread_priority():
         try:
             predict(model, np.zeros((tile, tile), np.float32), tile=tile, device=device)
-            import pandas  # noqa: F401 - napari imports it lazily when it builds its first Labels layer
         except Exception:  # noqa: BLE001 - a failed warm-up only means the first click is slower
             pass
+
+
+def warm_labels_layer() -> None:
+    """Build (not show) a tiny Labels layer once: napari's first one costs ~0.5 s of lazy imports
+    and set-up in the main thread, which would otherwise land when the first result arrives."""
+    from napari.layers import Labels
+
+    Labels(np.zeros((4, 4), np.uint16))
 
 
 _WARMING: list[threading.Thread] = []

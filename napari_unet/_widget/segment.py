@@ -16,7 +16,7 @@ from ..errors import Cancelled, NapariUnetError
 from ..inference import DEFAULT_OVERLAP, DEFAULT_TILE, predict
 from ..postprocess import PostprocessConfig, labels_from_probabilities
 from .labels import LabelsWriter, object_counts
-from .state import State, lower_thread_priority, ui_threads
+from .state import State, ui_threads
 
 DEVICES = ["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else []) + (
     ["mps"] if torch.backends.mps.is_available() else [])
@@ -143,13 +143,14 @@ class SegmentSection:
         torch.set_num_threads(ui_threads())
 
         def work() -> tuple[np.ndarray, np.ndarray, list[int]] | None:
-            with lower_thread_priority():
-                try:
-                    probs = predict(model, image, progress=self._bridge.tick.emit, cancel=cancel.is_set, **options)
-                except Cancelled:
-                    return None
-                labels = labels_from_probabilities(probs, post)
-                return probs, self.writer.compact(labels), object_counts(labels, image_ndim=labels.ndim)
+            # torch leaves napari's main thread a core (ui_threads); the worker keeps its priority,
+            # so a busy machine slows a click no more than it slows segment() itself
+            try:
+                probs = predict(model, image, progress=self._bridge.tick.emit, cancel=cancel.is_set, **options)
+            except Cancelled:
+                return None
+            labels = labels_from_probabilities(probs, post)
+            return probs, self.writer.compact(labels), object_counts(labels)
 
         self.target = layer
         self.run_btn.enabled, self.cancel_btn.enabled = False, True
