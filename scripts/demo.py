@@ -85,8 +85,8 @@ def finetune_screenshot(viewer, widget, path: Path, seconds: int) -> None:
         widget.corrections.image.value = viewer.layers["nuclei_u2os"]
         widget.corrections.export_btn.native.click()
         widget.ft.time_budget.value = seconds
-        widget.sections["Segment"].collapse(animate=False)
-        widget.sections["Corrections"].collapse(animate=False)
+        widget.sections["Segment"].collapse()
+        widget.sections["Corrections"].collapse()
         widget.ft.start_btn.native.click()
         while widget.ft.session.active:
             _settle(0.05)

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -53,10 +54,13 @@ def test_train_command_streams_json_and_gates(tmp_path, pairs_dir, tiny_ckpt):
     events = [json.loads(line) for line in proc.stdout.splitlines()]
     kinds = [e["event"] for e in events]
     assert kinds[0] == "start" and kinds[-1] == "done"
-    assert kinds.count("progress") == 2 and "checkpoint" in kinds
+    assert kinds.count("progress") == 3 and "checkpoint" in kinds  # epoch 0 (the base model's score), 1, 2
     start, done = events[0], events[-1]
     assert len(start["pairs_used"]) == 2 and start["device"] == "cpu"
-    progress = next(e for e in events if e["event"] == "progress")
+    base_point = next(e for e in events if e["event"] == "progress")
+    assert base_point["epoch"] == 0 and base_point["val_f1"] == pytest.approx(done["base_f1"], abs=0.02)
+    assert done["validation_pairs"] == 1 and done["validation_objects"] > 0
+    progress = next(e for e in events if e["event"] == "progress" and e["epoch"] == 1)
     assert {"epoch", "step", "train_loss", "val_loss", "val_f1", "elapsed", "eta"} <= set(progress)
     assert done["improved"] == (done["f1"] > done["base_f1"])
     model = load_model(out)
@@ -102,13 +106,17 @@ def test_runner_streams_events_and_cancel_leaves_loadable_checkpoint(pairs_dir, 
     final = runner.wait(120)
     assert final["event"] == "done" and final["stopped_early"]
     assert final["epochs"] < 500
-    assert load_model(runner.out).config == make_tiny_model().config
+    assert load_model(final["path"]).config == make_tiny_model().config
+    assert events[-1]["event"] == "exited" and events[-1]["cancelled"]  # after the lock was released
     lock = FolderLock(pairs_dir)
     lock.acquire()  # released by the runner
     lock.release()
     versions = list_versions(runner.out.parent)
-    assert [v.path for v in versions] == [runner.out]
-    assert versions[0].base == "tiny" and versions[0].f1_after is not None
+    if final["improved"]:
+        assert [v.path for v in versions] == [runner.out]
+        assert versions[0].base == "tiny" and versions[0].f1_after is not None and versions[0].val_pairs == 1
+    else:  # not better than its base: kept aside, not offered as a version
+        assert versions == [] and Path(final["path"]) == runner.out.parent / "rejected" / runner.out.name
 
 
 def test_runner_reports_a_crashed_child(pairs_dir, tiny_ckpt):

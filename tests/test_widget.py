@@ -71,6 +71,11 @@ def test_fits_a_laptop_and_explains_every_control(make_napari_viewer):
     assert dock.minimumSizeHint().width() <= 420 and dock.minimumSizeHint().height() <= 600
     assert viewer.window._qt_window.minimumSizeHint().height() <= 740
     assert viewer.window._qt_window.minimumSizeHint().width() <= 1366
+    # nothing is cut off at the dock's minimum width: the scrolled content fits inside it
+    assert w.scroll.widget().minimumSizeHint().width() <= w.minimumSizeHint().width() <= 360
+    w.models.extra.append(Path("/models/" + "a_very_long_model_file_name_" * 4 + ".safetensors"))
+    w.models.refresh()
+    assert w.minimumSizeHint().width() <= 360
     assert not w.advanced.isExpanded()  # tile, overlap, batch, device folded away
     for section in (w.models.main, w.seg.main, w.seg.advanced, w.corrections.main, w.ft.top, w.ft.bottom):
         for control in section:
@@ -329,3 +334,17 @@ def test_dock_close_reopen_cancel_rerun_and_napari_close(qtbot, make_napari_view
     pid, t0 = session.pid, time.monotonic()
     viewer.close()  # closing napari stops the training process within seconds
     assert _gone(pid) and time.monotonic() - t0 < 8
+
+
+def test_reopened_dock_remembers_which_image_labels_belong_to(qtbot, make_napari_viewer, misc):
+    viewer = make_napari_viewer()
+    viewer.add_image(misc, name="a")
+    viewer.add_image(misc[::-1].copy(), name="b")
+    _, w = _dock(viewer)
+    w.seg.image.value = viewer.layers["a"]
+    _segment(qtbot, w)
+    viewer.window.remove_dock_widget("all")
+    viewer.layers.selection.active = viewer.layers["b"]  # the closed dock no longer reacts
+    _, w2 = _dock(viewer)
+    w2.corrections.labels.value = viewer.layers["a labels"]
+    assert w2.corrections.image.value is viewer.layers["a"] and not w2.corrections.image.enabled

@@ -49,6 +49,9 @@ class CorrectionsSection:
         state.viewer.layers.selection.events.active.connect(self._follow_active)
         self.refresh_count()
 
+    def detach(self) -> None:
+        self.state.viewer.layers.selection.events.active.disconnect(self._follow_active)
+
     def _follow_active(self, *_: Any) -> None:
         active = self.state.viewer.layers.selection.active
         if isinstance(active, Labels):

@@ -8,10 +8,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from magicgui.widgets import PushButton
+from magicgui.widgets import Container, PushButton
 from qtpy.QtCore import QEvent, QSize, Qt
-from qtpy.QtWidgets import QFrame, QLabel, QMessageBox, QScrollArea, QVBoxLayout, QWidget
-from superqt import QCollapsible
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFrame,
+    QLabel,
+    QMessageBox,
+    QScrollArea,
+    QSizePolicy,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
 
 from .corrections import CorrectionsSection
 from .finetune import FinetuneSection
@@ -25,13 +34,56 @@ if TYPE_CHECKING:
 WIDTH = 380  # preferred dock width: the canvas keeps most of a laptop's screen
 
 
-def _section(title: str, *widgets: QWidget, expanded: bool = True) -> QCollapsible:
-    box = QCollapsible(title)
-    box.setDuration(0)
-    for w in widgets:
-        box.addWidget(w)
-    box.expand(animate=False) if expanded else box.collapse(animate=False)
-    return box
+def _fit(container: Container) -> None:
+    """Let every control shrink to the dock's width: labels wrap, combo boxes do not size
+    themselves to their longest entry (a long model name would otherwise widen the dock)."""
+    for w in container:
+        if isinstance(w, Container):
+            _fit(w)
+        elif isinstance(w.native, QLabel):
+            w.native.setWordWrap(True)
+            w.native.setMinimumWidth(60)  # else a wrapped label asks for its one-line width
+            w.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+        elif isinstance(w.native, QComboBox):
+            w.native.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            w.native.setMinimumContentsLength(8)
+
+
+class Section(QWidget):
+    """A titled section that folds away: a toggle button over a content widget (hidden, not
+    squeezed, when folded, so the layout never clips or leaves gaps)."""
+
+    def __init__(self, title: str, *widgets: QWidget, expanded: bool = True) -> None:
+        super().__init__()
+        self.button = QToolButton(text=title, checkable=True)
+        self.button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.button.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        self.content = QWidget()
+        inner = QVBoxLayout(self.content)
+        inner.setContentsMargins(6, 0, 0, 0)
+        for w in widgets:
+            inner.addWidget(w)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(2)
+        layout.addWidget(self.button)
+        layout.addWidget(self.content)
+        self.button.toggled.connect(self._show)
+        self.button.setChecked(expanded)
+        self._show(expanded)
+
+    def _show(self, expanded: bool) -> None:
+        self.button.setArrowType(Qt.ArrowType.DownArrow if expanded else Qt.ArrowType.RightArrow)
+        self.content.setVisible(expanded)
+
+    def isExpanded(self) -> bool:  # noqa: N802 - Qt style
+        return self.button.isChecked()
+
+    def expand(self) -> None:
+        self.button.setChecked(True)
+
+    def collapse(self) -> None:
+        self.button.setChecked(False)
 
 
 class UNetWidget(QWidget):
@@ -46,21 +98,25 @@ class UNetWidget(QWidget):
         self.models = ModelSection(state)
         self.seg = SegmentSection(state)
         self.corrections = CorrectionsSection(state, self.seg.writer)
-        self.ft = FinetuneSection(state, self.models, self.seg.device)
+        self.ft = FinetuneSection(state, self.models, self.seg.device, resegment=self.seg.run)
         self.restore_btn = PushButton(text="Restore defaults", tooltip=(
             "Put every option back to its default (post-processing: the model's own values). "
             "The pairs folder is kept."))
         self.restore_btn.changed.connect(self.restore_defaults)
 
-        self.advanced = _section("Advanced (tile, overlap, batch, device)", self.seg.advanced.native, expanded=False)
+        self.advanced = Section("Advanced options", self.seg.advanced.native, expanded=False)
+        self.advanced.setToolTip("Tile, overlap, batch and device: rarely need changing.")
+        for container in (self.models.main, self.seg.main, self.seg.advanced, self.corrections.main, self.ft.top,
+                          self.ft.bottom):
+            _fit(container)
         body = QWidget()
         column = QVBoxLayout(body)
         column.setContentsMargins(2, 2, 2, 2)
         self.sections = {
-            "Model": _section("Model", self.models.main.native),
-            "Segment": _section("Segment", self.seg.main.native, self.advanced),
-            "Corrections": _section("Corrections", self.corrections.main.native),
-            "Fine-tune": _section("Fine-tune", self.ft.top.native, self.ft.plot, self.ft.bottom.native),
+            "Model": Section("Model", self.models.main.native),
+            "Segment": Section("Segment", self.seg.main.native, self.advanced),
+            "Corrections": Section("Corrections", self.corrections.main.native),
+            "Fine-tune": Section("Fine-tune", self.ft.top.native, self.ft.plot, self.ft.bottom.native),
         }
         for box in self.sections.values():
             column.addWidget(box)
@@ -102,7 +158,9 @@ class UNetWidget(QWidget):
         return QSize(WIDTH, 700)
 
     def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt API
-        return QSize(WIDTH - 60, 260)
+        """As narrow as the content allows (nothing cut off), as short as a scroll area."""
+        bar = self.scroll.verticalScrollBar().sizeHint().width()
+        return QSize(self.scroll.widget().minimumSizeHint().width() + bar, 260)
 
     # -- settings ----------------------------------------------------------------------------
     def _load_settings(self) -> None:
@@ -133,8 +191,8 @@ class UNetWidget(QWidget):
     def _closed(self) -> None:
         """napari removed the dock: stop our segmentation; the fine-tune belongs to the viewer,
         so ask whether it keeps running (reopen the panel to follow it) or stops now."""
-        self.seg.cancel()
-        self.ft.detach()
+        for section in (self.seg, self.corrections, self.ft):
+            section.detach()
         if not self.ft.session.active:
             return
         answer = QMessageBox.question(

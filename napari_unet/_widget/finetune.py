@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,8 @@ DEFAULTS = {"time_budget": 120, "epochs": 30}
 class FinetuneSection:
     """Controls for one fine-tune; the run itself belongs to the viewer (``session_for``)."""
 
-    def __init__(self, state: State, models: ModelSection, device: Any) -> None:
-        self.state, self.models, self.device = state, models, device
+    def __init__(self, state: State, models: ModelSection, device: Any, resegment: Callable[[], None]) -> None:
+        self.state, self.models, self.device, self.resegment = state, models, device, resegment
         self.session = session_for(state.viewer)
         self.extra_args: tuple[str, ...] = ()  # extra ``napari-unet train`` options (tests use tiny runs)
         self.base = Label(value="")
@@ -151,3 +152,4 @@ class FinetuneSection:
         if done and done.get("improved") and self.models.select(done["path"]):
             self.use_btn.enabled = False
             self.status.value = f"Now using {Path(done['path']).name}."
+            self.resegment()

@@ -121,10 +121,10 @@ class ModelSection:
         self.refresh()
         s = model.summary()
         f1 = s["validation_f1"]
-        self.info.value = (f"{s['in_channels']} channel(s) → {', '.join(s['classes'])}\n"
-                           f"trained on: {s['trained_on'] or 'unknown'}\n"
-                           f"validation F1: {f1 if f1 is not None else 'unknown'}")
-        self.info.tooltip = s["name"]
+        f1_text = f"{f1:.3f}" if isinstance(f1, (int, float)) else "unknown"
+        self.info.value = f"{s['in_channels']} channel(s) in · validation F1 {f1_text}"
+        self.info.tooltip = (f"{s['name']}: {s['in_channels']} channel(s) → {', '.join(s['classes'])}\n"
+                             f"trained on: {s['trained_on'] or 'unknown'}")
         self.state.remember("model", str(path) if path else None)
         self.state.model_changed.emit()
         changes = postprocess_changes(old.postprocess, model.postprocess) if old is not None else ""

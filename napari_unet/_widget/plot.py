@@ -59,6 +59,7 @@ class TrainingPlot(QWidget):
         plot.hideButtons()
         for name in ("left", "bottom"):
             plot.getAxis(name).setTextPen(fg)
+            plot.getAxis(name).enableAutoSIPrefix(False)  # "0.3", not "300 (x0.001)"
         for key, (_, color) in curves.items():
             self.series[key] = ([], [])
             self.curves[key] = plot.plot([], [], pen=pg.mkPen(color, width=2), symbol="o", symbolSize=5,

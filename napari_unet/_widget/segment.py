@@ -170,6 +170,11 @@ class SegmentSection:
     def cancel(self, *_: Any) -> None:
         self._cancel.set()
 
+    def detach(self) -> None:
+        """The dock is gone: cancel a running segmentation and stop following the viewer."""
+        self._cancel.set()
+        self.state.viewer.layers.events.removed.disconnect(self._layer_removed)
+
     def _layer_removed(self, event: Any) -> None:
         if self.worker is not None and event.value is self.target:
             self._cancel.set()

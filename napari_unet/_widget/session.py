@@ -1,4 +1,5 @@
-"""The fine-tune lifecycle, owned by the viewer rather than by the dock.
+"""What the dock keeps per viewer, so it survives closing the dock: the fine-tune lifecycle
+(and the memory of which image each labels layer came from).
 
 One :class:`FineTuneSession` per viewer outlives the dock widget: closing the dock leaves the
 run (and its history) here, reopening the dock reattaches to it, and closing napari stops the
@@ -31,6 +32,10 @@ class FineTuneSession(QObject):
 
     def __init__(self) -> None:
         super().__init__()
+        # what the dock remembers about labels layers (source image, last export), kept here so a
+        # reopened dock still knows which image each labels layer belongs to
+        self.results: dict[int, Any] = {}
+        self.exports: dict[tuple[int, tuple[int, ...]], str] = {}
         self.runner: FineTuneRunner | None = None
         self.history: list[dict[str, Any]] = []
         self.last_done: dict[str, Any] | None = None

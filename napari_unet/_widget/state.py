@@ -23,6 +23,7 @@ from qtpy.QtCore import QObject, Signal
 
 from ..atomic import atomic_path
 from ..inference import SegmentationModel
+from .session import session_for
 
 if TYPE_CHECKING:
     import napari
@@ -121,8 +122,9 @@ class State(QObject):
         self.model: SegmentationModel | None = None
         self.model_path: Path | None = None
         self.settings: dict[str, Any] = load_settings()
-        self._results: dict[int, tuple[weakref.ref, Result]] = {}
-        self.exports: dict[tuple[int, tuple[int, ...]], str] = {}  # last export per labels layer and plane
+        memory = session_for(viewer)  # outlives the dock
+        self._results: dict[int, tuple[weakref.ref, Result]] = memory.results
+        self.exports: dict[tuple[int, tuple[int, ...]], str] = memory.exports  # last export per layer and plane
 
     # -- messages -------------------------------------------------------------------------
     def info(self, text: str) -> None:
@@ -154,7 +156,8 @@ class State(QObject):
         return entry[1]
 
     def set_result(self, labels: Labels, result: Result) -> None:
-        self._results = {k: v for k, v in self._results.items() if v[0]() is not None}
+        for key in [k for k, v in self._results.items() if v[0]() is None]:
+            del self._results[key]
         self._results[id(labels)] = (weakref.ref(labels), result)
         labels.metadata["napari_unet_source"] = result.image().name if result.image() else ""
 
