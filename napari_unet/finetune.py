@@ -6,6 +6,7 @@ Emits JSON-serialisable events (documented in the README, "Fine-tuning events"):
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,13 @@ from .training import Sample, TrainConfig, train, validation_probabilities
 
 EventFn = Callable[[dict[str, Any]], None]
 MIN_VAL_SIDE = 64
+PARENT_ENV = "NAPARI_UNET_PARENT_PID"  # set by the background runner: stop if that process is gone
+
+
+def parent_gone() -> bool:
+    """True when this run was started by a process (napari) that has since died or been killed."""
+    pid = os.environ.get(PARENT_ENV, "")
+    return pid.isdigit() and os.getppid() != int(pid)
 
 
 @dataclass
@@ -154,13 +162,16 @@ def run_finetune(
         save(latest, net, event, "latest")
 
     def on_best(model: UNet, metrics: dict[str, Any]) -> None:
+        save(out, model, metrics, "best")
         if metrics["epoch"] == 0:  # the base model's score: the curve's starting point
             emit({"event": "progress", "epoch": 0, "step": 0, "val_f1": metrics["val_f1"],
                   "val_loss": metrics["val_loss"], "elapsed": round(time.monotonic() - start, 2)})
-        save(out, model, metrics, "best")
+
+    def stop() -> bool:
+        return parent_gone() or (should_stop is not None and should_stop())
 
     result = train(net, train_s, val_s, config, device=device, on_event=on_event, on_best=on_best,
-                   should_stop=should_stop, save_initial=True)
+                   should_stop=stop, save_initial=True)
     new_probs = validation_probabilities(net, val_s, config, device)  # net holds the best weights
     state["postprocess"], f1 = choose_postprocess(new_probs, truths, config.postprocess, masks)
     save(out, net, {"epoch": result.best_epoch, "val_f1": f1}, "best")

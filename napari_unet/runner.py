@@ -133,7 +133,7 @@ class FineTuneRunner:
         if not Path(self.request.pairs).is_dir():
             raise NapariUnetError(f"{self.request.pairs}: no such pairs folder.")
         self._lock.acquire()
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", NAPARI_UNET_PARENT_PID=str(os.getpid()))
         if self.request.threads:
             env["OMP_NUM_THREADS"] = str(self.request.threads)
         try:

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -164,6 +165,33 @@ def test_finetuning_the_shipped_model_helps_on_a_new_kind_of_image(tmp_path, u2o
                         steps_per_epoch=6, batch_size=4, crop_size=128, lr=2e-3),
         events.append,
     )
-    progress = [e for e in events if e["event"] == "progress"]
+    progress = [e for e in events if e["event"] == "progress" and e["epoch"] >= 1]  # epoch 0: the base score
     assert progress[-1]["train_loss"] < progress[0]["train_loss"]
     assert done["improved"] and done["f1"] > done["base_f1"] + 0.1
+
+
+def test_child_stops_when_its_parent_is_killed(pairs_dir, tiny_ckpt):
+    """napari killed outright (no atexit): the training child notices within a step and ends."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time, threading\n"
+         "from napari_unet.runner import FineTuneRequest, FineTuneRunner\n"
+         "started = threading.Event()\n"
+         f"r = FineTuneRunner(FineTuneRequest({str(pairs_dir)!r}, base={str(tiny_ckpt)!r}, device='cpu', "
+         "time_limit=600, extra_args=('--steps-per-epoch', '100000', '--batch-size', '2')), "
+         "lambda e: started.set() if e['event'] == 'progress' else None)\n"
+         "r.start(); started.wait(120); print(r._proc.pid, flush=True); time.sleep(600)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    child = int(parent.stdout.readline())  # the child has scored the base model and is training
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the training child outlived its killed parent by 30 s")
