@@ -6,6 +6,7 @@ Native Qt only where magicgui has no equivalent: the scroll area, the collapsibl
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import Container, PushButton
@@ -142,8 +143,8 @@ class UNetWidget(QWidget):
             w.changed.connect(self._save_settings)
         state.model_changed.connect(self.warm)
         self.seg.device.changed.connect(self.warm)
-        saved = state.settings.get("model")
-        if not (saved and self.models.select(saved, quiet=True)):
+        saved = state.settings.get("model")  # the model last used, if its file is still there
+        if not (saved and Path(saved).is_file() and self.models.select(saved, quiet=True)):
             self.models.select(None, quiet=True)
         self.reset_choices()
         warm_labels_layer()
