@@ -60,7 +60,8 @@ class LabelsWriter:
         return None
 
     def write(self, image: Image, plane: tuple[int, ...] | None, labels: np.ndarray, probs: np.ndarray,
-              model_name: str) -> Labels:
+              model_name: str, labels_digest: str | None = None) -> Labels:
+        """``labels_digest``: ``digest(labels)`` if the worker computed it (saves main-thread time)."""
         viewer = self.state.viewer
         layer = self._own_layer(image)
         name = f"{image.name} labels"
@@ -85,7 +86,8 @@ class LabelsWriter:
         else:
             layer.data = data
             new = False
-        written = digest(np.asarray(layer.data))
+        same = labels_digest is not None and layer.data is labels  # napari kept the array as given
+        written = labels_digest if same else digest(np.asarray(layer.data))
         self.state.set_result(layer, Result(weakref.ref(image), plane, probs, written, model_name))
         if new:
             self.state.labels_written.emit(layer)

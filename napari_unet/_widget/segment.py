@@ -16,7 +16,7 @@ from ..errors import Cancelled, NapariUnetError
 from ..inference import DEFAULT_OVERLAP, DEFAULT_TILE, predict
 from ..postprocess import PostprocessConfig, labels_from_probabilities
 from .labels import LabelsWriter, object_counts
-from .state import State, ui_threads
+from .state import State, digest, ui_threads
 
 DEVICES = ["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else []) + (
     ["mps"] if torch.backends.mps.is_available() else [])
@@ -150,7 +150,8 @@ class SegmentSection:
             except Cancelled:
                 return None
             labels = labels_from_probabilities(probs, post)
-            return probs, self.writer.compact(labels), object_counts(labels)
+            labels = self.writer.compact(labels)
+            return probs, labels, object_counts(labels), digest(labels)  # all off the main thread
 
         self.target = layer
         self.run_btn.enabled, self.cancel_btn.enabled = False, True
@@ -195,8 +196,8 @@ class SegmentSection:
             return self.state.warn(f"The image '{image.name}' was removed, so its segmentation was dropped.")
         if out is None:
             return self.state.info("Segmentation cancelled; nothing was changed.")
-        probs, labels, counts = out
-        layer = self.writer.write(image, plane, labels, probs, model_name)
+        probs, labels, counts, labels_digest = out
+        layer = self.writer.write(image, plane, labels, probs, model_name, labels_digest if plane is None else None)
         if len(counts) > 1:
             text = f"~{round(float(np.mean(counts)))} objects per plane, {len(counts)} planes"
         else:
