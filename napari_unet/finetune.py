@@ -164,8 +164,8 @@ def run_finetune(
     def on_best(model: UNet, metrics: dict[str, Any]) -> None:
         save(out, model, metrics, "best")
         if metrics["epoch"] == 0:  # the base model's score: the curve's starting point
-            emit({"event": "progress", "epoch": 0, "step": 0, "val_f1": metrics["val_f1"],
-                  "val_loss": metrics["val_loss"], "elapsed": round(time.monotonic() - start, 2)})
+            emit({"event": "progress", "epoch": 0, "step": 0, "train_loss": float("nan"), "val_f1": metrics["val_f1"],
+                  "val_loss": metrics["val_loss"], "elapsed": round(time.monotonic() - start, 2), "eta": None})
 
     def stop() -> bool:
         return parent_gone() or (should_stop is not None and should_stop())

@@ -195,3 +195,14 @@ def test_child_stops_when_its_parent_is_killed(pairs_dir, tiny_ckpt):
     else:
         os.kill(child, signal.SIGKILL)
         pytest.fail("the training child outlived its killed parent by 30 s")
+
+
+def test_train_command_prints_the_base_score_first(tmp_path, pairs_dir, tiny_ckpt):
+    proc = subprocess.run(
+        [sys.executable, "-m", "napari_unet", "train", "--pairs", str(pairs_dir), "--base", str(tiny_ckpt),
+         "--out", str(tmp_path / "o.safetensors"), "--epochs", "1", "--device", "cpu", *FAST],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("epoch 0: train loss nan") and lines[1].startswith("epoch 1: train loss ")
