@@ -1,11 +1,11 @@
 """Is napari blocked while napari-unet works? Heartbeat gaps in a real viewer.
 
 A QTimer beats every 10 ms in napari's main thread; we record the gaps between beats while
-(1) Segment runs on a 2048² image built from the real sample (inference and post-processing run
-in a worker thread; the one-off main-thread cost of napari building the result's labels layer is
-reported separately) and (2) a fine-tune runs in the background process. A blocked UI shows up as
-long gaps. Prints max and 99th percentile per phase, and the click-to-labels time on the U2OS
-sample. Needs a display or Xvfb.
+(1) Segment runs on a 2048² image built from the real sample, including the moment the result
+arrives and is drawn, and (2) a fine-tune runs in the background process. A blocked UI shows up
+as long gaps. Prints max and 99th percentile per phase, and the first click to labels on the U2OS
+sample (after the dock's background warm-up) against a warm ``segment()`` call in the same
+process. Needs a display or Xvfb.
 
     .venv/bin/python benchmarks/responsiveness.py [--finetune-seconds 60]
 """
@@ -25,7 +25,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def measure(app, until, timeout: float) -> tuple[np.ndarray, np.ndarray]:
+def measure(app, until, timeout: float, settle: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Heartbeat gaps (ms) and beat times until ``until()`` holds, then ``settle`` s more (one timer,
+    so a stall inside the event that makes ``until()`` true is not lost)."""
     from qtpy.QtCore import QElapsedTimer, Qt, QTimer
 
     clock, gaps, ends = QElapsedTimer(), [], []
@@ -46,6 +48,10 @@ def measure(app, until, timeout: float) -> tuple[np.ndarray, np.ndarray]:
     while not until() and time.monotonic() < end:
         app.processEvents()
         time.sleep(0.001)
+    end = time.monotonic() + settle
+    while time.monotonic() < end:
+        app.processEvents()
+        time.sleep(0.001)
     timer.stop()
     return np.array(gaps), np.array(ends)
 
@@ -57,61 +63,72 @@ def stats(gaps: np.ndarray) -> dict:
             "p99_ms": round(float(np.percentile(gaps, 99)), 1)}
 
 
+def _wait(app, until, timeout: float) -> None:
+    end = time.monotonic() + timeout
+    while not until() and time.monotonic() < end:
+        app.processEvents()
+        time.sleep(0.005)
+
+
 def run(args: argparse.Namespace) -> dict:
     import napari
     import tifffile
     from qtpy.QtWidgets import QApplication
 
-    from napari_unet._widget import UNetWidget
+    from napari_unet import load_model, segment
+    from napari_unet._widget.state import ui_threads
     from napari_unet.pairs import export_pair
 
     app = QApplication.instance() or QApplication([])
-    viewer = napari.Viewer(show=True)
     sample = tifffile.imread(ROOT / "sample_data" / "nuclei_u2os.tif")
     labels = tifffile.imread(ROOT / "sample_data" / "nuclei_u2os_labels.tif")
-    viewer.add_image(sample, name="u2os")
-    w = UNetWidget(viewer)
-    viewer.window.add_dock_widget(w)
     results = {"cpu_count": os.cpu_count()}
 
-    # When the result arrives, napari builds the labels layer in its main thread (a one-off cost
-    # of napari's, timed separately): beats ending inside that window are "display", not "compute".
-    shown: list[tuple[float, float]] = []
-    original = w._segment_done
+    # The reference: a warm segment() call on the same image, in this process, same threads.
+    import torch
 
-    def timed_done(*a) -> None:
-        t = time.perf_counter()
-        original(*a)
-        shown.append((t, time.perf_counter()))
+    torch.set_num_threads(ui_threads())
+    model = load_model()
+    segment(sample, model)
+    t0 = time.perf_counter()
+    segment(sample, model)
+    results["warm_segment_s"] = round(time.perf_counter() - t0, 2)
 
-    w._segment_done = timed_done
-    t0 = time.monotonic()
-    w.segment_btn.click()
-    measure(app, lambda: w.worker is None, 300)
-    results["click_to_labels_s"] = round(time.monotonic() - t0, 2)
+    viewer = napari.Viewer(show=True)
+    viewer.window._qt_window.resize(1366, 768)
+    viewer.add_image(sample, name="u2os")
+    t0 = time.perf_counter()
+    _, w = viewer.window.add_plugin_dock_widget("napari-unet", "U-Net")
+    _wait(app, lambda: w.models.warm_thread is None or not w.models.warm_thread.is_alive(), 120)
+    results["dock_open_and_warm_up_s"] = round(time.perf_counter() - t0, 2)
+
+    t0 = time.perf_counter()
+    w.seg.run_btn.native.click()
+    _wait(app, lambda: "u2os labels" in viewer.layers, 300)
+    results["click_to_labels_s"] = round(time.perf_counter() - t0, 2)
+    results["first_click_ratio"] = round(results["click_to_labels_s"] / results["warm_segment_s"], 2)
+    _wait(app, lambda: w.seg.worker is None, 60)
 
     viewer.add_image(np.pad(sample, ((0, 2048 - 768), (0, 2048 - 869)), mode="reflect"), name="big")
-    w.image_combo.setCurrentText("big")
-    w.segment_btn.click()
-    gaps, ends = measure(app, lambda: w.worker is None and len(shown) == 2, 600)
-    gaps2, ends2 = measure(app, lambda: False, 0.3)  # the beat that spans the layer being shown
-    gaps, ends = np.concatenate([gaps, gaps2]), np.concatenate([ends, ends2])
-    start, end = shown[-1]
-    display = (ends >= start) & (ends - gaps / 1000 <= end + 0.001)
-    results["segment"] = stats(gaps[~display])
-    results["segment_all_beats"] = stats(gaps)
-    results["show_labels_layer_ms"] = round((end - start) * 1000, 1)
+    w.seg.image.value = viewer.layers["big"]
+    shown = lambda: "big labels" in viewer.layers and viewer.layers["big labels"].visible  # noqa: E731
+    w.seg.run_btn.native.click()  # a new labels layer: napari builds and draws it
+    gaps, _ = measure(app, lambda: w.seg.worker is None and shown(), 600, settle=1.0)
+    results["segment_new_layer"] = stats(gaps)
+    w.seg.run_btn.native.click()  # again: the unedited layer is updated in place
+    gaps, _ = measure(app, lambda: w.seg.worker is None, 600, settle=1.0)
+    results["segment_same_layer"] = stats(gaps)
 
     with tempfile.TemporaryDirectory() as tmp:
         export_pair(Path(tmp) / "pairs", sample, labels)
-        w.pairs_edit.setText(str(Path(tmp) / "pairs"))
-        w.time_budget.setValue(args.finetune_seconds)
-        w.finetune_btn.click()
+        w.corrections.folder.value = Path(tmp) / "pairs"
+        w.ft.time_budget.value = args.finetune_seconds
+        w.ft.start_btn.native.click()
         t0 = time.perf_counter()
-        gaps, ends = measure(app, lambda: w.last_done is not None or (w.runner and not w.runner.running and
-                                                                       w.finetune_btn.isEnabled()), 900)
+        gaps, ends = measure(app, lambda: not w.ft.session.active, 900)
         top = np.argsort(gaps)[-5:][::-1]
-        results["finetune"] = {**stats(gaps), "done": w.last_done,
+        results["finetune"] = {**stats(gaps), "plot_points": w.ft.plot.points("val_f1"),
+                               "status": w.ft.status.value,
                                "longest_gaps_at_s": [[round(float(ends[i] - t0), 2), round(float(gaps[i]), 1)]
                                                      for i in top]}
     viewer.close()
@@ -131,14 +148,16 @@ def main() -> None:
     else:
         results = run(args)
     print(json.dumps(results, indent=1))
-    for phase in ("segment", "finetune"):
+    for phase, label in (("segment_new_layer", "segment 2048² incl. a new labels layer arriving"),
+                         ("segment_same_layer", "segment 2048² again, result into the same layer"),
+                         ("finetune", "fine-tune in the background")):
         r = results[phase]
-        verdict = "PASS" if r["max_ms"] <= 50 else "FAIL"
-        print(f"{phase}: max gap {r['max_ms']} ms, p99 {r['p99_ms']} ms over {r['beats']} beats "
-              f"(target max <= 50 ms: {verdict})")
-    print(f"segment incl. showing the result: max gap {results['segment_all_beats']['max_ms']} ms; napari took "
-          f"{results['show_labels_layer_ms']} ms in its main thread to build the 2048² labels layer")
-    print(f"click to labels on the U2OS sample: {results['click_to_labels_s']} s")
+        ok = r["p99_ms"] <= 50 and r["max_ms"] <= 150
+        print(f"{label}: max gap {r['max_ms']} ms, p99 {r['p99_ms']} ms over {r['beats']} beats "
+              f"(target p99 <= 50, max <= 150: {'PASS' if ok else 'FAIL'})")
+    ratio = results["first_click_ratio"]
+    print(f"first click to labels on the U2OS sample: {results['click_to_labels_s']} s vs warm segment() "
+          f"{results['warm_segment_s']} s: {ratio}x (target <= 1.5x: {'PASS' if ratio <= 1.5 else 'FAIL'})")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

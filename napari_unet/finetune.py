@@ -6,6 +6,7 @@ Emits JSON-serialisable events (documented in the README, "Fine-tuning events"):
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,13 @@ from .validate import check_number
 
 EventFn = Callable[[dict[str, Any]], None]
 MIN_VAL_SIDE = 64
+PARENT_ENV = "NAPARI_UNET_PARENT_PID"  # set by the background runner: stop if that process is gone
+
+
+def parent_gone() -> bool:
+    """True when this run was started by a process (napari) that has since died or been killed."""
+    pid = os.environ.get(PARENT_ENV, "")
+    return pid.isdigit() and os.getppid() != int(pid)
 
 
 @dataclass
@@ -138,7 +146,8 @@ def run_finetune(
     base_name = base.info.name
     net = UNet(base.config)
     net.load_state_dict(base.net.state_dict())
-    state: dict[str, Any] = {"base_f1": round(base_f1, 4), "postprocess": config.postprocess}
+    state: dict[str, Any] = {"base_f1": round(base_f1, 4), "postprocess": config.postprocess,
+                             "val_objects": int(sum(len(np.unique(t[t > 0])) for t in truths))}
 
     def info(metrics: dict[str, Any]) -> ModelInfo:
         prov = {
@@ -147,6 +156,7 @@ def run_finetune(
             "pairs_used": len(pairs), "epochs": metrics["epoch"],
             "validation_f1": round(float(metrics["val_f1"]), 4),
             "base_validation_f1": state["base_f1"],
+            "validation_pairs": len(val_s), "validation_objects": state["val_objects"],
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         return ModelInfo(name=out.stem, classes=base.info.classes, normalization=base.info.normalization,
@@ -164,9 +174,15 @@ def run_finetune(
 
     def on_best(model: UNet, metrics: dict[str, Any]) -> None:
         save(out, model, metrics, "best")
+        if metrics["epoch"] == 0:  # the base model's score: the curve's starting point
+            emit({"event": "progress", "epoch": 0, "step": 0, "train_loss": float("nan"), "val_f1": metrics["val_f1"],
+                  "val_loss": metrics["val_loss"], "elapsed": round(time.monotonic() - start, 2), "eta": None})
+
+    def stop() -> bool:
+        return parent_gone() or (should_stop is not None and should_stop())
 
     result = train(net, train_s, val_s, config, device=device, on_event=on_event, on_best=on_best,
-                   should_stop=should_stop, save_initial=True)
+                   should_stop=stop, save_initial=True)
     new_probs = validation_probabilities(net, val_s, config, device)  # net holds the best weights
     state["postprocess"], f1 = choose_postprocess(new_probs, truths, config.postprocess, masks)
     save(out, net, {"epoch": result.best_epoch, "val_f1": f1}, "best")
@@ -175,6 +191,7 @@ def run_finetune(
         "event": "done", "base_f1": base_f1, "f1": f1, "improved": bool(improved),
         "postprocess": state["postprocess"].to_dict(),
         "best_epoch": result.best_epoch, "epochs": len(result.history), "path": str(out),
+        "validation_pairs": len(val_s), "validation_objects": state["val_objects"],
         "latest_path": str(latest), "stopped_early": result.stopped_early,
         "seconds": round(time.monotonic() - start, 1),
         "seconds_per_epoch": round(result.seconds / max(1, len(result.history)), 2),

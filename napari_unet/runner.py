@@ -4,7 +4,9 @@ The child is ``python -m napari_unet train --json``: its memory (GPU memory incl
 dies with it, and the caller's process (napari) never imports the training loop. One fine-tune
 per pairs folder at a time: the runner holds an ``flock`` on a file in the folder for the whole
 run (``napari-unet train`` run by hand takes the same lock), released by the kernel if its
-holder dies, so a crash never leaves it stuck.
+holder dies, so a crash never leaves it stuck; the lock file names the training child's PID.
+A run into the default models folder that is not better than its base is moved to
+``models/rejected/``; after the child has ended the callback gets a last ``exited`` event.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from .errors import NapariUnetError, os_error_sentence
 from .versions import models_dir_for, new_version_path
 
 LOCK_NAME = ".napari-unet-train.lock"
+REJECTED = "rejected"  # subfolder of the models folder for runs that were not better than their base
 EventFn = Callable[[dict[str, Any]], None]
 
 
@@ -70,6 +73,14 @@ class FolderLock:
         f.flush()
         self._file = f
 
+    def set_holder(self, pid: int) -> None:
+        """Name the process that does the work (the training child, not napari) in the lock file."""
+        if self._file is not None:
+            self._file.seek(0)
+            self._file.truncate()
+            self._file.write(f"{pid}\n")
+            self._file.flush()
+
     def release(self) -> None:
         if self._file is not None:
             self._file.close()  # closing the descriptor releases the flock
@@ -105,6 +116,7 @@ class FineTuneRunner:
         self.final_event: dict[str, Any] | None = None
         self.cancelled = False
         self.started = False  # the child reported its start event
+        self.exited = False  # the child has ended, its lock is released and every event was delivered
         self._stderr_thread: threading.Thread | None = None
 
     def command(self) -> list[str]:
@@ -117,7 +129,7 @@ class FineTuneRunner:
             cmd += ["--time-limit", str(r.time_limit)]
         if r.threads:
             cmd += ["--threads", str(r.threads)]
-        if r.nice:
+        if r.nice and not hasattr(os, "setpriority"):  # else the parent lowers it at once (start)
             cmd += ["--nice", str(r.nice)]
         return cmd + list(r.extra_args)
 
@@ -126,7 +138,7 @@ class FineTuneRunner:
         if not Path(self.request.pairs).is_dir():
             raise NapariUnetError(f"{self.request.pairs}: no such pairs folder.")
         self._lock.acquire()
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", NAPARI_UNET_PARENT_PID=str(os.getpid()))
         if self.request.threads:
             env["OMP_NUM_THREADS"] = str(self.request.threads)
         try:
@@ -137,6 +149,12 @@ class FineTuneRunner:
         except OSError as exc:
             self._lock.release()
             raise NapariUnetError(f"Could not start the fine-tuning process ({exc}).") from None
+        self._lock.set_holder(self._proc.pid)
+        if self.request.nice and hasattr(os, "setpriority"):
+            try:  # from its first moment (its imports are CPU-heavy), not only once training starts
+                os.setpriority(os.PRIO_PROCESS, self._proc.pid, os.getpriority(os.PRIO_PROCESS, 0) + self.request.nice)
+            except OSError:
+                pass
         self._stderr_thread = threading.Thread(target=self._read_stderr, daemon=True)
         self._stderr_thread.start()
         self._thread = threading.Thread(target=self._read_stdout, daemon=True)
@@ -160,6 +178,8 @@ class FineTuneRunner:
                     continue
                 if event["event"] == "start":
                     self.started = True
+                if event["event"] == "done" and not event.get("improved") and self.request.out is None:
+                    event = self._reject(event)
                 if event["event"] in ("done", "error"):
                     self.final_event = event
                 self._deliver(event)
@@ -181,6 +201,21 @@ class FineTuneRunner:
                 self._deliver(event)
         finally:
             self._lock.release()
+            self.exited = True
+            self._deliver({"event": "exited", "returncode": self._proc.poll(), "cancelled": self.cancelled})
+
+    def _reject(self, event: dict[str, Any]) -> dict[str, Any]:
+        """A run that is not better than its base is no usable version: move it to ``rejected/``."""
+        rejected = self.out.parent / REJECTED
+        moved = {}
+        for key in ("path", "latest_path"):
+            src = Path(event.get(key) or "")
+            if src.is_file():
+                rejected.mkdir(exist_ok=True)
+                dst = rejected / src.name
+                os.replace(src, dst)
+                moved[key] = str(dst)
+        return {**event, **moved, "rejected": True}
 
     def _deliver(self, event: dict[str, Any]) -> None:
         try:
@@ -207,6 +242,17 @@ class FineTuneRunner:
             self._proc.wait(grace)
         except subprocess.TimeoutExpired:
             self._proc.kill()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Cancel and wait at most ``timeout`` s for the child to end; kill it if it has not."""
+        if self._proc is None:
+            return
+        self.cancel(grace=timeout)
+        try:
+            self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait(5)
 
     def wait(self, timeout: float | None = None) -> dict[str, Any] | None:
         """Block until the child has ended and every event was delivered; returns the final event."""

@@ -23,6 +23,8 @@ class ModelVersion:
     f1_after: float | None
     pairs: int | None
     epochs: int | None
+    val_pairs: int | None = None
+    val_objects: int | None = None
 
     @property
     def improved(self) -> bool:
@@ -48,7 +50,11 @@ def new_version_path(models_dir: Path | str, base_name: str) -> Path:
 
 
 def list_versions(models_dir: Path | str) -> list[ModelVersion]:
-    """All readable model versions in ``models_dir``, newest first (unreadable files are skipped)."""
+    """Usable model versions in ``models_dir``, newest first.
+
+    Unreadable files are skipped, and so are runs scored as not better than their base (the
+    fine-tune runner moves those to ``rejected/``; this also hides older ones left in place).
+    """
     versions = []
     for path in Path(models_dir).glob("*.safetensors"):
         if path.name.startswith(".") or ".latest." in path.name:
@@ -64,5 +70,7 @@ def list_versions(models_dir: Path | str) -> list[ModelVersion]:
             path=path, name=info.get("name", path.stem), created=prov.get("created", ""),
             base=prov.get("base_model", ""), f1_before=prov.get("base_validation_f1"),
             f1_after=prov.get("validation_f1"), pairs=prov.get("pairs_used"), epochs=prov.get("epochs"),
+            val_pairs=prov.get("validation_pairs"), val_objects=prov.get("validation_objects"),
         ))
+    versions = [v for v in versions if None in (v.f1_before, v.f1_after) or v.improved]
     return sorted(versions, key=lambda v: (v.created, v.path.name), reverse=True)

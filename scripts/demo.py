@@ -34,41 +34,74 @@ def headless() -> None:
     sys.exit(code)
 
 
-def gui(interactive: bool, screenshot: Path) -> None:
-    import napari
+def _settle(seconds: float = 0.4) -> None:
     from qtpy.QtWidgets import QApplication
 
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        QApplication.processEvents()
+        time.sleep(0.01)
+
+
+def gui(interactive: bool, screenshot: Path, finetune_seconds: int = 0) -> None:
+    import napari
+
     viewer = napari.Viewer(title="napari-unet demo", show=True)
-    viewer.window._qt_window.resize(1400, 900)
+    viewer.window._qt_window.resize(1366, 768)  # a laptop screen; the dock takes its own width
     viewer.open_sample("napari-unet", "nuclei_u2os")
     _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "U-Net")
-    widget.setMaximumWidth(480)
     if interactive:
         napari.run()
         return
     start = time.monotonic()
-    widget.segment_btn.click()
-    while widget.worker is not None:
-        QApplication.processEvents()
-        time.sleep(0.01)
+    widget.seg.run_btn.native.click()
+    while "nuclei_u2os labels" not in viewer.layers or widget.seg.worker is not None:
+        _settle(0.01)
     seconds = time.monotonic() - start
     viewer.reset_view()
-    for _ in range(20):
-        QApplication.processEvents()
-        time.sleep(0.02)
+    _settle()
     labels = viewer.layers["nuclei_u2os labels"].data
     screenshot.parent.mkdir(parents=True, exist_ok=True)
     viewer.screenshot(str(screenshot), canvas_only=False)
     n = len(np.unique(labels)) - 1
     print(f"clicked Segment: {n} nuclei in {seconds:.1f} s (click to labels, CPU threads: {os.cpu_count()})")
     print(f"screenshot saved to {screenshot}")
+    if finetune_seconds:
+        finetune_screenshot(viewer, widget, screenshot.with_name(screenshot.stem + "_finetune.png"), finetune_seconds)
     viewer.close()
+
+
+def finetune_screenshot(viewer, widget, path: Path, seconds: int) -> None:
+    """Export the sample's reference labels as a pair, fine-tune for ``seconds``, screenshot the result."""
+    import tempfile
+
+    import tifffile
+
+    reference = tifffile.imread(ROOT / "sample_data" / "nuclei_u2os_labels.tif")
+    viewer.add_labels(reference, name="corrected")
+    with tempfile.TemporaryDirectory() as tmp:
+        widget.corrections.folder.value = Path(tmp) / "pairs"
+        widget.corrections.labels.value = viewer.layers["corrected"]
+        widget.corrections.image.value = viewer.layers["nuclei_u2os"]
+        widget.corrections.export_btn.native.click()
+        widget.ft.time_budget.value = seconds
+        widget.sections["Segment"].collapse()
+        widget.sections["Corrections"].collapse()
+        widget.ft.start_btn.native.click()
+        while widget.ft.session.active:
+            _settle(0.05)
+        _settle()
+        viewer.screenshot(str(path), canvas_only=False)
+        print(f"fine-tune: {widget.ft.status.value}")
+        print(f"screenshot saved to {path}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--screenshot", type=Path, default=OUT / "napari_unet_demo.png")
     ap.add_argument("--headless", action="store_true", help="skip napari, segment from the command line")
+    ap.add_argument("--finetune-seconds", type=int, default=0,
+                    help="also fine-tune for this long and save a second screenshot (docs)")
     args = ap.parse_args()
     if args.headless:
         headless()
@@ -79,8 +112,8 @@ def main() -> None:
     if shutil.which("Xvfb"):
         from pyvirtualdisplay import Display
 
-        with Display(visible=False, size=(1600, 1000)):
-            gui(interactive=False, screenshot=args.screenshot)
+        with Display(visible=False, size=(1366, 768)):
+            gui(interactive=False, screenshot=args.screenshot, finetune_seconds=args.finetune_seconds)
         return
     headless()
 

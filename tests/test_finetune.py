@@ -6,6 +6,8 @@ import signal
 import subprocess
 import sys
 import threading
+import time
+from pathlib import Path
 
 import pytest
 
@@ -53,10 +55,13 @@ def test_train_command_streams_json_and_gates(tmp_path, pairs_dir, tiny_ckpt):
     events = [json.loads(line) for line in proc.stdout.splitlines()]
     kinds = [e["event"] for e in events]
     assert kinds[0] == "start" and kinds[-1] == "done"
-    assert kinds.count("progress") == 2 and "checkpoint" in kinds
+    assert kinds.count("progress") == 3 and "checkpoint" in kinds  # epoch 0 (the base model's score), 1, 2
     start, done = events[0], events[-1]
     assert len(start["pairs_used"]) == 2 and start["device"] == "cpu"
-    progress = next(e for e in events if e["event"] == "progress")
+    base_point = next(e for e in events if e["event"] == "progress")
+    assert base_point["epoch"] == 0 and base_point["val_f1"] == pytest.approx(done["base_f1"], abs=0.02)
+    assert done["validation_pairs"] == 1 and done["validation_objects"] > 0
+    progress = next(e for e in events if e["event"] == "progress" and e["epoch"] == 1)
     assert {"epoch", "step", "train_loss", "val_loss", "val_f1", "elapsed", "eta"} <= set(progress)
     assert done["improved"] == (done["f1"] > done["base_f1"])
     model = load_model(out)
@@ -102,13 +107,17 @@ def test_runner_streams_events_and_cancel_leaves_loadable_checkpoint(pairs_dir, 
     final = runner.wait(120)
     assert final["event"] == "done" and final["stopped_early"]
     assert final["epochs"] < 500
-    assert load_model(runner.out).config == make_tiny_model().config
+    assert load_model(final["path"]).config == make_tiny_model().config
+    assert events[-1]["event"] == "exited" and events[-1]["cancelled"]  # after the lock was released
     lock = FolderLock(pairs_dir)
     lock.acquire()  # released by the runner
     lock.release()
     versions = list_versions(runner.out.parent)
-    assert [v.path for v in versions] == [runner.out]
-    assert versions[0].base == "tiny" and versions[0].f1_after is not None
+    if final["improved"]:
+        assert [v.path for v in versions] == [runner.out]
+        assert versions[0].base == "tiny" and versions[0].f1_after is not None and versions[0].val_pairs == 1
+    else:  # not better than its base: kept aside, not offered as a version
+        assert versions == [] and Path(final["path"]) == runner.out.parent / "rejected" / runner.out.name
 
 
 def test_runner_reports_a_crashed_child(pairs_dir, tiny_ckpt):
@@ -156,7 +165,7 @@ def test_finetuning_the_shipped_model_helps_on_a_new_kind_of_image(tmp_path, u2o
                         steps_per_epoch=6, batch_size=4, crop_size=128, lr=2e-3),
         events.append,
     )
-    progress = [e for e in events if e["event"] == "progress"]
+    progress = [e for e in events if e["event"] == "progress" and e["epoch"] >= 1]  # epoch 0: the base score
     assert progress[-1]["train_loss"] < progress[0]["train_loss"]
     assert done["improved"] and done["f1"] > done["base_f1"] + 0.1
 
@@ -182,3 +191,41 @@ def test_train_killed_at_any_moment_leaves_a_loadable_checkpoint_or_none(tmp_pat
         lock.acquire()
         lock.release()
     assert out.exists() and moments[-1] == 6
+
+
+def test_child_stops_when_its_parent_is_killed(pairs_dir, tiny_ckpt):
+    """napari killed outright (no atexit): the training child notices within a step and ends."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time, threading\n"
+         "from napari_unet.runner import FineTuneRequest, FineTuneRunner\n"
+         "started = threading.Event()\n"
+         f"r = FineTuneRunner(FineTuneRequest({str(pairs_dir)!r}, base={str(tiny_ckpt)!r}, device='cpu', "
+         "time_limit=600, extra_args=('--steps-per-epoch', '100000', '--batch-size', '2')), "
+         "lambda e: started.set() if e['event'] == 'progress' else None)\n"
+         "r.start(); started.wait(120); print(r._proc.pid, flush=True); time.sleep(600)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    child = int(parent.stdout.readline())  # the child has scored the base model and is training
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the training child outlived its killed parent by 30 s")
+
+
+def test_train_command_prints_the_base_score_first(tmp_path, pairs_dir, tiny_ckpt):
+    proc = subprocess.run(
+        [sys.executable, "-m", "napari_unet", "train", "--pairs", str(pairs_dir), "--base", str(tiny_ckpt),
+         "--out", str(tmp_path / "o.safetensors"), "--epochs", "1", "--device", "cpu", *FAST],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("epoch 0: train loss nan") and lines[1].startswith("epoch 1: train loss ")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -10,30 +11,42 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from qtpy.QtCore import QElapsedTimer, QTimer
+from magicgui.widgets import Container, Label
+from qtpy.QtWidgets import QApplication, QMessageBox
 
 from napari_unet import segment
 from napari_unet._widget import UNetWidget
 from napari_unet.checkpoint import ModelInfo, save_checkpoint
 from napari_unet.pairs import read_pairs
+from napari_unet.runner import FineTuneBusy, FineTuneRequest, FineTuneRunner
+from napari_unet.versions import list_versions, models_dir_for
 
 from .conftest import make_tiny_model
+
+
+@pytest.fixture(autouse=True)
+def _config_dir(tmp_path, monkeypatch):
+    """Settings go to a temporary folder, never the real home."""
+    monkeypatch.setenv("NAPARI_UNET_CONFIG_DIR", str(tmp_path / "config"))
+
+
+def _dock(viewer, tmp_path=None):
+    dock, w = viewer.window.add_plugin_dock_widget("napari-unet", "U-Net")
+    if tmp_path is not None:
+        w.corrections.folder.value = tmp_path / "pairs"
+    return dock, w
 
 
 @pytest.fixture
 def widget(make_napari_viewer, tmp_path, misc):
     viewer = make_napari_viewer()
     viewer.add_image(misc, name="misc")
-    w = UNetWidget(viewer)
-    viewer.window.add_dock_widget(w)
-    w.pairs_edit.setText(str(tmp_path / "pairs"))
-    w._refresh_pairs()
-    return w
+    return _dock(viewer, tmp_path)[1]
 
 
 def _segment(qtbot, w, timeout=60_000):
-    w.segment()
-    qtbot.waitUntil(lambda: w.worker is None, timeout=timeout)
+    w.seg.run_btn.native.click()
+    qtbot.waitUntil(lambda: w.seg.worker is None, timeout=timeout)
 
 
 def test_manifest_validates_with_imports():
@@ -48,22 +61,42 @@ def test_manifest_contributes_widget_and_samples(make_napari_viewer):
     assert isinstance(widget, UNetWidget)
     viewer.open_sample("napari-unet", "nuclei_misc")
     assert viewer.layers[-1].data.shape == (512, 512)
-    assert widget.image_combo.currentText() == viewer.layers[-1].name
+    assert widget.seg.image.value is viewer.layers[-1]  # the typed picker follows the layer list
+
+
+def test_fits_a_laptop_and_explains_every_control(make_napari_viewer):
+    viewer = make_napari_viewer(show=True)
+    dock, w = _dock(viewer)
+    assert 360 <= w.sizeHint().width() <= 420
+    assert dock.minimumSizeHint().width() <= 420 and dock.minimumSizeHint().height() <= 600
+    assert viewer.window._qt_window.minimumSizeHint().height() <= 740
+    assert viewer.window._qt_window.minimumSizeHint().width() <= 1366
+    # nothing is cut off at the dock's minimum width: the scrolled content fits inside it
+    assert w.scroll.widget().minimumSizeHint().width() <= w.minimumSizeHint().width() <= 360
+    w.models.extra.append(Path("/models/" + "a_very_long_model_file_name_" * 4 + ".safetensors"))
+    w.models.refresh()
+    assert w.minimumSizeHint().width() <= 360
+    assert not w.advanced.isExpanded()  # tile, overlap, batch, device folded away
+    for section in (w.models.main, w.seg.main, w.seg.advanced, w.corrections.main, w.ft.top, w.ft.bottom):
+        for control in section:
+            if not isinstance(control, (Label, Container)):
+                assert len(control.tooltip or "") > 20, control.label or control.text
 
 
 def test_segment_matches_engine_and_relabels_without_network(qtbot, widget, misc, default_model):
     w = widget
     _segment(qtbot, w)
     layer = w.viewer.layers["misc labels"]
-    expected = segment(misc, default_model, postprocess=w.postprocess_config(), device="cpu")
+    expected = segment(misc, default_model, postprocess=w.seg.postprocess(), device="cpu")
     np.testing.assert_array_equal(layer.data, expected)
-    assert w.inference_runs == 1
-    before, min_size = layer.data.copy(), w.min_size.value()
-    w.min_size.setValue(5000)  # every nucleus is smaller: all disappear, without running the network
-    qtbot.waitUntil(lambda: w.relabel_pending == 0 and layer.data.max() == 0, timeout=10_000)
-    assert w.inference_runs == 1
-    w.min_size.setValue(min_size)
-    qtbot.waitUntil(lambda: w.relabel_pending == 0, timeout=10_000)
+    assert w.seg.progress.value == w.seg.progress.max
+    assert w.corrections.labels.value is layer and w.corrections.image.value is w.viewer.layers["misc"]
+    assert w.corrections.what.value == "Export 'misc labels' with 'misc'"
+    before, min_size = layer.data.copy(), w.seg.min_size.value
+    w.seg.min_size.value = 5000  # every nucleus is smaller: all disappear, without running the network
+    qtbot.waitUntil(lambda: w.seg.writer.pending == 0 and layer.data.max() == 0, timeout=10_000)
+    w.seg.min_size.value = min_size
+    qtbot.waitUntil(lambda: w.seg.writer.pending == 0 and layer.data.max() > 0, timeout=10_000)
     np.testing.assert_array_equal(layer.data, before)
     _segment(qtbot, w)  # unedited layer: updated in place, not stacked
     assert [la.name for la in w.viewer.layers] == ["misc", "misc labels"]
@@ -75,133 +108,243 @@ def test_edited_layer_is_never_overwritten(qtbot, widget):
     layer = w.viewer.layers["misc labels"]
     layer.paint((10, 10), 999)  # a user's brush stroke
     edited = layer.data.copy()
-    w.min_size.setValue(60)
-    qtbot.waitUntil(lambda: w.relabel_pending == 0, timeout=10_000)
+    w.seg.min_size.value = 60
+    qtbot.waitUntil(lambda: w.seg.writer.pending == 0, timeout=10_000)
     np.testing.assert_array_equal(layer.data, edited)
     _segment(qtbot, w)
     np.testing.assert_array_equal(w.viewer.layers["misc labels"].data, edited)
     assert "misc labels [2]" in w.viewer.layers
 
 
-def test_cancel_stops_quickly(qtbot, widget, misc):
+def test_cancel_stops_quickly_and_removing_the_image_leaves_no_layer(qtbot, widget, misc):
     w = widget
     w.viewer.layers["misc"].data = np.tile(misc, (4, 4))  # 2048², many tiles
-    w.tile.setValue(128)
-    w.overlap.setValue(32)
-    w.segment()
-    qtbot.waitUntil(lambda: w.seg_progress.value() >= 1, timeout=30_000)
+    w.seg.tile.value, w.seg.overlap.value = 128, 32
+    w.seg.run_btn.native.click()
+    qtbot.waitUntil(lambda: w.seg.progress.value >= 1, timeout=30_000)
     t0 = time.monotonic()
-    w.cancel_segment()
-    qtbot.waitUntil(lambda: w.worker is None, timeout=5_000)
+    w.seg.cancel_btn.native.click()
+    qtbot.waitUntil(lambda: w.seg.worker is None, timeout=5_000)
     assert time.monotonic() - t0 < 1.0
-    assert "misc labels" not in w.viewer.layers
-    assert "cancelled" in w.status.text()
+    assert "misc labels" not in w.viewer.layers and "cancelled" in w.status.text()
+    w.seg.run_btn.native.click()
+    assert w.seg.progress.value == 0  # progress starts afresh
+    qtbot.waitUntil(lambda: w.seg.progress.value >= 1, timeout=30_000)
+    w.viewer.layers.remove("misc")
+    qtbot.waitUntil(lambda: w.seg.worker is None, timeout=5_000)
+    assert len(w.viewer.layers) == 0 and "removed" in w.status.text()
 
 
-def test_stack_current_plane(qtbot, make_napari_viewer, misc):
+def test_stack_current_plane_and_per_plane_counts(qtbot, make_napari_viewer, misc):
     viewer = make_napari_viewer()
     viewer.add_image(np.stack([misc, misc[::-1], misc[:, ::-1]]), name="stack")
-    w = UNetWidget(viewer)
+    _, w = _dock(viewer)
     viewer.dims.set_current_step(0, 2)
     _segment(qtbot, w)
     data = viewer.layers["stack labels"].data
     assert data.shape == (3, 512, 512)
     assert data[2].max() > 0 and data[0].max() == 0 and data[1].max() == 0
-
-
-def test_paint_then_export_pair_and_rectangle(qtbot, widget, misc):
-    w = widget
-    w.export_corrections()
-    assert "no labels layer" in w.status.text()
+    viewer.layers.remove("stack labels")
+    w.seg.stack.value = "whole stack"
     _segment(qtbot, w)
-    w.export_corrections()
+    n = len(np.unique(viewer.layers["stack labels"].data[0])) - 1
+    assert f"~{n} objects per plane, 3 planes" in w.status.text()
+
+
+def test_export_pairs_only_what_belongs_together(qtbot, make_napari_viewer, tmp_path, misc, u2os):
+    viewer = make_napari_viewer()
+    viewer.add_image(misc, name="field_01")
+    viewer.add_image(misc[::-1].copy(), name="field_02")  # same size: the dangerous case
+    _, w = _dock(viewer, tmp_path)
+    c = w.corrections
+    c.export_btn.native.click()
+    assert "no labels layer" in w.status.text()
+    w.seg.image.value = viewer.layers["field_01"]
+    _segment(qtbot, w)
+    layer = viewer.layers["field_01 labels"]
+    viewer.layers.selection.active = viewer.layers["field_02"]
+    assert c.image.value is viewer.layers["field_01"] and not c.image.enabled
+    c.export_btn.native.click()
     assert "unchanged" in w.status.text()
-    layer = w.viewer.layers["misc labels"]
-    layer.selected_label = 500
     layer.paint((400, 400), 500)  # add a nucleus with the brush
-    w.export_corrections()
-    pairs, skipped = read_pairs(w.pairs_dir())
+    c.image.value = viewer.layers["field_02"]  # even forced, the wrong image is refused
+    c.export_btn.native.click()
+    assert "was segmented from 'field_01', not 'field_02'" in w.status.text()
+    assert not (tmp_path / "pairs").exists()
+    c._follow_labels()
+    c.export_btn.native.click()
+    pairs, skipped = read_pairs(tmp_path / "pairs")
     assert len(pairs) == 1 and not skipped
     np.testing.assert_array_equal(pairs[0].labels, layer.data)
     np.testing.assert_array_equal(pairs[0].image, misc)
-    assert "1 pair in folder" in w.pairs_label.text()
-    w.viewer.add_shapes([[[100, 100], [100, 300], [300, 300], [300, 100]]], shape_type="rectangle")
-    w.rect_check.setChecked(True)
-    w.export_corrections()
-    pairs, _ = read_pairs(w.pairs_dir())
+    c.export_btn.native.click()
+    assert "already exported" in w.status.text() and len(read_pairs(tmp_path / "pairs")[0]) == 1
+    assert "1 pair in the folder" in c.count.value
+    # labels the widget did not make: the user picks the image, and the shapes must match
+    viewer.add_labels(np.ones(u2os.shape, np.uint16), name="drawn")
+    c.labels.value = viewer.layers["drawn"]
+    assert c.image.enabled
+    c.image.value = viewer.layers["field_02"]
+    c.export_btn.native.click()
+    assert "'drawn' (768×869) does not fit 'field_02' (512×512)" in w.status.text()
+    viewer.add_shapes([[[100, 100], [100, 300], [300, 300], [300, 100]]], shape_type="rectangle", name="box")
+    c.labels.value, c.region.value = layer, viewer.layers["box"]
+    c._follow_labels()
+    c.export_btn.native.click()
+    pairs, _ = read_pairs(tmp_path / "pairs")
     assert len(pairs) == 2 and pairs[1].reviewed.sum() == 200 * 200
+
+
+def test_settings_and_pairs_folder_are_remembered(make_napari_viewer, tmp_path, monkeypatch):
+    viewer = make_napari_viewer()
+    _, w = _dock(viewer, tmp_path)
+    w.seg.tile.value, w.ft.epochs.value = 256, 7
+    viewer.window.remove_dock_widget("all")
+    _, w2 = _dock(make_napari_viewer())
+    assert Path(w2.corrections.folder.value) == tmp_path / "pairs"
+    assert (w2.seg.tile.value, w2.ft.epochs.value) == (256, 7)
+    w2.restore_btn.native.click()
+    assert (w2.seg.tile.value, w2.ft.epochs.value) == (512, 30)
+    assert (tmp_path / "config" / "settings.json").is_file()
 
 
 def test_bad_checkpoint_shows_notification_and_keeps_model(widget, tmp_path):
     from napari.utils.notifications import notification_manager
 
     w = widget
-    bad = tmp_path / "bad.safetensors"
+    bad = tmp_path / "bad_name.safetensors"
     bad.write_bytes(b"garbage")
-    before = w.model
+    before = w.state.model
     n = len(notification_manager.records)
-    assert not w.select_model(bad)
-    assert w.model is before
-    assert "bad.safetensors" in w.status.text()
-    assert any("bad.safetensors" in str(r.message) for r in notification_manager.records[n:])
+    assert not w.models.select(bad)
+    assert w.state.model is before
+    assert "bad_name.safetensors" in w.status.text()
+    assert any("bad_name.safetensors" in str(r.message) for r in notification_manager.records[n:])
 
 
 def test_no_image_layer_message(make_napari_viewer):
-    w = UNetWidget(make_napari_viewer())
-    w.segment()
+    _, w = _dock(make_napari_viewer())
+    w.seg.run_btn.native.click()
     assert "no image layer" in w.status.text()
-
-
-def _heartbeat(qtbot, until, timeout_ms):
-    """Largest gap (s) between 10 ms timer beats while ``until()`` is False."""
-    gaps, clock = [], QElapsedTimer()
-    clock.start()
-    last = [clock.elapsed()]
-
-    def beat():
-        now = clock.elapsed()
-        gaps.append(now - last[0])
-        last[0] = now
-
-    timer = QTimer()
-    timer.timeout.connect(beat)
-    timer.start(10)
-    qtbot.waitUntil(until, timeout=timeout_ms)
-    timer.stop()
-    return max(gaps) / 1000
-
-
-def test_napari_stays_responsive_while_segmenting(qtbot, widget, misc):
-    w = widget
-    w.viewer.layers["misc"].data = np.tile(misc, (2, 2))
-    w.segment()
-    assert _heartbeat(qtbot, lambda: w.worker is None, 120_000) < 0.5
-
-
-def test_finetune_streams_into_plot_and_gates(qtbot, widget, misc, misc_labels, tmp_path):
-    w = widget
-    tiny = save_checkpoint(tmp_path / "tiny.safetensors", make_tiny_model().net, ModelInfo(name="tiny"))
-    assert w.select_model(tiny)
-    w.viewer.add_labels(misc_labels, name="misc labels")
-    w.export_corrections()
-    w.epochs.setValue(3)
-    w.finetune_extra_args = ("--steps-per-epoch", "2", "--batch-size", "2")
-    w.finetune()
-    gap = _heartbeat(qtbot, lambda: w.last_done is not None, 180_000)
-    assert gap < 0.5
-    assert w.plot.points("val_f1") == 3
-    done = w.last_done
-    assert "F1" in w.ft_status.text()
-    assert w.use_new_btn.isEnabled() == done["improved"]
-    assert any(v in w.model_combo.itemText(i) for i in range(w.model_combo.count()) for v in ["from_tiny"])
 
 
 def test_rgb_image_needs_and_accepts_a_channel(qtbot, make_napari_viewer, misc):
     viewer = make_napari_viewer()
     viewer.add_image(np.stack([misc, misc // 2, misc // 3], -1), name="rgb", rgb=True)
-    w = UNetWidget(viewer)
+    _, w = _dock(viewer)
     _segment(qtbot, w)
     assert "choose a channel" in w.status.text() and "rgb labels" not in viewer.layers
-    w.channel_combo.setCurrentIndex(1)  # channel 0
+    w.seg.channel.value = 0
     _segment(qtbot, w)
     assert viewer.layers["rgb labels"].data.shape == (512, 512)
+
+
+# ------------------------------------------------------------------ fine-tuning lifecycle
+def _tiny_setup(viewer, tmp_path, misc, misc_labels):
+    viewer.add_image(misc, name="misc")
+    _, w = _dock(viewer, tmp_path)
+    tiny = save_checkpoint(tmp_path / "tiny.safetensors", make_tiny_model().net, ModelInfo(name="tiny"))
+    assert w.models.select(tiny)
+    viewer.add_labels(misc_labels, name="truth")
+    w.corrections.labels.value = viewer.layers["truth"]
+    w.corrections.image.value = viewer.layers["misc"]
+    w.corrections.export_btn.native.click()
+    assert "Exported" in w.status.text(), w.status.text()
+    return w
+
+
+def _answer_close_question(button):
+    from qtpy.QtCore import QTimer
+
+    def click():
+        box = QApplication.activeModalWidget()
+        if isinstance(box, QMessageBox):
+            box.button(button).click()
+        else:
+            QTimer.singleShot(50, click)
+
+    QTimer.singleShot(50, click)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_finetune_streams_into_plot_and_lists_only_usable_versions(qtbot, make_napari_viewer, tmp_path, misc,
+                                                                    misc_labels):
+    w = _tiny_setup(make_napari_viewer(), tmp_path, misc, misc_labels)
+    w.ft.epochs.value = 3
+    w.ft.extra_args = ("--steps-per-epoch", "2", "--batch-size", "2")
+    w.ft.start_btn.native.click()
+    assert not w.ft.start_btn.enabled
+    qtbot.waitUntil(lambda: not w.ft.session.active, timeout=180_000)
+    assert w.ft.start_btn.enabled
+    done = w.ft.session.last_done
+    assert w.ft.plot.points("val_f1") == 4  # the base model's score at epoch 0, then 3 epochs
+    assert w.ft.plot.series["val_f1"][0][0] == 0
+    assert f"{done['base_f1']:.3f} → {done['f1']:.3f} on 1 pair(s)" in w.ft.status.value
+    assert w.ft.use_btn.enabled == done["improved"]
+    versions = list_versions(models_dir_for(tmp_path / "pairs"))
+    labels = [w.models.model.choices]
+    if done["improved"]:
+        assert [v.path for v in versions] == [Path(done["path"])] and versions[0].val_objects > 0
+        assert any("val pair" in str(c) for c in labels)
+    else:
+        assert versions == [] and Path(done["path"]).parent.name == "rejected"
+
+
+def test_dock_close_reopen_cancel_rerun_and_napari_close(qtbot, make_napari_viewer, tmp_path, misc, misc_labels):
+    viewer = make_napari_viewer()
+    w = _tiny_setup(viewer, tmp_path, misc, misc_labels)
+    w.ft.epochs.value, w.ft.time_budget.value = 10000, 3600
+    w.ft.extra_args = ("--steps-per-epoch", "2", "--batch-size", "2")
+    w.ft.start_btn.native.click()
+    session = w.ft.session
+    qtbot.waitUntil(lambda: any(e["event"] == "progress" and e["epoch"] >= 1 for e in session.history),
+                    timeout=120_000)
+    pid = session.pid
+    with pytest.raises(FineTuneBusy, match=f"process {pid}\\)"):  # the training child, not napari
+        FineTuneRunner(FineTuneRequest(tmp_path / "pairs"), lambda event: None).start()
+    assert pid != os.getpid()
+    _answer_close_question(QMessageBox.StandardButton.Yes)  # keep it running
+    viewer.window.remove_dock_widget("all")
+    assert session.active and not _gone(pid)
+    _, w2 = _dock(viewer)  # reopened: reattached to the run, plot and state come back
+    assert w2.ft.session is session and not w2.ft.start_btn.enabled and w2.ft.cancel_btn.enabled
+    assert w2.ft.plot.points("val_f1") >= 2
+    w2.ft.cancel_btn.native.click()
+    qtbot.waitUntil(lambda: not session.active, timeout=60_000)
+    assert _gone(pid) and w2.ft.start_btn.enabled
+    assert w2.ft.status.value.startswith("Cancelled"), w2.ft.status.value
+    w2.ft.start_btn.native.click()  # an immediate re-run is accepted
+    assert session.active and session.pid != pid, w2.status.text()
+    pid = session.pid
+    qtbot.waitUntil(lambda: session.runner.started, timeout=120_000)
+    _answer_close_question(QMessageBox.StandardButton.No)  # closing the dock: stop it
+    viewer.window.remove_dock_widget("all")
+    qtbot.waitUntil(lambda: not session.active, timeout=60_000)
+    assert _gone(pid)
+    _, w3 = _dock(viewer)
+    w3.ft.start_btn.native.click()
+    qtbot.waitUntil(lambda: session.runner.started, timeout=120_000)
+    pid, t0 = session.pid, time.monotonic()
+    viewer.close()  # closing napari stops the training process within seconds
+    assert _gone(pid) and time.monotonic() - t0 < 8
+
+
+def test_reopened_dock_remembers_which_image_labels_belong_to(qtbot, make_napari_viewer, misc):
+    viewer = make_napari_viewer()
+    viewer.add_image(misc, name="a")
+    viewer.add_image(misc[::-1].copy(), name="b")
+    _, w = _dock(viewer)
+    w.seg.image.value = viewer.layers["a"]
+    _segment(qtbot, w)
+    viewer.window.remove_dock_widget("all")
+    viewer.layers.selection.active = viewer.layers["b"]  # the closed dock no longer reacts
+    _, w2 = _dock(viewer)
+    w2.corrections.labels.value = viewer.layers["a labels"]
+    assert w2.corrections.image.value is viewer.layers["a"] and not w2.corrections.image.enabled

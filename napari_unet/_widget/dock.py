@@ -1,0 +1,206 @@
+"""The dock: the sections in collapsible boxes inside one scroll area, and a status line.
+
+Native Qt only where magicgui has no equivalent: the scroll area, the collapsible sections
+(superqt) and the pyqtgraph plot. Settings and the pairs folder are remembered (``state.py``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from magicgui.widgets import Container, PushButton
+from qtpy.QtCore import QEvent, QSize, Qt
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFrame,
+    QLabel,
+    QMessageBox,
+    QScrollArea,
+    QSizePolicy,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .corrections import CorrectionsSection
+from .finetune import FinetuneSection
+from .model import ModelSection, warm_labels_layer
+from .segment import SegmentSection
+from .state import State
+
+if TYPE_CHECKING:
+    import napari
+
+WIDTH = 380  # preferred dock width: the canvas keeps most of a laptop's screen
+
+
+def _fit(container: Container) -> None:
+    """Let every control shrink to the dock's width: labels wrap, combo boxes do not size
+    themselves to their longest entry (a long model name would otherwise widen the dock)."""
+    for w in container:
+        if isinstance(w, Container):
+            _fit(w)
+        elif isinstance(w.native, QLabel):
+            w.native.setWordWrap(True)
+            w.native.setMinimumWidth(60)  # else a wrapped label asks for its one-line width
+            w.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+        elif isinstance(w.native, QComboBox):
+            w.native.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            w.native.setMinimumContentsLength(8)
+
+
+class Section(QWidget):
+    """A titled section that folds away: a toggle button over a content widget (hidden, not
+    squeezed, when folded, so the layout never clips or leaves gaps)."""
+
+    def __init__(self, title: str, *widgets: QWidget, expanded: bool = True) -> None:
+        super().__init__()
+        self.button = QToolButton(text=title, checkable=True)
+        self.button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.button.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        self.content = QWidget()
+        inner = QVBoxLayout(self.content)
+        inner.setContentsMargins(6, 0, 0, 0)
+        for w in widgets:
+            inner.addWidget(w)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(2)
+        layout.addWidget(self.button)
+        layout.addWidget(self.content)
+        self.button.toggled.connect(self._show)
+        self.button.setChecked(expanded)
+        self._show(expanded)
+
+    def _show(self, expanded: bool) -> None:
+        self.button.setArrowType(Qt.ArrowType.DownArrow if expanded else Qt.ArrowType.RightArrow)
+        self.content.setVisible(expanded)
+
+    def isExpanded(self) -> bool:  # noqa: N802 - Qt style
+        return self.button.isChecked()
+
+    def expand(self) -> None:
+        self.button.setChecked(True)
+
+    def collapse(self) -> None:
+        self.button.setChecked(False)
+
+
+class UNetWidget(QWidget):
+    """Model → Segment → Corrections → Fine-tune, for one napari viewer."""
+
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        super().__init__()
+        # napari hands plugins a public-only proxy; the widget needs the layers themselves
+        # (identity: which image a labels layer came from) and the main window (closing napari)
+        self.viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
+        self.state = state = State(self.viewer)
+        self.models = ModelSection(state)
+        self.seg = SegmentSection(state)
+        self.corrections = CorrectionsSection(state, self.seg.writer)
+        self.ft = FinetuneSection(state, self.models, self.seg.device, resegment=self.seg.run)
+        self.restore_btn = PushButton(text="Restore defaults", tooltip=(
+            "Put every option back to its default (post-processing: the model's own values). "
+            "The pairs folder is kept."))
+        self.restore_btn.changed.connect(self.restore_defaults)
+
+        self.advanced = Section("Advanced options", self.seg.advanced.native, expanded=False)
+        self.advanced.setToolTip("Tile, overlap, batch and device: rarely need changing.")
+        for container in (self.models.main, self.seg.main, self.seg.advanced, self.corrections.main, self.ft.top,
+                          self.ft.bottom):
+            _fit(container)
+        body = QWidget()
+        column = QVBoxLayout(body)
+        column.setContentsMargins(2, 2, 2, 2)
+        self.sections = {
+            "Model": Section("Model", self.models.main.native),
+            "Segment": Section("Segment", self.seg.main.native, self.advanced),
+            "Corrections": Section("Corrections", self.corrections.main.native),
+            "Fine-tune": Section("Fine-tune", self.ft.top.native, self.ft.plot, self.ft.bottom.native),
+        }
+        for box in self.sections.values():
+            column.addWidget(box)
+        column.addWidget(self.restore_btn.native)
+        column.addStretch(1)
+        self.scroll = QScrollArea()
+        self.scroll.setWidget(body)
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.status.setTextFormat(Qt.TextFormat.PlainText)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.scroll, 1)
+        layout.addWidget(self.status)
+        state.message.connect(self.status.setText)
+
+        self._load_settings()
+        for w in (*[getattr(self.seg, k) for k in ("tile", "overlap", "batch", "device", "scale")],
+                  self.ft.time_budget, self.ft.epochs):
+            w.changed.connect(self._save_settings)
+        state.model_changed.connect(self.warm)
+        self.seg.device.changed.connect(self.warm)
+        saved = state.settings.get("model")  # the model last used, if its file is still there
+        if not (saved and Path(saved).is_file() and self.models.select(saved, quiet=True)):
+            self.models.select(None, quiet=True)
+        self.reset_choices()
+        warm_labels_layer()
+
+    # -- napari calls this when layers are added, removed, reordered or renamed ------------
+    def reset_choices(self, *_: Any) -> None:
+        for container in (self.seg.main, self.corrections.main):
+            container.reset_choices()
+        self.corrections._follow_labels()
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt API
+        return QSize(WIDTH, 700)
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt API
+        """As narrow as the content allows (nothing cut off), as short as a scroll area."""
+        bar = self.scroll.verticalScrollBar().sizeHint().width()
+        return QSize(self.scroll.widget().minimumSizeHint().width() + bar, 260)
+
+    # -- settings ----------------------------------------------------------------------------
+    def _load_settings(self) -> None:
+        saved = self.state.settings
+        self.seg.apply_settings(saved.get("segment", {}))
+        self.ft.apply_settings(saved.get("finetune", {}))
+
+    def _save_settings(self, *_: Any) -> None:
+        self.state.settings["segment"] = self.seg.settings()
+        self.state.remember("finetune", self.ft.settings())
+
+    def restore_defaults(self, *_: Any) -> None:
+        self.seg.restore_defaults()
+        self.ft.apply_settings({"time_budget": 120, "epochs": 30})
+        self._save_settings()
+        self.state.message.emit("Options restored to their defaults.")
+
+    def warm(self, *_: Any) -> None:
+        """Prepare the model for inference in the background, so the first click is fast."""
+        self.models.warm(self.seg.tile.value, self.seg.device.value)
+
+    # -- closing the dock -----------------------------------------------------------------------
+    def event(self, ev: QEvent) -> bool:
+        if ev.type() == QEvent.Type.ParentChange and self.parent() is None:
+            self._closed()
+        return super().event(ev)
+
+    def _closed(self) -> None:
+        """napari removed the dock: stop our segmentation; the fine-tune belongs to the viewer,
+        so ask whether it keeps running (reopen the panel to follow it) or stops now."""
+        for section in (self.seg, self.corrections, self.ft):
+            section.detach()
+        if not self.ft.session.active:
+            return
+        answer = QMessageBox.question(
+            None, "Fine-tuning is running",
+            "A fine-tune is running. Keep it running in the background (reopen the U-Net panel to follow it), "
+            "or stop it now (the best weights so far are kept)?",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, QMessageBox.StandardButton.No)
+        if answer == QMessageBox.StandardButton.Yes:
+            return
+        self.ft.session.cancel()

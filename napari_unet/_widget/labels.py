@@ -1,0 +1,131 @@
+"""Labels layers the widget writes: one per image, never overwriting a user's edits, and
+re-labelled from stored probabilities (no network run) when post-processing values change."""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import numpy as np
+from napari.layers import Image, Labels
+from napari.qt.threading import create_worker
+from qtpy.QtCore import QTimer
+
+from ..postprocess import PostprocessConfig, labels_from_probabilities
+from .state import Result, State, digest
+
+
+def object_counts(labels: np.ndarray) -> list[int]:
+    """Objects per 2D plane (labels are numbered per plane, so a stack's maximum is no count)."""
+    planes = labels.reshape(-1, *labels.shape[-2:])
+    return [int(len(np.unique(p)) - (1 if (p == 0).any() else 0)) for p in planes]
+
+
+def with_plane(stack: np.ndarray, plane: tuple[int, ...], labels: np.ndarray) -> np.ndarray:
+    """A copy of ``stack`` (widened if needed) with ``labels`` written into ``plane``."""
+    out = np.array(stack, dtype=np.result_type(stack.dtype, labels.dtype))
+    out[plane] = labels
+    return out
+
+
+class LabelsWriter:
+    """Writes segmentation results into labels layers and remembers where each came from."""
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+        self.pending = 0  # re-labelling workers still running
+        self._generation = 0
+
+    @staticmethod
+    def compact(labels: np.ndarray) -> np.ndarray:
+        """uint16 when the labels fit (with room to paint new ones): napari shows them faster."""
+        return labels.astype(np.uint16) if int(labels.max(initial=0)) < 60000 else labels
+
+    def current_plane(self, layer: Image | Labels) -> tuple[int, ...]:
+        lead = layer.ndim - 2 - (1 if getattr(layer, "rgb", False) else 0)
+        if lead <= 0:
+            return ()
+        step = self.state.viewer.dims.current_step[-(lead + 2):]
+        return tuple(int(min(max(0, s), n - 1)) for s, n in zip(step[:lead], layer.data.shape[:lead]))
+
+    def unedited(self, layer: Labels) -> bool:
+        result = self.state.result(layer)
+        return result is not None and digest(np.asarray(layer.data)) == result.written
+
+    def _own_layer(self, image: Image) -> Labels | None:
+        """The unedited labels layer the widget wrote for ``image`` (updated in place on re-runs)."""
+        for layer, result in self.state.results():
+            if result.source() is image and self.unedited(layer) and layer in self.state.viewer.layers:
+                return layer
+        return None
+
+    def write(self, image: Image, plane: tuple[int, ...] | None, labels: np.ndarray, probs: np.ndarray,
+              model_name: str, labels_digest: str | None = None) -> Labels:
+        """``labels_digest``: ``digest(labels)`` if the worker computed it (saves main-thread time)."""
+        viewer = self.state.viewer
+        layer = self._own_layer(image)
+        name = f"{image.name} labels"
+        if layer is None and name in viewer.layers:
+            self.state.warn(f"'{name}' has your edits, so the new result goes to a new layer; nothing was overwritten.")
+            k = 2
+            while f"{name} [{k}]" in viewer.layers:
+                k += 1
+            name = f"{name} [{k}]"
+        data = labels
+        if plane is not None:
+            base = layer.data if layer is not None else np.zeros(image.data.shape[: image.ndim], labels.dtype)
+            data = with_plane(base, plane, labels)
+        if layer is None:
+            # napari builds a new layer's visuals when it is added and slices, uploads and draws it
+            # when it is shown: added hidden and shown on the next turn of the event loop, the two
+            # main-thread costs come apart instead of one long stall
+            layer = viewer.add_labels(data, name=name, scale=image.scale[-data.ndim:],
+                                      translate=image.translate[-data.ndim:], visible=False)
+            QTimer.singleShot(0, lambda: setattr(layer, "visible", True))
+            new = True
+        else:
+            layer.data = data
+            new = False
+        same = labels_digest is not None and layer.data is labels  # napari kept the array as given
+        written = labels_digest if same else digest(np.asarray(layer.data))
+        self.state.set_result(layer, Result(weakref.ref(image), plane, probs, written, model_name))
+        if new:
+            self.state.labels_written.emit(layer)
+        self._generation += 1  # a re-labelling still running was computed from older probabilities
+        return layer
+
+    def relabel(self, config: PostprocessConfig) -> None:
+        """Re-apply post-processing to stored probabilities, off the UI thread; only the newest
+        request is applied, and never to a layer the user has edited meanwhile."""
+        self._generation += 1
+        generation, jobs = self._generation, []
+        for layer, result in self.state.results():
+            if self.unedited(layer):
+                jobs.append((layer, result.probs))
+            elif layer in self.state.viewer.layers:
+                self.state.message.emit(f"'{layer.name}' has your edits; post-processing was not re-applied to it.")
+        if not jobs:
+            return
+
+        def work() -> list[tuple[Labels, np.ndarray]]:
+            return [(layer, self.compact(labels_from_probabilities(p, config))) for layer, p in jobs]
+
+        self.pending += 1
+        worker = create_worker(work, _ignore_errors=True)
+        worker.returned.connect(lambda out: self._apply(generation, out))
+        worker.errored.connect(lambda exc: self.state.error(f"Post-processing failed ({exc})."))
+        worker.finished.connect(self._relabel_finished)
+        worker.start()
+
+    def _relabel_finished(self) -> None:
+        self.pending -= 1
+
+    def _apply(self, generation: int, out: list[tuple[Labels, Any]]) -> None:
+        if generation != self._generation:
+            return  # a newer request is on its way
+        for layer, labels in out:
+            result = self.state.result(layer)
+            if result is None or not self.unedited(layer):
+                continue
+            layer.data = labels if result.plane is None else with_plane(layer.data, result.plane, labels)
+            result.written = digest(np.asarray(layer.data))

@@ -1,0 +1,139 @@
+"""Model: choose the shipped model, a fine-tuned version or a checkpoint file; warm it up."""
+
+from __future__ import annotations
+
+import atexit
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, Label, PushButton
+from qtpy.QtWidgets import QFileDialog
+
+from ..errors import NapariUnetError
+from ..inference import SegmentationModel, load_model, predict
+from ..postprocess import PostprocessConfig
+from ..versions import ModelVersion, list_versions, models_dir_for
+from .state import State, lower_thread_priority
+
+DEFAULT_LABEL = "Default nuclei model (shipped)"
+POSTPROCESS_NAMES = {"threshold": "threshold", "seed_threshold": "seed threshold", "min_size": "min size"}
+
+
+def version_label(v: ModelVersion) -> str:
+    """``name · F1 0.61→0.72 · 3 val pairs, 120 objects`` (what the score rests on)."""
+    text = v.path.stem
+    if None not in (v.f1_before, v.f1_after):
+        text += f" · F1 {v.f1_before:.2f}→{v.f1_after:.2f}"
+    if v.val_pairs is not None:
+        text += f" · {v.val_pairs} val pair{'s' if v.val_pairs != 1 else ''}"
+        text += f", {v.val_objects} objects" if v.val_objects is not None else ""
+    return text
+
+
+def postprocess_changes(old: PostprocessConfig, new: PostprocessConfig) -> str:
+    """E.g. ``min size 150 → 367`` for every post-processing value that differs."""
+    a, b = old.to_dict(), new.to_dict()
+    return ", ".join(f"{label} {a[k]} → {b[k]}" for k, label in POSTPROCESS_NAMES.items() if a.get(k) != b.get(k))
+
+
+def warm_up(model: SegmentationModel, tile: int, device: str) -> None:
+    """Prepare the network and run it once on a blank tile, so the first Segment click does not
+    pay for it (memory allocation, kernel selection); runs in a background thread."""
+    with lower_thread_priority():
+        try:
+            predict(model, np.zeros((tile, tile), np.float32), tile=tile, device=device)
+        except Exception:  # noqa: BLE001 - a failed warm-up only means the first click is slower
+            pass
+
+
+def warm_labels_layer() -> None:
+    """Build (not show) a tiny Labels layer once: napari's first one costs ~0.5 s of lazy imports
+    and set-up in the main thread, which would otherwise land when the first result arrives."""
+    from napari.layers import Labels
+
+    Labels(np.zeros((4, 4), np.uint16))
+
+
+_WARMING: list[threading.Thread] = []
+
+
+@atexit.register
+def _join_warm_ups() -> None:
+    """Let a warm-up finish before the interpreter exits (torch aborts if torn down mid-call)."""
+    for thread in _WARMING:
+        thread.join(30)
+
+
+class ModelSection:
+    """The model picker (shipped default + usable versions + loaded files) and its facts."""
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+        self.extra: list[Path] = []  # checkpoints loaded from a file
+        self.warm_thread: threading.Thread | None = None
+        self.model = ComboBox(label="model", choices=self._choices, tooltip=(
+            "The model that segments. Fine-tuned versions appear here with their validation F1 before → after "
+            "and how many validation pairs and objects that score rests on."))
+        self.load_btn = PushButton(text="Load checkpoint…", tooltip=(
+            "Use a model file (.safetensors, or a .pt/.pth state dict) trained elsewhere."))
+        self.info = Label(value="")
+        self.main = Container(widgets=[self.model, self.load_btn, self.info])
+        self.model.changed.connect(lambda value: self.select(value))
+        self.load_btn.changed.connect(self._browse)
+        state.pairs_changed.connect(self.refresh)
+
+    def _choices(self, *_: Any) -> list[tuple[str, str | None]]:
+        models = models_dir_for(self.state.pairs_dir)
+        versions = list_versions(models) if models.is_dir() else []
+        out = [(DEFAULT_LABEL, None)] + [(version_label(v), str(v.path)) for v in versions]
+        known = {p for _, p in out}
+        out += [(p.name, str(p)) for p in self.extra if str(p) not in known]
+        current = self.state.model_path
+        if current is not None and str(current) not in {p for _, p in out}:
+            out.append((current.name, str(current)))
+        return out
+
+    def refresh(self) -> None:
+        with self.model.changed.blocked():
+            self.model.reset_choices()
+            self.model.value = str(self.state.model_path) if self.state.model_path else None
+
+    def _browse(self, *_: Any) -> None:
+        path, _ = QFileDialog.getOpenFileName(self.main.native, "Load checkpoint", "",
+                                              "Checkpoints (*.safetensors *.pt *.pth)")
+        if path:
+            self.select(path)
+
+    def select(self, path: str | Path | None, *, quiet: bool = False) -> bool:
+        """Load a checkpoint (None = shipped default); on failure keep the current model."""
+        try:
+            model = load_model(path)
+        except NapariUnetError as exc:
+            self.state.error(str(exc))
+            self.refresh()
+            return False
+        old = self.state.model
+        self.state.model, self.state.model_path = model, Path(path) if path else None
+        if path is not None and Path(path) not in self.extra:
+            self.extra.append(Path(path))
+        self.refresh()
+        s = model.summary()
+        f1 = s["validation_f1"]
+        f1_text = f"{f1:.3f}" if isinstance(f1, (int, float)) else "unknown"
+        self.info.value = f"{s['in_channels']} channel(s) in · validation F1 {f1_text}"
+        self.info.tooltip = (f"{s['name']}: {s['in_channels']} channel(s) → {', '.join(s['classes'])}\n"
+                             f"trained on: {s['trained_on'] or 'unknown'}")
+        self.state.remember("model", str(path) if path else None)
+        self.state.model_changed.emit()
+        changes = postprocess_changes(old.postprocess, model.postprocess) if old is not None else ""
+        if not quiet:
+            self.state.info(f"Now using {s['name']}" + (f"; its post-processing: {changes}." if changes else "."))
+        return True
+
+    def warm(self, tile: int, device: str) -> None:
+        if self.state.model is not None:
+            self.warm_thread = threading.Thread(target=warm_up, args=(self.state.model, tile, device), daemon=True)
+            self.warm_thread.start()
+            _WARMING[:] = [t for t in _WARMING if t.is_alive()] + [self.warm_thread]

@@ -1,0 +1,206 @@
+"""Segment: run the model on the chosen image (or its current plane) in a thread worker."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+import torch
+from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox, create_widget
+from napari.layers import Image
+from napari.qt.threading import create_worker
+from qtpy.QtCore import QObject, Signal
+
+from ..errors import Cancelled, NapariUnetError
+from ..inference import DEFAULT_OVERLAP, DEFAULT_TILE, predict
+from ..postprocess import PostprocessConfig, labels_from_probabilities
+from .labels import LabelsWriter, object_counts
+from .state import State, digest, ui_threads
+
+DEVICES = ["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else []) + (
+    ["mps"] if torch.backends.mps.is_available() else [])
+CHANNELS = [("all (as the model expects)", None)] + [(str(c), c) for c in range(4)]
+# name: (default, tooltip) — the values "Restore defaults" brings back; post-processing ones come from the model
+ADVANCED = {
+    "tile": (DEFAULT_TILE, "Side of the square pieces the image is cut into for the network. Larger is faster "
+                           "but needs more memory; lower it if you run out of memory."),
+    "overlap": (DEFAULT_OVERLAP, "How much neighbouring pieces overlap, so nuclei on a seam are not cut. "
+                                 "Rarely needs changing."),
+    "batch": (4, "Pieces processed at once. Higher can be faster on a GPU; lower it if memory runs out."),
+    "device": ("auto", "Where the network runs: 'auto' picks a GPU when there is one, else the CPU."),
+}
+
+
+class _Progress(QObject):
+    tick = Signal(int, int)  # from the worker thread, queued into the main thread
+
+
+class SegmentSection:
+    """Image picker, post-processing values, Segment/Cancel, progress; advanced options apart."""
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+        self.writer = LabelsWriter(state)
+        self.worker = None
+        self.target: Image | None = None
+        self._cancel = threading.Event()
+        self.image = create_widget(annotation=Image, label="image", options={
+            "tooltip": "The image to segment. The result goes to a labels layer named '<image> labels'."})
+        self.stack = ComboBox(label="stack", choices=["current plane", "whole stack"], value="current plane",
+                              tooltip="For stacks (time, z): segment only the plane you look at, or every plane.")
+        self.channel = ComboBox(label="channel", choices=CHANNELS, value=None, tooltip=(
+            "For colour or multichannel images: the one channel (e.g. the DAPI channel) a single-channel "
+            "model should see."))
+        self.scale = FloatSpinBox(label="rescale", min=0.1, max=10, step=0.25, value=1.0, tooltip=(
+            "Resize the image before the network: above 1 when your nuclei are smaller than the model's, "
+            "below 1 when larger. Labels come back at the original size."))
+        pp = PostprocessConfig()
+        self.threshold = FloatSpinBox(label="threshold", min=0, max=1, step=0.05, value=pp.threshold, tooltip=(
+            "How sure the network must be that a pixel is nucleus. Lower it if nuclei come out too small or are "
+            "missed; raise it if background is picked up. Changes re-label without re-running the network."))
+        self.seeds = FloatSpinBox(label="seed threshold", min=0, max=1, step=0.05, value=pp.seed_threshold,
+                                  tooltip=("How sure the network must be about a nucleus' core to split touching "
+                                           "nuclei. Lower it if touching nuclei stay merged; raise it if single "
+                                           "nuclei are split."))
+        self.min_size = SpinBox(label="min size (px)", min=0, max=100000, step=10, value=pp.min_size,
+                                tooltip="Objects smaller than this many pixels are dropped (debris, noise).")
+        self.run_btn = PushButton(text="Segment", tooltip="Run the model on the image above (in the background).")
+        self.cancel_btn = PushButton(text="Cancel", enabled=False, tooltip="Stop the running segmentation.")
+        self.progress = ProgressBar(value=0, min=0, max=1, label="", tooltip="Pieces of the image done so far.")
+        self.summary = Label(value="")
+        buttons = Container(widgets=[self.run_btn, self.cancel_btn], layout="horizontal", labels=False)
+        buttons.margins = (0, 0, 0, 0)
+        self.main = Container(widgets=[self.image, self.stack, self.channel, self.scale, self.threshold, self.seeds,
+                                       self.min_size, buttons, self.progress, self.summary])
+        self.tile = SpinBox(label="tile", min=64, max=4096, step=64)
+        self.overlap = SpinBox(label="overlap", min=0, max=1024, step=16)
+        self.batch = SpinBox(label="batch", min=1, max=64)
+        self.device = ComboBox(label="device", choices=DEVICES)
+        for name, (default, tip) in ADVANCED.items():
+            w = getattr(self, name)
+            w.value = default if name != "device" or default in DEVICES else "auto"
+            w.tooltip = tip
+        self.advanced = Container(widgets=[self.tile, self.overlap, self.batch, self.device])
+        self._bridge = _Progress()
+        self._bridge.tick.connect(self._on_progress)
+        self.run_btn.changed.connect(self.run)
+        self.cancel_btn.changed.connect(self.cancel)
+        for w in (self.threshold, self.seeds, self.min_size):
+            w.changed.connect(lambda *_: self.writer.relabel(self.postprocess()))
+        state.viewer.layers.events.removed.connect(self._layer_removed)
+        state.model_changed.connect(self.show_model_postprocess)
+
+    # -- settings ---------------------------------------------------------------------------
+    def settings(self) -> dict[str, Any]:
+        return {name: getattr(self, name).value for name in ADVANCED} | {"scale": self.scale.value}
+
+    def apply_settings(self, values: dict[str, Any]) -> None:
+        for name, value in values.items():
+            if name in ADVANCED or name == "scale":
+                try:
+                    getattr(self, name).value = value
+                except (ValueError, TypeError):
+                    pass  # a stale or hand-edited setting is ignored
+
+    def restore_defaults(self) -> None:
+        self.apply_settings({name: default for name, (default, _) in ADVANCED.items()} | {"scale": 1.0})
+        self.stack.value, self.channel.value = "current plane", None
+        self.show_model_postprocess()
+
+    def postprocess(self) -> PostprocessConfig:
+        return PostprocessConfig(threshold=self.threshold.value, seed_threshold=self.seeds.value,
+                                 min_size=self.min_size.value)
+
+    def show_model_postprocess(self) -> None:
+        """Show the model's own post-processing values without re-labelling existing layers."""
+        if self.state.model is None:
+            return
+        config = self.state.model.postprocess
+        for w, value in ((self.threshold, config.threshold), (self.seeds, config.seed_threshold),
+                         (self.min_size, config.min_size)):
+            with w.changed.blocked():
+                w.value = value
+
+    # -- running ------------------------------------------------------------------------------
+    def run(self, *_: Any) -> None:
+        layer, model = self.image.value, self.state.model
+        if layer is None:
+            return self.state.error("There is no image layer to segment; open an image first.")
+        if model is None:
+            return self.state.error("No model is loaded.")
+        if self.worker is not None:
+            return self.state.error("A segmentation is already running.")
+        plane = self.writer.current_plane(layer) if layer.ndim > 2 and self.stack.value == "current plane" else None
+        try:
+            image = np.asarray(layer.data[plane] if plane is not None else layer.data)
+        except Exception as exc:  # noqa: BLE001 - lazy arrays can fail to load
+            return self.state.error(f"The image layer '{layer.name}' could not be read ({exc}).")
+        post, options = self.postprocess(), dict(
+            tile=self.tile.value, overlap=self.overlap.value, batch_size=self.batch.value, device=self.device.value,
+            scale=self.scale.value, channel_axis=-1 if layer.rgb else None, channel=self.channel.value)
+        self._cancel = cancel = threading.Event()
+        torch.set_num_threads(ui_threads())
+
+        def work() -> tuple[np.ndarray, np.ndarray, list[int]] | None:
+            # torch leaves napari's main thread a core (ui_threads); the worker keeps its priority,
+            # so a busy machine slows a click no more than it slows segment() itself
+            try:
+                probs = predict(model, image, progress=self._bridge.tick.emit, cancel=cancel.is_set, **options)
+            except Cancelled:
+                return None
+            labels = labels_from_probabilities(probs, post)
+            labels = self.writer.compact(labels)
+            return probs, labels, object_counts(labels), digest(labels)  # all off the main thread
+
+        self.target = layer
+        self.run_btn.enabled, self.cancel_btn.enabled = False, True
+        self.progress.max, self.progress.value = 1, 0
+        self.summary.value = ""
+        self.state.message.emit(f"Segmenting {layer.name}…")  # replaces any old error
+        self.worker = create_worker(work, _ignore_errors=True)
+        self.worker.returned.connect(lambda out: self._done(layer, plane, out, model.info.name))
+        self.worker.errored.connect(self._failed)
+        self.worker.finished.connect(self._finished)
+        self.worker.start()
+
+    def _on_progress(self, done: int, total: int) -> None:
+        if self.worker is not None:
+            self.progress.max, self.progress.value = max(1, total), done
+
+    def cancel(self, *_: Any) -> None:
+        self._cancel.set()
+
+    def detach(self) -> None:
+        """The dock is gone: cancel a running segmentation and stop following the viewer."""
+        self._cancel.set()
+        self.state.viewer.layers.events.removed.disconnect(self._layer_removed)
+
+    def _layer_removed(self, event: Any) -> None:
+        if self.worker is not None and event.value is self.target:
+            self._cancel.set()
+        self.state.forget(event.value)
+
+    def _failed(self, exc: Exception) -> None:
+        if isinstance(exc, NapariUnetError):
+            self.state.error(str(exc))
+        else:
+            self.state.error(f"Segmentation failed ({type(exc).__name__}: {exc}).")
+
+    def _finished(self) -> None:
+        self.worker, self.target = None, None
+        self.run_btn.enabled, self.cancel_btn.enabled = True, False
+
+    def _done(self, image: Image, plane: tuple[int, ...] | None, out: Any, model_name: str) -> None:
+        if not any(layer is image for layer in self.state.viewer.layers):
+            return self.state.warn(f"The image '{image.name}' was removed, so its segmentation was dropped.")
+        if out is None:
+            return self.state.info("Segmentation cancelled; nothing was changed.")
+        probs, labels, counts, labels_digest = out
+        layer = self.writer.write(image, plane, labels, probs, model_name, labels_digest if plane is None else None)
+        if len(counts) > 1:
+            text = f"~{round(float(np.mean(counts)))} objects per plane, {len(counts)} planes"
+        else:
+            text = f"{counts[0]} objects"
+        self.summary.value = f"{image.name}: {text}"
+        self.state.info(f"Segmented {image.name}: {text} in layer '{layer.name}'.")
