@@ -55,7 +55,7 @@ class BlockwiseOptions:
     halo: int | None = None
     tile: int = DEFAULT_TILE
     overlap: int = DEFAULT_OVERLAP
-    batch_size: int = 4
+    batch_size: int = 4  # tiles per forward pass on a GPU; CPUs run one tile at a time
     device: str = "auto"
     scale: float = 1.0
     postprocess: PostprocessConfig | None = None  # None: the model's own
@@ -170,8 +170,9 @@ def _run_block(settings: _Settings, job: _Job, model_bytes: bytes, data: np.ndar
         x = resize_planes(x, work)
     in_tile, out_tile, overlap, multiple = tile_geometry(model.net, opts.tile, opts.overlap)
     amp = dev.type == "cuda"
+    batch = 1 if dev.type == "cpu" else max(1, opts.batch_size)  # on CPU batching is no faster, only bigger
     p = predict_plane(model.prepared(dev), x, in_tile=in_tile, out_tile=out_tile, overlap=overlap,
-                      batch_size=max(1, opts.batch_size), device=dev, multiple=multiple, amp=amp)
+                      batch_size=batch, device=dev, multiple=multiple, amp=amp)
     del x
     if work != (h, w):
         p = resize_planes(p, (h, w))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cli_blockwise import add_arguments as add_blockwise_arguments
 from .device import DEVICES
 from .errors import NapariUnetError
 from .inference import DEFAULT_OVERLAP, DEFAULT_TILE, load_model, predict
@@ -41,6 +42,10 @@ def _fail(message: str) -> int:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
+    from .cli_blockwise import run_blockwise, wants_blockwise
+
+    if wants_blockwise(args):  # zarr folders, very large TIFFs, --block/--workers/--scheduler
+        return run_blockwise(args)
     try:
         model = load_model(args.model)
     except NapariUnetError as exc:
@@ -158,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     seg = sub.add_parser("segment", help="segment TIFF images into instance labels")
-    seg.add_argument("inputs", nargs="+", help="TIFF images")
+    seg.add_argument("inputs", nargs="+", help="TIFF images, or zarr / OME-Zarr folders")
     seg.add_argument("--model", help="checkpoint (.safetensors or .pt); default: shipped nuclei model")
     seg.add_argument("--out", default=".", help="output folder (default: current folder)")
     seg.add_argument("--device", default="auto", choices=DEVICES)
@@ -171,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--seed-threshold", type=float, help="seed (interior) threshold (default: the model's)")
     seg.add_argument("--min-size", type=int, help="smallest object kept, in pixels (default: the model's)")
     seg.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_blockwise_arguments(seg)
     seg.set_defaults(func=cmd_segment)
 
     ev = sub.add_parser("evaluate", help="instance F1 / IoU of predicted labels against ground truth")

@@ -54,8 +54,9 @@ def block_edges(labels: np.ndarray, ext: Rect, core: Rect, local: np.ndarray, co
     block's core ids (0 for objects that do not reach into the core)."""
     def band(r: Rect) -> Band:
         ids = labels[r[0] - ext[0] : r[1] - ext[0], r[2] - ext[2] : r[3] - ext[2]]
-        return Band(r, np.ascontiguousarray(local[ids]))
+        return Band(r, local[ids].astype(dtype))
 
+    dtype = np.uint8 if count < 2**8 else np.uint16 if count < 2**16 else np.uint32  # bands pile up on the driver
     inner = [band(r) for r in _ring(core, core, width, outside=False)]
     outer = [band(r) for r in _ring(core, ext, width, outside=True)]
     return BlockEdges(count, inner, outer)
