@@ -21,6 +21,7 @@ import shutil
 import tempfile
 import threading
 import uuid
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -219,10 +220,12 @@ def dask_client(workers: int | None = None, scheduler: str | None = None) -> Ite
             client.close()
         return
     n = max(1, workers or 1)
-    cluster = LocalCluster(
-        n_workers=n, threads_per_worker=1, processes=n > 1, dashboard_address=None,
-        silence_logs=logging.ERROR, memory_limit=0 if n == 1 else "auto",
-    )
+    with warnings.catch_warnings():  # its small HTTP server moves off a busy port 8787 by itself
+        warnings.filterwarnings("ignore", message="Port .* is already in use")
+        cluster = LocalCluster(
+            n_workers=n, threads_per_worker=1, processes=n > 1, dashboard_address=None,
+            silence_logs=logging.ERROR, memory_limit=0 if n == 1 else "auto",
+        )
     client = Client(cluster)
     try:
         yield client
@@ -285,6 +288,16 @@ class _Run:
             "block": block, "halo": halo, "tile": options.tile, "overlap": options.overlap,
             "model": model.info.name, "postprocess": (options.postprocess or model.postprocess).to_dict(),
         })
+        try:
+            self._plan(image, model, options, threads, digest, stack_shape, h, w)
+        except BaseException:
+            self.discard()
+            raise
+
+    def _plan(self, image: LazyImage, model: SegmentationModel, options: BlockwiseOptions, threads: dict[str, int],
+              digest: str, stack_shape: tuple[int, ...], h: int, w: int) -> None:
+        """The blocks of every plane, each with the plane's normalisation bounds."""
+        block, halo = options.block, options.halo
         self.settings = _Settings(self.image, str(self.part), stack_shape, options,
                                   options.postprocess or model.postprocess, digest, threads)
         norm = model.normalization

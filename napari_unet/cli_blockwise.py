@@ -96,6 +96,9 @@ def run_blockwise(args: argparse.Namespace) -> int:
     except NapariUnetError as exc:
         print(f"napari-unet: error: {exc}", file=sys.stderr)
         return 1
+    except Exception as exc:  # noqa: BLE001 - a cluster or storage failure: one sentence, not a traceback
+        print(f"napari-unet: error: blockwise segmentation failed ({type(exc).__name__}: {exc}).", file=sys.stderr)
+        return 2
     for (image, _), r in zip(items, results):
         if r.error is not None:
             message = r.error if r.error.startswith(str(image.path)) else f"{image.path}: {r.error}"

@@ -52,7 +52,7 @@ def test_blockwise_matches_whole_image_on_real_nuclei(default_model, nuclei_mosa
     assert result.objects == [ids.size - 1]
     scores = instance_scores(whole, labels)
     assert scores.f1[0.5] >= 0.99, scores.to_dict()
-    assert scores.n_true > 300
+    assert scores.n_true > 150
 
     # no object cut at a block face: a whole-image object crossing a face has one blockwise label on both sides
     cut = 0
@@ -114,7 +114,7 @@ def test_stacks_go_plane_by_plane(u2os, default_model, client, tmp_path):
     assert stack.shape == (2, 200, 256) and len(r.objects) == 2
     one = segment_blockwise(planes[1], tmp_path / "one.zarr", model, options=opts, client=client)
     np.testing.assert_array_equal(stack[1], read_labels(one.out))
-    assert r.objects[1] == int(stack[1].max()) > 5
+    assert r.objects == [int(stack[0].max()), int(stack[1].max())] and min(r.objects) > 1
 
 
 def test_existing_output_is_never_overwritten_unless_asked(misc, client, tmp_path):
