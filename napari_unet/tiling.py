@@ -1,4 +1,4 @@
-"""Overlap-tile inference: one normalised plane → class probabilities, blended seam-free.
+"""Overlap-tile inference: one normalised plane → class probabilities, seam-free.
 
 The plane is mirror-padded and cut into overlapping tiles that are run in batches. As in the
 U-Net paper's overlap-tile strategy, each tile's margins are cropped: every output pixel is
