@@ -493,7 +493,8 @@ def print_report(r: dict[str, Any]) -> None:
     sm = r["seam"]
     print(
         f"(c) seam      : max {sm['max']:.4g}, p99.9 {sm['p99_9']:.4g}, mean {sm['mean']:.3g} "
-        f"({sm['precision']}, {sm['border_px']}-px border excluded)"
+        f"({sm['precision']}, {sm['border_px']}-px border excluded; overlap {s['overlap']} = "
+        f"{100 * s['overlap'] / s['tile']:.1f}% of the tile)"
     )
     if "seam_fp32" in r:
         s32 = r["seam_fp32"]

@@ -20,6 +20,7 @@ from typing import NoReturn
 
 import numpy as np
 
+from .cli_blockwise import add_arguments as add_blockwise_arguments
 from .device import DEVICES
 from .errors import InputError, InvalidParameter, NapariUnetError, os_error_sentence
 from .image_files import read_image_file, write_labels_file
@@ -122,6 +123,10 @@ def _check_writable(folder: Path) -> str | None:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
+    from .cli_blockwise import run_blockwise, wants_blockwise
+
+    if wants_blockwise(args):  # zarr folders, very large images, --block/--workers/--scheduler
+        return run_blockwise(args)
     inputs, notes = _expand_inputs(args.inputs)
     for note in notes:
         print(f"napari-unet: note: {note}", file=sys.stderr)
@@ -430,6 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="smallest object kept, in pixels (default: the model's)")
     seg.add_argument("--overwrite", action="store_true", help="replace existing output files")
     seg.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_blockwise_arguments(seg, _number)
     seg.set_defaults(func=cmd_segment)
 
     ev = sub.add_parser("evaluate", help="instance F1 / IoU of predicted labels against ground truth")

@@ -37,9 +37,14 @@ class Normalization:
 
         NaN/Inf are replaced by the low percentile; a constant channel becomes zeros.
         """
+        return self.apply_bounds(planes, [self.bounds(channel) for channel in planes])
+
+    def apply_bounds(self, planes: np.ndarray, bounds: list[tuple[float, float]]) -> np.ndarray:
+        """Normalise ``(C, H, W)`` planes with given per-channel ``(low, high)`` values, as :meth:`apply`
+        does (so a block of a large image is normalised exactly as the whole image would be)."""
         out = np.empty(planes.shape, dtype=np.float32)
         for c, channel in enumerate(planes):
-            lo, hi = self._percentiles(channel)
+            lo, hi = bounds[c]
             scale = 1.0 / (hi - lo) if hi > lo else 0.0
             x = np.asarray(channel, dtype=np.float32)
             np.subtract(x, np.float32(lo), out=out[c])
@@ -49,7 +54,9 @@ class Normalization:
                 out[c][bad] = 0.0
         return out
 
-    def _percentiles(self, channel: np.ndarray) -> tuple[float, float]:
+    def bounds(self, channel: np.ndarray) -> tuple[float, float]:
+        """The low/high percentile values of one 2D channel, from a strided sample of at most about
+        a million pixels; only that sample is read, so zarr and dask arrays stay lazy."""
         step = max(1, int(np.sqrt(channel.size / _MAX_SAMPLES)))
         sample = np.asarray(channel[::step, ::step], dtype=np.float64).ravel()
         sample = sample[np.isfinite(sample)]
