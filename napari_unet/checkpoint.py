@@ -20,7 +20,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from . import __version__
 from .atomic import atomic_path
 from .errors import CheckpointError
-from .model import UNet, UNetConfig
+from .model import UNet, UNetConfig, build_network
 from .normalize import Normalization
 from .postprocess import PostprocessConfig
 
@@ -38,6 +38,7 @@ class ModelInfo:
     normalization: dict[str, Any] = field(default_factory=lambda: Normalization().to_dict())
     pixel_size_um: float | None = None
     postprocess: dict[str, Any] = field(default_factory=lambda: PostprocessConfig().to_dict())
+    object_area: float | None = None  # median object area (px) of the training data at scale 1
     provenance: dict[str, Any] = field(default_factory=dict)
     version: str = __version__
 
@@ -57,7 +58,7 @@ class Checkpoint:
 
     def build(self, path: Path | str = "<memory>") -> UNet:
         """Rebuild the network; a mismatch between tensors and config is a CheckpointError."""
-        net = UNet(self.config)
+        net = build_network(self.config)
         state = {k: v.to(torch.float32) if v.is_floating_point() else v for k, v in self.state_dict.items()}
         try:
             net.load_state_dict(state, strict=True)
@@ -178,10 +179,14 @@ def infer_config(state: dict[str, torch.Tensor]) -> UNetConfig:
         norm = "group"
     else:
         norm = "none"
+    nested = "heads.0.weight" in state  # UNet++
+    heads = len({k.split(".")[1] for k in state if k.startswith("heads.")})
     return UNetConfig(
         in_channels=int(first.shape[1]),
-        out_classes=int(state["head.weight"].shape[0]),
+        out_classes=int(state["heads.0.weight" if nested else "head.weight"].shape[0]),
         depth=depth,
         base_width=int(first.shape[0]),
         norm=norm,
+        architecture="unetpp" if nested else "unet",
+        deep_supervision=nested and heads > 1,
     )

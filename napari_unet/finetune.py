@@ -19,7 +19,7 @@ from .device import resolve_device
 from .errors import InputError
 from .images import to_planes
 from .inference import SegmentationModel, load_model
-from .model import UNet
+from .model import UNet, build_network
 from .pairs import Pair, read_pairs
 from .postprocess import choose_postprocess
 from .training import Sample, TrainConfig, train, validation_probabilities
@@ -125,7 +125,7 @@ def run_finetune(
     base_probs = validation_probabilities(base.net, val_s, config, device)
     config.postprocess, base_f1 = choose_postprocess(base_probs, truths, base.postprocess, masks)
     base_name = base.info.name
-    net = UNet(base.config)
+    net = build_network(base.config)
     net.load_state_dict(base.net.state_dict())
     state: dict[str, Any] = {"base_f1": round(base_f1, 4), "postprocess": config.postprocess}
 
