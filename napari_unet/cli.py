@@ -16,6 +16,7 @@ from .errors import NapariUnetError
 from .inference import DEFAULT_OVERLAP, DEFAULT_TILE, load_model, predict
 from .metrics import THRESHOLDS, instance_scores
 from .postprocess import labels_from_probabilities
+from .scale import postprocess_at_scale
 from .tiff import read_image, write_tiff_atomic
 
 
@@ -45,19 +46,23 @@ def cmd_segment(args: argparse.Namespace) -> int:
         model = load_model(args.model)
     except NapariUnetError as exc:
         return _fail(str(exc))
-    chosen = {"threshold": args.threshold, "seed_threshold": args.seed_threshold, "min_size": args.min_size}
-    post = replace(model.postprocess, **{k: v for k, v in chosen.items() if v is not None})
+    chosen = {"threshold": args.threshold, "seed_threshold": args.seed_threshold}
+    base_post = replace(model.postprocess, **{k: v for k, v in chosen.items() if v is not None})
     out_dir = Path(args.out)
     failures = 0
     for path in map(Path, args.inputs):
         start = time.monotonic()
+        used: list[float] = []
         try:
             image = read_image(path)
             probs = predict(
                 model, image, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
-                device=args.device, scale=args.scale, channel=args.channel,
-                progress=None if args.quiet else ProgressBar(path.name),
+                device=args.device, scale=args.scale, channel=args.channel, tta=args.tta,
+                progress=None if args.quiet else ProgressBar(path.name), on_scale=used.append,
             )
+            post = postprocess_at_scale(base_post, used[0])  # the model's min_size is at training scale
+            if args.min_size is not None:
+                post = replace(post, min_size=args.min_size)  # the user's is in image pixels
             labels = labels_from_probabilities(probs, post)
             out = write_tiff_atomic(out_dir / f"{path.stem}_labels.tif", labels)
         except (NapariUnetError, OSError) as exc:
@@ -66,7 +71,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
             failures += 1
             continue
         n = int(sum(len(np.unique(p)) - (p == 0).any() for p in labels.reshape(-1, *labels.shape[-2:])))
-        print(f"{path} -> {out}  ({n} objects, {labels.shape}, {time.monotonic() - start:.1f} s)")
+        print(f"{path} -> {out}  ({n} objects, {labels.shape}, scale {used[0]:.2f}, "
+              f"{time.monotonic() - start:.1f} s)")
     return 1 if failures else 0
 
 
@@ -153,6 +159,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scale_arg(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', not {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="napari-unet", description="U-Net segmentation for microscopy.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -165,11 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--tile", type=int, default=DEFAULT_TILE)
     seg.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP)
     seg.add_argument("--batch-size", type=int, default=4)
-    seg.add_argument("--scale", type=float, default=1.0, help="resize factor before the network")
+    seg.add_argument("--scale", type=_scale_arg, default="auto",
+                     help="resize factor before the network, or 'auto' (default): chosen from the objects' size")
+    seg.add_argument("--tta", action="store_true", help="average over the 8 flips/rotations (8x slower)")
     seg.add_argument("--channel", type=int, help="channel to use from a multichannel image")
     seg.add_argument("--threshold", type=float, help="foreground probability threshold (default: the model's)")
     seg.add_argument("--seed-threshold", type=float, help="seed (interior) threshold (default: the model's)")
-    seg.add_argument("--min-size", type=int, help="smallest object kept, in pixels (default: the model's)")
+    seg.add_argument("--min-size", type=int,
+                     help="smallest object kept, in image pixels (default: the model's, following the scale)")
     seg.add_argument("--quiet", action="store_true", help="no progress bar")
     seg.set_defaults(func=cmd_segment)
 

@@ -21,7 +21,7 @@ from .images import to_planes
 from .inference import SegmentationModel, load_model
 from .model import UNet, build_network
 from .pairs import Pair, read_pairs
-from .postprocess import choose_postprocess
+from .postprocess import choose_postprocess, median_object_area
 from .training import Sample, TrainConfig, train, validation_probabilities
 
 EventFn = Callable[[dict[str, Any]], None]
@@ -127,7 +127,9 @@ def run_finetune(
     base_name = base.info.name
     net = build_network(base.config)
     net.load_state_dict(base.net.state_dict())
-    state: dict[str, Any] = {"base_f1": round(base_f1, 4), "postprocess": config.postprocess}
+    state: dict[str, Any] = {"base_f1": round(base_f1, 4), "postprocess": config.postprocess,
+                             # its training data at scale 1, so scale="auto" sizes objects as trained
+                             "object_area": round(median_object_area([s.labels for s in train_s]), 1) or None}
 
     def info(metrics: dict[str, Any]) -> ModelInfo:
         prov = {
@@ -140,7 +142,8 @@ def run_finetune(
         }
         return ModelInfo(name=out.stem, classes=base.info.classes, normalization=base.info.normalization,
                          postprocess=state["postprocess"].to_dict(),
-                         pixel_size_um=base.info.pixel_size_um, provenance=prov)
+                         pixel_size_um=base.info.pixel_size_um, provenance=prov,
+                         object_area=state["object_area"])
 
     def save(which: Path, model: UNet, metrics: dict[str, Any], kind: str) -> None:
         save_checkpoint(which, model, info(metrics))

@@ -19,7 +19,9 @@ from .model import UNet, UNetConfig
 from .normalize import Normalization
 from .postprocess import PostprocessConfig, labels_from_probabilities
 from .prepare import prepare_for_inference
+from .scale import ScaleFn, choose_scale, postprocess_at_scale
 from .tiling import CancelFn, ProgressFn, count_tiles, predict_plane, resize_planes, tile_geometry
+from .tta import dihedral
 
 DEFAULT_TILE = 512
 DEFAULT_OVERLAP = 128
@@ -95,22 +97,36 @@ def predict(
     overlap: int = DEFAULT_OVERLAP,
     batch_size: int = 4,
     device: str | torch.device = "auto",
-    scale: float = 1.0,
+    scale: float | str = "auto",
+    pixel_size_um: float | None = None,
     channel_axis: int | None = None,
     channel: int | None = None,
+    tta: bool = False,
     amp: bool | None = None,
     compile: bool = False,
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
+    on_scale: ScaleFn | None = None,
 ) -> np.ndarray:
     """Class probabilities ``(*stack, K, H, W)`` float32 for ``image``, by tiled inference.
 
-    ``scale`` resizes the image before the network (e.g. 2.0 for nuclei half the trained size).
+    ``scale`` resizes the image before the network (e.g. 2.0 for nuclei half the trained size);
+    ``"auto"`` (default) chooses it (see :func:`napari_unet.scale.choose_scale`: from
+    ``pixel_size_um`` (µm per image pixel) when the model's is known, else from a quick first
+    pass; 1.0 for models that record no training object size). ``on_scale(s)`` is told the scale used.
+    ``tta`` averages the probabilities over the 8 flips/rotations (8× the time).
     ``amp`` (default: on for CUDA) runs the network in bfloat16 on CUDA only.
     ``progress(done, total)`` is called after each batch of tiles; when ``cancel()`` returns
     True the call raises :class:`~napari_unet.errors.Cancelled` before the next batch.
     """
     planes = to_planes(image, model.config.in_channels, channel_axis=channel_axis, channel=channel)
+    if isinstance(scale, str):
+        if scale != "auto":
+            raise InputError(f"Scale must be a number or 'auto', not {scale!r}.")
+        scale = choose_scale(
+            model, image, pixel_size_um=pixel_size_um, channel_axis=channel_axis, channel=channel,
+            tile=tile, overlap=overlap, batch_size=batch_size, device=device, amp=amp, compile=compile,
+        ).scale
     if not (np.isfinite(scale) and 0.1 <= scale <= 10):
         raise InputError(f"Scale {scale} is outside the supported range 0.1–10.")
     dev = resolve_device(device)
@@ -119,7 +135,10 @@ def predict(
     in_tile, out_tile, overlap, multiple = tile_geometry(model.net, tile, overlap)
     h, w = planes.spatial_shape
     work = (max(8, round(h * scale)), max(8, round(w * scale)))
-    per_plane = count_tiles(work, in_tile, out_tile, overlap, multiple)
+    if on_scale is not None:
+        on_scale(float(scale))
+    views = dihedral(8 if tta else 1)
+    per_plane = count_tiles(work, in_tile, out_tile, overlap, multiple) * len(views)
     total = per_plane * planes.data.shape[0]
     norm = model.normalization
     out = np.empty((planes.data.shape[0], model.config.out_classes, h, w), dtype=np.float32)
@@ -127,11 +146,15 @@ def predict(
         x = norm.apply(plane)
         if work != (h, w):
             x = resize_planes(x, work)
-        p = predict_plane(
-            net, x, in_tile=in_tile, out_tile=out_tile, overlap=overlap, batch_size=max(1, batch_size),
-            device=dev, multiple=multiple, amp=amp, progress=progress, cancel=cancel,
-            done_before=i * per_plane, total=total,
-        )
+        p = np.zeros((model.config.out_classes, *x.shape[-2:]), dtype=np.float32)
+        for v, (forward, inverse) in enumerate(views):
+            p += inverse(predict_plane(
+                net, forward(x), in_tile=in_tile, out_tile=out_tile, overlap=overlap,
+                batch_size=max(1, batch_size), device=dev, multiple=multiple, amp=amp, progress=progress,
+                cancel=cancel, done_before=i * per_plane + v * per_plane // len(views), total=total,
+            ))
+        if len(views) > 1:
+            p /= len(views)
         if work != (h, w):
             p = resize_planes(p, (h, w))
             p /= p.sum(axis=0, keepdims=True)
@@ -148,8 +171,18 @@ def segment(
 ) -> np.ndarray:
     """Instance labels (uint32, the image's stack and spatial shape) for ``image``.
 
-    ``postprocess`` defaults to the model's own parameters; ``options`` are passed to :func:`predict`.
+    ``postprocess`` defaults to the model's own parameters, whose sizes (in training-scale
+    pixels) follow the scale used; a given ``postprocess`` is in image pixels.
+    ``options`` are passed to :func:`predict` (``scale="auto"`` by default).
     """
     model = model or load_model()
-    probs = predict(model, image, **options)
-    return labels_from_probabilities(probs, postprocess or model.postprocess)
+    used: list[float] = []
+    report = options.pop("on_scale", None)
+
+    def on_scale(s: float) -> None:
+        used.append(s)
+        if report is not None:
+            report(s)
+
+    probs = predict(model, image, on_scale=on_scale, **options)
+    return labels_from_probabilities(probs, postprocess or postprocess_at_scale(model.postprocess, used[0]))

@@ -98,8 +98,8 @@ def main() -> None:
         save_checkpoint(out, model, info(metrics), dtype=torch.float16)
         print(f"  saved best: epoch {metrics['epoch']} val F1 {metrics['val_f1']:.4f}", flush=True)
 
-    result = train(net, train_s, val_s, config,
-                   on_event=lambda e: print(json.dumps(e), flush=True), on_best=on_best)
+    result = train(net, train_s, val_s, config, on_event=lambda e: print(json.dumps(e), flush=True),
+                   on_best=on_best, save_initial=bool(args.init))
     print(f"best val F1 {result.best_f1:.4f} at epoch {result.best_epoch}, {result.seconds:.0f} s")
 
 
