@@ -4,7 +4,10 @@
 validation-data (scripts/tune_postprocess.py's grid), as for the shipped model. Never reads test-data.
 
     .venv/bin/python benchmarks/recipe_comparison.py shipped=sample_data/nuclei_default.safetensors \\
-        weights=runs/weights.safetensors ... [--tta NAME] [--threads 2] [--json out.json]
+        weights=runs/weights.safetensors ... [--tta NAME] [--threads 2] [--json out.json] [--cache rows.json]
+
+``--cache`` keeps each row's accuracy (keyed by the checkpoint's bytes), so rows can be scored as
+their training ends; the 1024² timings are always measured again, all rows in the same run.
 
 A model without ``info.object_area`` (checkpoints from before scale="auto") is given the median
 nucleus area of mnfinder training-data, which is what every model here was trained on.
@@ -13,6 +16,7 @@ nucleus area of mnfinder training-data, which is what every model here was train
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -53,7 +57,7 @@ def time_1024(model, image: np.ndarray, tta: bool, repeats: int = 2) -> float:
     return best
 
 
-def evaluate(model, val, proxy, big, tta: bool) -> dict:
+def accuracy(model, val, proxy, tta: bool) -> dict:
     post, _, probs, scales = tune(model, val, tta=tta)
     model.info.postprocess = post.to_dict()
     val_pairs = [(gt, labels_from_probabilities(p, postprocess_at_scale(post, s)))
@@ -63,7 +67,6 @@ def evaluate(model, val, proxy, big, tta: bool) -> dict:
                    for (_, _, gt), p, s in zip(proxy, proxy_probs, proxy_scales)]
     return {
         "validation": pooled(val_pairs), "proxy": pooled(proxy_pairs),
-        "seconds_1024": time_1024(model, big, tta, repeats=1 if tta else 2),
         "postprocess": post.to_dict(), "val_scales": [round(s, 2) for s in scales],
         "proxy_scales": [round(s, 2) for s in proxy_scales],
         "parameters": sum(p.numel() for p in model.net.parameters()),
@@ -85,7 +88,9 @@ def main() -> None:
     ap.add_argument("--tta", action="append", default=[], help="also score NAME with test-time augmentation")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json")
+    ap.add_argument("--cache", help="JSON file of rows already scored (reused when the checkpoint is unchanged)")
     args = ap.parse_args()
+    cache = json.loads(Path(args.cache).read_text()) if args.cache and Path(args.cache).exists() else {}
     torch.set_num_threads(args.threads)
     val = load_split("validation-data")
     proxy = build_proxy()
@@ -104,7 +109,14 @@ def main() -> None:
         if not model.info.object_area:
             model.info.object_area = train_area
         label = f"{name} + TTA(8)" if tta else name
-        rows[label] = evaluate(model, val, proxy, big, tta)
+        key = f"{label}:{hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]}"
+        if key not in cache:
+            cache[key] = accuracy(model, val, proxy, tta)
+            if args.cache:
+                Path(args.cache).write_text(json.dumps(cache, indent=1))
+        rows[label] = dict(cache[key])
+        model.info.postprocess = rows[label]["postprocess"]
+        rows[label]["seconds_1024"] = time_1024(model, big, tta, repeats=1 if tta else 2)
         r = rows[label]
         print(f"{label}: val {r['validation']}  proxy {r['proxy']}  1024² {r['seconds_1024']:.2f} s  "
               f"post {r['postprocess']}  scales val {r['val_scales']} proxy {r['proxy_scales']}", flush=True)

@@ -42,14 +42,26 @@ def tune(
         probs.append(predict(model, img, device="cpu", scale=scale, tta=tta, on_scale=scales.append))
     base = model.postprocess
     best, best_f1 = base, -1.0
-    for thr, seed, size in itertools.product(*GRID.values()):
-        config = replace(base, threshold=thr, seed_threshold=seed, min_size=size)
-        pairs = [(gt, labels_from_probabilities(p, postprocess_at_scale(config, s)))
-                 for (_, _, gt), p, s in zip(data, probs, scales)]
-        f1 = pooled_f1(pairs)
-        if f1 > best_f1:
-            best, best_f1 = config, f1
+    for thr, seed in itertools.product(GRID["threshold"], GRID["seed_threshold"]):
+        # min_size only filters the final objects: label once, filter per size
+        unfiltered = [labels_from_probabilities(p, postprocess_at_scale(
+            replace(base, threshold=thr, seed_threshold=seed, min_size=1), s)) for p, s in zip(probs, scales)]
+        for size in GRID["min_size"]:
+            config = replace(base, threshold=thr, seed_threshold=seed, min_size=size)
+            pairs = [(gt, _drop_small(lab, postprocess_at_scale(config, s).min_size))
+                     for (_, _, gt), lab, s in zip(data, unfiltered, scales)]
+            f1 = pooled_f1(pairs)
+            if f1 > best_f1:
+                best, best_f1 = config, f1
     return best, best_f1, probs, scales
+
+
+def _drop_small(labels: np.ndarray, min_size: int) -> np.ndarray:
+    """What ``labels_from_probabilities`` does with ``min_size`` last (objects are not renumbered:
+    the scores do not depend on the numbering)."""
+    small = np.bincount(labels.ravel()) < min_size
+    small[0] = False
+    return np.where(small[labels], 0, labels)
 
 
 def main() -> None:
