@@ -82,6 +82,7 @@ def main() -> None:
             name="nuclei_default",
             normalization=norm.to_dict(),
             object_area=round(object_area, 1),
+            postprocess=config.postprocess.to_dict(),
             provenance={
                 "data": "mnfinder 1.2.3 training-data (30 images, DAPI/H2B nuclei; MIT licence)",
                 "validation_data": "mnfinder 1.2.3 validation-data (3 images)",
