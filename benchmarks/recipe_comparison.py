@@ -89,6 +89,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json")
     ap.add_argument("--cache", help="JSON file of rows already scored (reused when the checkpoint is unchanged)")
+    ap.add_argument("--no-timing", action="store_true", help="score accuracy only (to fill the cache)")
+    ap.add_argument("--tta-only", action="store_true", help="only the --tta rows")
     args = ap.parse_args()
     cache = json.loads(Path(args.cache).read_text()) if args.cache and Path(args.cache).exists() else {}
     torch.set_num_threads(args.threads)
@@ -101,7 +103,7 @@ def main() -> None:
           f"proxy: {len(proxy)} images, {sum(len(np.unique(g)) - 1 for *_, g in proxy)} nuclei; "
           f"torch threads {torch.get_num_threads()}", flush=True)
     rows = {}
-    jobs = [(spec, False) for spec in args.models] + [
+    jobs = [(spec, False) for spec in args.models if not args.tta_only] + [
         (next(s for s in args.models if s.split("=", 1)[0] == name), True) for name in args.tta]
     for spec, tta in jobs:
         name, path = spec.split("=", 1)
@@ -116,7 +118,8 @@ def main() -> None:
                 Path(args.cache).write_text(json.dumps(cache, indent=1))
         rows[label] = dict(cache[key])
         model.info.postprocess = rows[label]["postprocess"]
-        rows[label]["seconds_1024"] = time_1024(model, big, tta, repeats=1 if tta else 2)
+        rows[label]["seconds_1024"] = (float("nan") if args.no_timing
+                                       else time_1024(model, big, tta, repeats=1 if tta else 2))
         r = rows[label]
         print(f"{label}: val {r['validation']}  proxy {r['proxy']}  1024² {r['seconds_1024']:.2f} s  "
               f"post {r['postprocess']}  scales val {r['val_scales']} proxy {r['proxy_scales']}", flush=True)

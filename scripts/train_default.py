@@ -50,6 +50,7 @@ def main() -> None:
     ap.add_argument("--artefacts", type=float, default=0.0, help="probability per crop")
     ap.add_argument("--init", help="start from this checkpoint's weights (matching tensors)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--latest", help="also save the weights after every epoch here")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -99,7 +100,12 @@ def main() -> None:
         save_checkpoint(out, model, info(metrics), dtype=torch.float16)
         print(f"  saved best: epoch {metrics['epoch']} val F1 {metrics['val_f1']:.4f}", flush=True)
 
-    result = train(net, train_s, val_s, config, on_event=lambda e: print(json.dumps(e), flush=True),
+    def on_event(event: dict) -> None:
+        print(json.dumps(event), flush=True)
+        if args.latest:
+            save_checkpoint(args.latest, net, info(event), dtype=torch.float16)
+
+    result = train(net, train_s, val_s, config, on_event=on_event,
                    on_best=on_best, save_initial=bool(args.init))
     print(f"best val F1 {result.best_f1:.4f} at epoch {result.best_epoch}, {result.seconds:.0f} s")
 
