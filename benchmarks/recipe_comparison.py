@@ -91,6 +91,7 @@ def main() -> None:
     ap.add_argument("--cache", help="JSON file of rows already scored (reused when the checkpoint is unchanged)")
     ap.add_argument("--no-timing", action="store_true", help="score accuracy only (to fill the cache)")
     ap.add_argument("--tta-only", action="store_true", help="only the --tta rows")
+    ap.add_argument("--timing-only", action="store_true", help="only the 1024² timings, all rows in this run")
     args = ap.parse_args()
     cache = json.loads(Path(args.cache).read_text()) if args.cache and Path(args.cache).exists() else {}
     torch.set_num_threads(args.threads)
@@ -111,6 +112,11 @@ def main() -> None:
         if not model.info.object_area:
             model.info.object_area = train_area
         label = f"{name} + TTA(8)" if tta else name
+        if args.timing_only:
+            seconds = time_1024(model, big, tta, repeats=1 if tta else 3)
+            print(f"{label}: {model.config.architecture}, {sum(p.numel() for p in model.net.parameters())} "
+                  f"parameters, 1024² (scale 1) {seconds:.2f} s", flush=True)
+            continue
         key = f"{label}:{hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]}"
         if key not in cache:
             cache[key] = accuracy(model, val, proxy, tta)
@@ -123,6 +129,8 @@ def main() -> None:
         r = rows[label]
         print(f"{label}: val {r['validation']}  proxy {r['proxy']}  1024² {r['seconds_1024']:.2f} s  "
               f"post {r['postprocess']}  scales val {r['val_scales']} proxy {r['proxy_scales']}", flush=True)
+    if not rows:
+        return
     ref = next(iter(rows.values()))["seconds_1024"]
     print("\n| model | val F1@0.5 | val F1@0.75 | val mIoU | proxy F1@0.5 | proxy F1@0.75 | proxy mIoU "
           "| 1024² CPU s (× first row) |")
