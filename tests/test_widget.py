@@ -55,7 +55,8 @@ def test_segment_matches_engine_and_relabels_without_network(qtbot, widget, misc
     w = widget
     _segment(qtbot, w)
     layer = w.viewer.layers["misc labels"]
-    expected = segment(misc, default_model, postprocess=w.postprocess_config(), device="cpu")
+    expected = segment(misc, default_model, postprocess=w.postprocess_config(), device="cpu",
+                       scale=w.scale.value())
     np.testing.assert_array_equal(layer.data, expected)
     assert w.inference_runs == 1
     before, min_size = layer.data.copy(), w.min_size.value()
