@@ -83,7 +83,7 @@ def child(args: argparse.Namespace) -> None:
     model = load_model()
     if args.kind == "memory":
         image = np.asarray(zarr.open_array(args.zarr, mode="r")[:])
-        labels = segment(image, model)
+        labels = segment(image, model, scale=1.0)
         write_tiff_atomic(out / "labels.tif", labels)
         n = int(labels.max())
     else:

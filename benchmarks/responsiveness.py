@@ -89,9 +89,9 @@ def run(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(ui_threads())
     model = load_model()
-    segment(sample, model)
+    segment(sample, model, scale=1.0)
     t0 = time.perf_counter()
-    segment(sample, model)
+    segment(sample, model, scale=1.0)
     results["warm_segment_s"] = round(time.perf_counter() - t0, 2)
 
     viewer = napari.Viewer(show=True)

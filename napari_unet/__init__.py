@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 from .errors import Cancelled, CheckpointError, InputError, NapariUnetError  # noqa: E402
 from .inference import SegmentationModel, load_model, predict, segment  # noqa: E402
 from .postprocess import PostprocessConfig, labels_from_probabilities  # noqa: E402
+from .scale import choose_scale, scale_from_pixel_size  # noqa: E402
 from .versions import list_versions  # noqa: E402
 
 __all__ = [
@@ -21,9 +22,11 @@ __all__ = [
     "NapariUnetError",
     "PostprocessConfig",
     "SegmentationModel",
+    "choose_scale",
     "labels_from_probabilities",
     "list_versions",
     "load_model",
     "predict",
+    "scale_from_pixel_size",
     "segment",
 ]

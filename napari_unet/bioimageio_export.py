@@ -223,11 +223,11 @@ def _describe(
     sample = _sample_image()
     if cover is None:
         cover = tmp / "cover.png"
-        iio.imwrite(cover, _cover(sample, labels_from_probabilities(predict(model, sample, device="cpu"),
+        iio.imwrite(cover, _cover(sample, labels_from_probabilities(predict(model, sample, device="cpu", scale=1.0),
                                                                     model.postprocess)))
     image = sample_crop(sample, model.net.size_multiple)
     # napari-unet's own prediction, one tile over the whole crop: what the package must reproduce
-    probs = predict(model, image, tile=max(image.shape), overlap=0, device="cpu")
+    probs = predict(model, image, tile=max(image.shape), overlap=0, device="cpu", scale=1.0)
     np.save(tmp / "test_input.npy", image[None, None])
     np.save(tmp / "test_output.npy", probs[None].astype(np.float32))
     iio.imwrite(tmp / "sample_input.tif", image)

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, safe_open, save
 from . import __version__
 from .atomic import atomic_path
 from .errors import CheckpointError, os_error_sentence
-from .model import UNet, UNetConfig
+from .model import UNet, UNetConfig, build_network
 from .normalize import Normalization
 from .postprocess import PostprocessConfig
 
@@ -39,6 +39,7 @@ class ModelInfo:
     normalization: dict[str, Any] = field(default_factory=lambda: Normalization().to_dict())
     pixel_size_um: float | None = None
     postprocess: dict[str, Any] = field(default_factory=lambda: PostprocessConfig().to_dict())
+    object_area: float | None = None  # median object area (px) of the training data at scale 1
     provenance: dict[str, Any] = field(default_factory=dict)
     version: str = __version__
 
@@ -81,7 +82,7 @@ class Checkpoint:
         huge network fails in one sentence instead of allocating; non-finite weights are refused.
         """
         with torch.device("meta"):
-            skeleton = UNet(self.config)
+            skeleton = build_network(self.config)
         n_params = sum(p.numel() for p in skeleton.parameters())
         if n_params > MAX_PARAMETERS:
             raise CheckpointError(
@@ -244,10 +245,14 @@ def infer_config(state: dict[str, torch.Tensor]) -> UNetConfig:
         norm = "group"
     else:
         norm = "none"
+    nested = "heads.0.weight" in state  # UNet++
+    heads = len({k.split(".")[1] for k in state if k.startswith("heads.")})
     return UNetConfig(
         in_channels=int(first.shape[1]),
-        out_classes=int(state["head.weight"].shape[0]),
+        out_classes=int(state["heads.0.weight" if nested else "head.weight"].shape[0]),
         depth=depth,
         base_width=int(first.shape[0]),
         norm=norm,
+        architecture="unetpp" if nested else "unet",
+        deep_supervision=nested and heads > 1,
     )

@@ -28,6 +28,7 @@ from .inference import DEFAULT_OVERLAP, DEFAULT_TILE, load_model, predict
 from .metrics import THRESHOLDS, instance_scores
 from .pixel_size import auto_scale
 from .postprocess import labels_from_probabilities
+from .scale import postprocess_at_scale
 from .tiff import read_image
 from .validate import check_number
 
@@ -141,7 +142,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         return _fail(f"{problem} Nothing was segmented.")
     try:
         model = load_model(args.model, trust_code=args.trust_package_code)
-        chosen = {"threshold": args.threshold, "seed_threshold": args.seed_threshold, "min_size": args.min_size}
+        chosen = {"threshold": args.threshold, "seed_threshold": args.seed_threshold}
         post = replace(model.postprocess, **{k: v for k, v in chosen.items() if v is not None})
     except NapariUnetError as exc:
         return _fail(str(exc))
@@ -151,21 +152,24 @@ def cmd_segment(args: argparse.Namespace) -> int:
             start = time.monotonic()
             try:
                 file = read_image_file(path, series=args.series)
-                scale = args.scale
-                if scale == "auto":
-                    scale, how = auto_scale(file.pixel_size_um, model.info.pixel_size_um)
-                    print(f"napari-unet: {path}: {how}{'' if scale else '; scale 1'}.", file=sys.stderr)
-                    scale = scale or 1.0
+                if args.scale == "auto" and file.pixel_size_um and model.info.pixel_size_um:
+                    _, how = auto_scale(file.pixel_size_um, model.info.pixel_size_um)
+                    print(f"napari-unet: {path}: {how}.", file=sys.stderr)
                 channel_axis = args.channel_axis if args.channel_axis is not None else file.channel_axis
+                used: list[float] = []
                 probs = predict(
                     model, file.data, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
-                    device=args.device, scale=scale, channel=args.channel, channel_axis=channel_axis,
+                    device=args.device, scale=args.scale, pixel_size_um=file.pixel_size_um, channel=args.channel,
+                    channel_axis=channel_axis, tta=args.tta, on_scale=used.append,
                     progress=None if args.quiet else ProgressBar(path.name),
                 )
                 if getattr(model, "semantic", False):  # a package whose classes are not nuclei/boundary
                     labels = probs.argmax(axis=-3).astype(np.uint32)
                 else:
-                    labels = labels_from_probabilities(probs, post)
+                    scaled = postprocess_at_scale(post, used[0])  # the model's min_size is at training scale
+                    if args.min_size is not None:
+                        scaled = replace(scaled, min_size=args.min_size)  # the user's is in image pixels
+                    labels = labels_from_probabilities(probs, scaled)
                 del probs
                 write_labels_file(out, labels, axes=file.labels_axes, pixel_size_um=file.pixel_size_um,
                                   overwrite=args.overwrite)
@@ -189,7 +193,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
             counts = [int(p.max()) for p in planes]  # labels are numbered 1..n per plane
             found = (f"{counts[0]} objects" if len(counts) == 1 else
                      f"~{round(sum(counts) / len(counts))} objects per plane, {len(counts)} planes")
-            _say(f"{path} -> {out}  ({found}, {labels.shape}, {time.monotonic() - start:.1f} s)")
+            _say(f"{path} -> {out}  ({found}, {labels.shape}, scale {used[0]:.2f}, {time.monotonic() - start:.1f} s)")
             if not any(counts):
                 print(f"napari-unet: note: {path}: no objects found; check the image, --threshold or the model.",
                       file=sys.stderr)
@@ -417,9 +421,10 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--tile", type=_number("--tile", integer=True, low=16, high=16384), default=DEFAULT_TILE)
     seg.add_argument("--overlap", type=_number("--overlap", integer=True, low=0), default=DEFAULT_OVERLAP)
     seg.add_argument("--batch-size", type=_number("--batch-size", integer=True, low=1, high=1024), default=4)
-    seg.add_argument("--scale", type=_scale, default=1.0,
-                     help="resize factor before the network, or 'auto': the image's pixel size (OME/ImageJ "
-                          "metadata) over the model's")
+    seg.add_argument("--scale", type=_scale, default="auto",
+                     help="resize factor before the network, or 'auto' (default): the image's pixel size over "
+                          "the model's when both are known, else chosen from the objects' size")
+    seg.add_argument("--tta", action="store_true", help="average over the 8 flips/rotations (8x slower)")
     seg.add_argument("--channel", type=_number("--channel", integer=True, low=0),
                      help="channel to use from a multichannel image")
     seg.add_argument("--channel-axis", type=_number("--channel-axis", integer=True),
@@ -432,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--seed-threshold", type=_number("--seed-threshold", **unit),
                      help="seed (interior) threshold, 0-1 (default: the model's)")
     seg.add_argument("--min-size", type=_number("--min-size", integer=True, low=0),
-                     help="smallest object kept, in pixels (default: the model's)")
+                     help="smallest object kept, in image pixels (default: the model's, following the scale)")
     seg.add_argument("--overwrite", action="store_true", help="replace existing output files")
     seg.add_argument("--quiet", action="store_true", help="no progress bar")
     add_blockwise_arguments(seg, _number)

@@ -20,9 +20,9 @@ from .device import resolve_device
 from .errors import InputError
 from .images import to_planes
 from .inference import SegmentationModel, load_model
-from .model import UNet
+from .model import UNet, build_network
 from .pairs import Pair, read_pairs
-from .postprocess import choose_postprocess
+from .postprocess import choose_postprocess, median_object_area
 from .training import Sample, TrainConfig, train, validation_probabilities
 from .validate import check_number
 
@@ -144,10 +144,12 @@ def run_finetune(
     base_probs = validation_probabilities(base.net, val_s, config, device)
     config.postprocess, base_f1 = choose_postprocess(base_probs, truths, base.postprocess, masks)
     base_name = base.info.name
-    net = UNet(base.config)
+    net = build_network(base.config)
     net.load_state_dict(base.net.state_dict())
     state: dict[str, Any] = {"base_f1": round(base_f1, 4), "postprocess": config.postprocess,
-                             "val_objects": int(sum(len(np.unique(t[t > 0])) for t in truths))}
+                             "val_objects": int(sum(len(np.unique(t[t > 0])) for t in truths)),
+                             # its training data at scale 1, so scale="auto" sizes objects as trained
+                             "object_area": round(median_object_area([s.labels for s in train_s]), 1) or None}
 
     def info(metrics: dict[str, Any]) -> ModelInfo:
         prov = {
@@ -161,7 +163,8 @@ def run_finetune(
         }
         return ModelInfo(name=out.stem, classes=base.info.classes, normalization=base.info.normalization,
                          postprocess=state["postprocess"].to_dict(),
-                         pixel_size_um=base.info.pixel_size_um, provenance=prov)
+                         pixel_size_um=base.info.pixel_size_um, provenance=prov,
+                         object_area=state["object_area"])
 
     def save(which: Path, model: UNet, metrics: dict[str, Any], kind: str) -> None:
         save_checkpoint(which, model, info(metrics))

@@ -18,10 +18,11 @@ from .images import to_planes
 from .memory import check_fits, predict_bytes
 from .model import UNet, UNetConfig
 from .normalize import Normalization
-from .pixel_size import auto_scale
 from .postprocess import PostprocessConfig, labels_from_probabilities
 from .prepare import prepare_for_inference
+from .scale import ScaleFn, choose_scale, postprocess_at_scale
 from .tiling import CancelFn, ProgressFn, count_tiles, predict_plane, resize_planes, tile_geometry
+from .tta import dihedral
 from .validate import check_number
 
 DEFAULT_TILE = 512
@@ -105,20 +106,24 @@ def predict(
     overlap: int = DEFAULT_OVERLAP,
     batch_size: int = 4,
     device: str | torch.device = "auto",
-    scale: float | str = 1.0,
+    scale: float | str = "auto",
     pixel_size_um: float | None = None,
     channel_axis: int | None = None,
     channel: int | None = None,
+    tta: bool = False,
     amp: bool | None = None,
     compile: bool = False,
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
+    on_scale: ScaleFn | None = None,
 ) -> np.ndarray:
     """Class probabilities ``(*stack, K, H, W)`` float32 for ``image``, by tiled inference.
 
     ``scale`` resizes the image before the network (e.g. 2.0 for nuclei half the trained size);
-    ``"auto"`` takes the ratio of ``pixel_size_um`` (the image's) to the model's pixel size, 1.0
-    when either is unknown.
+    ``"auto"`` (default) chooses it (see :func:`napari_unet.scale.choose_scale`: from
+    ``pixel_size_um`` (µm per image pixel) when the model's is known, else from a quick first
+    pass; 1.0 for models that record no training object size). ``on_scale(s)`` is told the scale used.
+    ``tta`` averages the probabilities over the 8 flips/rotations (8× the time).
     ``amp`` (default: on for CUDA) runs the network in bfloat16 on CUDA only.
     ``progress(done, total)`` is called after each batch of tiles; when ``cancel()`` returns
     True the call raises :class:`~napari_unet.errors.Cancelled` before the next batch.
@@ -127,8 +132,13 @@ def predict(
     tile = check_number("tile", tile, low=16, high=16384, integer=True)
     overlap = check_number("overlap", overlap, low=0, integer=True)
     batch_size = check_number("batch size", batch_size, low=1, high=1024, integer=True)
-    if scale == "auto":
-        scale = auto_scale(pixel_size_um, model.info.pixel_size_um)[0] or 1.0
+    if isinstance(scale, str):
+        if scale != "auto":
+            raise InputError(f"Scale must be a number or 'auto', not {scale!r}.")
+        scale = choose_scale(
+            model, image, pixel_size_um=pixel_size_um, channel_axis=channel_axis, channel=channel,
+            tile=tile, overlap=overlap, batch_size=batch_size, device=device, amp=amp, compile=compile,
+        ).scale
     scale = check_number("scale", scale)
     if not 0.1 <= scale <= 10:
         raise InputError(f"Scale {scale} is outside the supported range 0.1–10.")
@@ -141,9 +151,12 @@ def predict(
     check_fits(
         predict_bytes(planes.data.shape[0], planes.data.shape[1], model.config.out_classes, (h, w), work),
         f"Segmenting this {h}×{w} image ({planes.data.shape[0]} plane(s))",
-        "segment a smaller region or fewer planes at a time",
+        "segment it blockwise (napari-unet segment --block 2048, or napari_unet.blockwise)",
     )
-    per_plane = count_tiles(work, in_tile, out_tile, overlap, multiple)
+    if on_scale is not None:
+        on_scale(float(scale))
+    views = dihedral(8 if tta else 1)
+    per_plane = count_tiles(work, in_tile, out_tile, overlap, multiple) * len(views)
     total = per_plane * planes.data.shape[0]
     norm = model.normalization
     out = np.empty((planes.data.shape[0], model.config.out_classes, h, w), dtype=np.float32)
@@ -151,11 +164,15 @@ def predict(
         x = norm.apply(plane)
         if work != (h, w):
             x = resize_planes(x, work)
-        p = predict_plane(
-            net, x, in_tile=in_tile, out_tile=out_tile, overlap=overlap, batch_size=max(1, batch_size),
-            device=dev, multiple=multiple, amp=amp, progress=progress, cancel=cancel,
-            done_before=i * per_plane, total=total,
-        )
+        p = np.zeros((model.config.out_classes, *x.shape[-2:]), dtype=np.float32)
+        for v, (forward, inverse) in enumerate(views):
+            p += inverse(predict_plane(
+                net, forward(x), in_tile=in_tile, out_tile=out_tile, overlap=overlap,
+                batch_size=max(1, batch_size), device=dev, multiple=multiple, amp=amp, progress=progress,
+                cancel=cancel, done_before=i * per_plane + v * per_plane // len(views), total=total,
+            ))
+        if len(views) > 1:
+            p /= len(views)
         if work != (h, w):
             p = resize_planes(p, (h, w))
             p /= p.sum(axis=0, keepdims=True)
@@ -172,10 +189,20 @@ def segment(
 ) -> np.ndarray:
     """Instance labels (uint32, the image's stack and spatial shape) for ``image``.
 
-    ``postprocess`` defaults to the model's own parameters; ``options`` are passed to :func:`predict`.
+    ``postprocess`` defaults to the model's own parameters, whose sizes (in training-scale
+    pixels) follow the scale used; a given ``postprocess`` is in image pixels.
+    ``options`` are passed to :func:`predict` (``scale="auto"`` by default).
     """
     model = model or load_model()
-    probs = predict(model, image, **options)
+    used: list[float] = []
+    report = options.pop("on_scale", None)
+
+    def on_scale(s: float) -> None:
+        used.append(s)
+        if report is not None:
+            report(s)
+
+    probs = predict(model, image, on_scale=on_scale, **options)
     if getattr(model, "semantic", False):  # a package whose classes are not nuclei/boundary: class map
         return probs.argmax(axis=-3).astype(np.uint32)
-    return labels_from_probabilities(probs, postprocess or model.postprocess)
+    return labels_from_probabilities(probs, postprocess or postprocess_at_scale(model.postprocess, used[0]))

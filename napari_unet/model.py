@@ -1,4 +1,4 @@
-"""The 2D U-Net (Ronneberger et al., 2015) and its typed configuration."""
+"""The 2D U-Net (Ronneberger et al., 2015), UNet++ (Zhou et al., 2018) and their typed configuration."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from torch import nn
 
 Norm = Literal["batch", "group", "none"]
 Padding = Literal["same", "valid"]
+Architecture = Literal["unet", "unetpp"]
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,8 @@ class UNetConfig:
     base_width: int = 16
     norm: Norm = "batch"
     padding: Padding = "same"
+    architecture: Architecture = "unet"  # checkpoints written before UNet++ existed have no key: "unet"
+    deep_supervision: bool = False  # UNet++ only: a head on every X^{0,j}, averaged loss in training
 
     def __post_init__(self) -> None:
         if self.in_channels < 1 or self.out_classes < 1:
@@ -34,9 +37,18 @@ class UNetConfig:
             raise ValueError(f"norm must be batch, group or none, not {self.norm!r}")
         if self.padding not in ("same", "valid"):
             raise ValueError(f"padding must be same or valid, not {self.padding!r}")
+        if self.architecture not in ("unet", "unetpp"):
+            raise ValueError(f"architecture must be unet or unetpp, not {self.architecture!r}")
+        if self.deep_supervision and self.architecture != "unetpp":
+            raise ValueError("deep_supervision needs architecture='unetpp'")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """As a dict; the UNet++ keys only when not the default, so a plain U-Net's config stays
+        readable by napari-unet versions from before UNet++."""
+        d = asdict(self)
+        if self.architecture == "unet":
+            del d["architecture"], d["deep_supervision"]
+        return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> UNetConfig:
@@ -134,6 +146,10 @@ class UNet(nn.Module):
         side = self.valid_input_size(tile)
         return side, self.output_size(side)
 
+    def forward_all(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Logits of every output head (one for a U-Net); training averages their losses."""
+        return [self(x)]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []
         for i, block in enumerate(self.down):
@@ -149,3 +165,63 @@ class UNet(nn.Module):
                 skip = _center_crop(skip, x.shape[-2], x.shape[-1])
             x = conv(torch.cat([skip, x], dim=1))
         return self.head(x)
+
+
+class UNetPlusPlus(UNet):
+    """UNet++: nested, dense skip pathways. Node X^{i,j} (level i, j-th on the skip path) takes
+    X^{i,0..j-1} and the up-sampled X^{i+1,j-1}; the full head reads X^{0,depth-1}. Same encoder,
+    tile geometry and pooling grid as the U-Net, so tiling, BatchNorm folding and training are shared."""
+
+    def __init__(self, config: UNetConfig) -> None:
+        nn.Module.__init__(self)
+        self.config = c = config
+        widths = [c.base_width * 2**i for i in range(c.depth)]
+        self.down = nn.ModuleList()
+        cin = c.in_channels
+        for w in widths:
+            self.down.append(DoubleConv(cin, w, c.norm, c.padding))
+            cin = w
+        self.pool = nn.MaxPool2d(2)
+        # nodes[j-1][i] is X^{i,j} for i + j < depth; ups[j-1][i] up-samples X^{i+1,j-1} for it
+        self.ups = nn.ModuleList()
+        self.nodes = nn.ModuleList()
+        for j in range(1, c.depth):
+            self.ups.append(nn.ModuleList(
+                nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in range(c.depth - j)
+            ))
+            self.nodes.append(nn.ModuleList(
+                DoubleConv(widths[i] * (j + 1), widths[i], c.norm, c.padding) for i in range(c.depth - j)
+            ))
+        n_heads = c.depth - 1 if c.deep_supervision else 1
+        self.heads = nn.ModuleList(nn.Conv2d(widths[0], c.out_classes, 1) for _ in range(max(1, n_heads)))
+
+    def _top_row(self, x: torch.Tensor) -> list[torch.Tensor]:
+        grid: list[list[torch.Tensor]] = []  # grid[i][j] = X^{i,j}
+        for i, block in enumerate(self.down):
+            if i:
+                x = self.pool(x)
+            x = block(x)
+            grid.append([x])
+        for j in range(1, self.config.depth):
+            for i in range(self.config.depth - j):
+                up = self.ups[j - 1][i](grid[i + 1][j - 1])
+                h, w = up.shape[-2:]
+                parts = [_center_crop(t, h, w) if t.shape[-2:] != (h, w) else t for t in grid[i]]
+                grid[i].append(self.nodes[j - 1][i](torch.cat([*parts, up], dim=1)))
+        return grid[0][1:] or grid[0]
+
+    def forward_all(self, x: torch.Tensor) -> list[torch.Tensor]:
+        top = self._top_row(x)
+        if len(self.heads) == 1:
+            return [self.heads[0](top[-1])]
+        h, w = top[-1].shape[-2:]
+        return [head(_center_crop(t, h, w)) for head, t in zip(self.heads, top)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The full head (X^{0,depth-1}); with deep supervision the last head."""
+        return self.heads[-1](self._top_row(x)[-1])
+
+
+def build_network(config: UNetConfig) -> UNet:
+    """The network a config describes (U-Net or UNet++)."""
+    return UNetPlusPlus(config) if config.architecture == "unetpp" else UNet(config)

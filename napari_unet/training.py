@@ -1,8 +1,10 @@
 """The training loop shared by the default model's training and by fine-tuning.
 
 Targets are three classes (background, nucleus interior, nucleus boundary) made from instance
-labels; the loss is boundary-weighted cross-entropy + soft Dice; pixels marked unreviewed are
-ignored. Validation runs the real tiled inference + post-processing and scores instance F1.
+labels; the loss is weighted cross-entropy + soft Dice; pixels marked unreviewed are ignored.
+The cross-entropy weights are either a fixed boundary-class weight or the U-Net paper's
+separation weight map (class balance + a large weight on the thin gaps between touching nuclei).
+Validation runs the real tiled inference + post-processing and scores instance F1.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage as ndi
 from skimage.segmentation import find_boundaries
 
-from .augment import AugmentConfig, random_crop
+from .augment import AugmentConfig, add_artefacts, jitter_intensity, transform_crop
+from .crowding import Nucleus, nucleus_bank, paste_touching
 from .metrics import pooled_f1
 from .model import UNet
 from .postprocess import PostprocessConfig, labels_from_probabilities
@@ -51,8 +55,14 @@ class TrainConfig:
     crop_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    boundary_weight: float = 3.0
+    boundary_weight: float = 3.0  # class weight of the boundary class without the weight map
     dice_weight: float = 1.0
+    weight_map: bool = False  # the U-Net paper's separation weights instead of boundary_weight
+    w0: float = 10.0  # weight of the touching-border term
+    sigma: float = 5.0  # its width, in pixels of the training images (scaled with each crop)
+    copy_paste: float = 0.0  # probability that a crop gets real nuclei pasted touching others
+    copy_paste_count: tuple[int, int] = (3, 12)  # how many, drawn uniformly
+    artefacts: float = 0.0  # probability that a crop gets imaging artefacts (augment.add_artefacts)
     freeze_batchnorm: bool = False  # keep BN statistics fixed (fine-tuning on few images)
     val_tile: int = 512
     val_overlap: int = 128
@@ -87,18 +97,69 @@ def class_targets(labels: np.ndarray, reviewed: np.ndarray | None = None) -> np.
     return target
 
 
+def separation_weights(
+    labels: np.ndarray, target: np.ndarray, w0: float = 10.0, sigma: float = 5.0, *, max_class_weight: float = 10.0
+) -> np.ndarray:
+    """The U-Net paper's weight map ``w = w_c + w0 · exp(-(d1 + d2)² / (2σ²))`` (float32).
+
+    ``w_c`` balances the classes of ``target`` (0/1/2, IGNORE): class k gets
+    ``sqrt(n_most_frequent / n_k)``, capped at ``max_class_weight``; IGNORE pixels weigh 0. ``d1``, ``d2`` are the
+    distances to the nearest and second-nearest object of ``labels`` (0 inside an object); the
+    border term is added on background and boundary pixels (not on object interiors), so the
+    gaps and contact lines between touching objects get up to ``w0`` extra. Distances beyond
+    ``4σ`` from an object are treated as infinite (a term below ``w0 · e⁻⁸``).
+    """
+    counts = np.bincount(target[target != IGNORE].ravel(), minlength=3).astype(float)
+    present = counts > 0
+    wc = np.ones(len(counts))
+    if present.any():
+        wc[present] = np.minimum(np.sqrt(counts.max() / counts[present]), max_class_weight)
+    weights = np.where(target == IGNORE, 0.0, wc[np.where(target == IGNORE, 0, target)]).astype(np.float32)
+    if w0 <= 0 or sigma <= 0:
+        return weights
+    d1 = np.full(labels.shape, np.inf)
+    d2 = np.full(labels.shape, np.inf)
+    margin = int(np.ceil(4 * sigma)) + 1
+    h, w = labels.shape
+    for i, sl in enumerate(ndi.find_objects(labels), start=1):
+        if sl is None:
+            continue
+        ys = slice(max(0, sl[0].start - margin), min(h, sl[0].stop + margin))
+        xs = slice(max(0, sl[1].start - margin), min(w, sl[1].stop + margin))
+        d = ndi.distance_transform_edt(labels[ys, xs] != i)
+        a, b = d1[ys, xs], d2[ys, xs]
+        d2[ys, xs] = np.minimum(b, np.maximum(a, d))
+        d1[ys, xs] = np.minimum(a, d)
+    border = w0 * np.exp(-((d1 + d2) ** 2) / (2 * sigma**2))
+    border[np.isinf(d2) | (target == 1) | (target == IGNORE)] = 0
+    return weights + border.astype(np.float32)
+
+
 def segmentation_loss(
-    logits: torch.Tensor, target: torch.Tensor, boundary_weight: float, dice_weight: float
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    boundary_weight: float,
+    dice_weight: float,
+    pixel_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Boundary-weighted cross-entropy + soft Dice (mean over classes), ignoring IGNORE pixels."""
+    """Weighted cross-entropy + soft Dice (mean over classes), ignoring IGNORE pixels.
+
+    Cross-entropy weights are per pixel (``pixel_weights``, normalised by their sum over valid
+    pixels) when given, else the boundary class weighs ``boundary_weight``.
+    """
     k = logits.shape[1]
-    weight = torch.ones(k, device=logits.device)
-    if k >= 3:
-        weight[2] = boundary_weight
     valid = target != IGNORE
     if not valid.any():
         return logits.sum() * 0.0
-    ce = F.cross_entropy(logits, target, weight=weight, ignore_index=IGNORE)
+    if pixel_weights is not None:
+        ce_map = F.cross_entropy(logits, target, ignore_index=IGNORE, reduction="none")
+        w = pixel_weights * valid
+        ce = (ce_map * w).sum() / w.sum().clamp_min(1e-6)
+    else:
+        weight = torch.ones(k, device=logits.device)
+        if k >= 3:
+            weight[2] = boundary_weight
+        ce = F.cross_entropy(logits, target, weight=weight, ignore_index=IGNORE)
     probs = torch.softmax(logits, dim=1) * valid[:, None]
     onehot = F.one_hot(torch.where(valid, target, 0), k).permute(0, 3, 1, 2) * valid[:, None]
     inter = (probs * onehot).sum((0, 2, 3))
@@ -177,6 +238,7 @@ def train(
     total_steps = config.epochs * config.steps_per_epoch
     weights = np.array([s.labels.size for s in train_samples], dtype=float)
     weights /= weights.sum()
+    bank = nucleus_bank([(s.image, s.labels, s.reviewed) for s in train_samples]) if config.copy_paste else []
     start = time.monotonic()
 
     net.eval()
@@ -200,12 +262,17 @@ def train(
                 break
             for g in opt.param_groups:
                 g["lr"] = config.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac)))
-            xb, yb = _batch(rng, train_samples, weights, config, net.tile_io(config.crop_size)[0])
-            logits = net(xb.to(device))
-            if logits.shape[-2:] != yb.shape[-2:]:  # valid convolutions: targets of the output's centre
-                dy, dx = (yb.shape[-2] - logits.shape[-2]) // 2, (yb.shape[-1] - logits.shape[-1]) // 2
-                yb = yb[:, dy : dy + logits.shape[-2], dx : dx + logits.shape[-1]]
-            loss = segmentation_loss(logits, yb.to(device), config.boundary_weight, config.dice_weight)
+            xb, yb, wb = _batch(rng, train_samples, weights, config, net.tile_io(config.crop_size)[0], bank)
+            heads = net.forward_all(xb.to(device))
+            oh, ow = heads[0].shape[-2:]
+            if (oh, ow) != yb.shape[-2:]:  # valid convolutions: targets of the output's centre
+                dy, dx = (yb.shape[-2] - oh) // 2, (yb.shape[-1] - ow) // 2
+                yb = yb[:, dy : dy + oh, dx : dx + ow]
+                wb = None if wb is None else wb[:, dy : dy + oh, dx : dx + ow]
+            yb, wb = yb.to(device), None if wb is None else wb.to(device)
+            loss = sum(
+                segmentation_loss(logits, yb, config.boundary_weight, config.dice_weight, wb) for logits in heads
+            ) / len(heads)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -243,13 +310,28 @@ def train(
 
 
 def _batch(
-    rng: np.random.Generator, samples: list[Sample], weights: np.ndarray, config: TrainConfig, size: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    xs, ys = [], []
+    rng: np.random.Generator,
+    samples: list[Sample],
+    weights: np.ndarray,
+    config: TrainConfig,
+    size: int,
+    bank: list[Nucleus],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """A batch of augmented crops, their class targets and (with the weight map) pixel weights."""
+    xs, ys, ws = [], [], []
     for i in rng.choice(len(samples), size=config.batch_size, p=weights):
         s = samples[i]
         rev = None if s.reviewed is None else s.reviewed.astype(np.uint8)
-        img, lab, rev = random_crop(rng, s.image, s.labels, rev, size, config.augment)
-        xs.append(img)
-        ys.append(class_targets(lab, rev))
-    return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+        img, lab, rev, mag = transform_crop(rng, s.image, s.labels, rev, size, config.augment)
+        if bank and rng.random() < config.copy_paste:
+            lo, hi = config.copy_paste_count
+            img, lab, rev = paste_touching(rng, img, lab, bank, mag, int(rng.integers(lo, hi + 1)), rev)
+        if config.artefacts and rng.random() < config.artefacts:
+            img = add_artefacts(rng, img, lab, mag)
+        xs.append(jitter_intensity(rng, img, config.augment).astype(np.float32))
+        target = class_targets(lab, rev)
+        ys.append(target)
+        if config.weight_map:
+            ws.append(separation_weights(lab, target, config.w0, config.sigma * mag))
+    w = torch.from_numpy(np.stack(ws)) if ws else None
+    return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys)), w

@@ -23,8 +23,8 @@ def main(package: str, checkpoint: str | None = None) -> None:
     sample = get_test_input_sample(descr)
     image = next(iter(sample.members.values())).data.to_numpy()[0, 0]
     model = load_model(checkpoint)
-    one_tile = predict(model, image, tile=max(image.shape), overlap=0, device="cpu")
-    default = predict(model, image, device="cpu")
+    one_tile = predict(model, image, tile=max(image.shape), overlap=0, device="cpu", scale=1.0)
+    default = predict(model, image, device="cpu", scale=1.0)
     for fmt in ("pytorch_state_dict", "torchscript", "onnx"):
         if getattr(descr.weights, fmt) is None:
             print(f"{fmt}: not in the package")

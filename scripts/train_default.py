@@ -1,5 +1,9 @@
 """Train the shipped default nuclei model on mnfinder's training-data, choosing the checkpoint
-on its validation-data. Rebuild with: ``.venv/bin/python scripts/train_default.py``."""
+on its validation-data. Rebuild with: ``.venv/bin/python scripts/train_default.py``.
+
+Recipe options: ``--architecture unet|unetpp`` (``--deep-supervision``), ``--weight-map``
+(``--w0``, ``--sigma``), ``--copy-paste P``, ``--artefacts P``; ``--init CKPT`` starts from a
+checkpoint's weights (for UNet++ from a U-Net: the encoder only)."""
 
 from __future__ import annotations
 
@@ -14,9 +18,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from mnfinder_data import load_split  # noqa: E402
 
-from napari_unet.checkpoint import ModelInfo, save_checkpoint  # noqa: E402
-from napari_unet.model import UNet, UNetConfig  # noqa: E402
+from napari_unet.checkpoint import ModelInfo, read_checkpoint, save_checkpoint  # noqa: E402
+from napari_unet.model import UNet, UNetConfig, build_network  # noqa: E402
 from napari_unet.normalize import Normalization  # noqa: E402
+from napari_unet.postprocess import PostprocessConfig, median_object_area  # noqa: E402
 from napari_unet.training import Sample, TrainConfig, train  # noqa: E402
 
 
@@ -36,6 +41,16 @@ def main() -> None:
     ap.add_argument("--crop", type=int, default=256)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--architecture", choices=("unet", "unetpp"), default="unet")
+    ap.add_argument("--deep-supervision", action="store_true")
+    ap.add_argument("--weight-map", action="store_true", help="U-Net paper separation weights")
+    ap.add_argument("--w0", type=float, default=10.0)
+    ap.add_argument("--sigma", type=float, default=5.0)
+    ap.add_argument("--copy-paste", type=float, default=0.0, help="probability per crop")
+    ap.add_argument("--artefacts", type=float, default=0.0, help="probability per crop")
+    ap.add_argument("--init", help="start from this checkpoint's weights (matching tensors)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--latest", help="also save the weights after every epoch here")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -44,15 +59,31 @@ def main() -> None:
     print(f"{len(train_s)} training images, {len(val_s)} validation images", flush=True)
     config = TrainConfig(
         epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, time_limit=args.minutes * 60,
-        batch_size=args.batch_size, crop_size=args.crop, lr=args.lr,
+        batch_size=args.batch_size, crop_size=args.crop, lr=args.lr, seed=args.seed,
+        weight_map=args.weight_map, w0=args.w0, sigma=args.sigma, copy_paste=args.copy_paste,
+        artefacts=args.artefacts,
     )
-    net = UNet(UNetConfig(in_channels=1, out_classes=3, depth=args.depth, base_width=args.width))
+    net = build_network(UNetConfig(
+        in_channels=1, out_classes=3, depth=args.depth, base_width=args.width,
+        architecture=args.architecture, deep_supervision=args.deep_supervision,
+    ))
+    if args.init:
+        init = read_checkpoint(args.init)
+        own = net.state_dict()
+        shared = {k: v.float() if v.is_floating_point() else v for k, v in init.state_dict.items()
+                  if k in own and own[k].shape == v.shape}
+        net.load_state_dict(shared, strict=False)
+        config.postprocess = PostprocessConfig.from_dict(init.info.postprocess)
+        print(f"initialised {len(shared)}/{len(own)} tensors from {args.init}", flush=True)
+    object_area = median_object_area([s.labels for s in train_s])
     out = Path(args.out)
 
     def info(metrics: dict) -> ModelInfo:
         return ModelInfo(
             name="nuclei_default",
             normalization=norm.to_dict(),
+            object_area=round(object_area, 1),
+            postprocess=config.postprocess.to_dict(),
             provenance={
                 "data": "mnfinder 1.2.3 training-data (30 images, DAPI/H2B nuclei; MIT licence)",
                 "validation_data": "mnfinder 1.2.3 validation-data (3 images)",
@@ -60,6 +91,7 @@ def main() -> None:
                 "validation_f1": round(metrics["val_f1"], 4),
                 "validation_loss": round(metrics["val_loss"], 4),
                 "train_config": config.to_dict(),
+                "init": args.init,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             },
         )
@@ -68,8 +100,13 @@ def main() -> None:
         save_checkpoint(out, model, info(metrics), dtype=torch.float16)
         print(f"  saved best: epoch {metrics['epoch']} val F1 {metrics['val_f1']:.4f}", flush=True)
 
-    result = train(net, train_s, val_s, config,
-                   on_event=lambda e: print(json.dumps(e), flush=True), on_best=on_best)
+    def on_event(event: dict) -> None:
+        print(json.dumps(event), flush=True)
+        if args.latest:
+            save_checkpoint(args.latest, net, info(event), dtype=torch.float16)
+
+    result = train(net, train_s, val_s, config, on_event=on_event,
+                   on_best=on_best, save_initial=bool(args.init))
     print(f"best val F1 {result.best_f1:.4f} at epoch {result.best_epoch}, {result.seconds:.0f} s")
 
 

@@ -11,7 +11,7 @@ import torch
 
 from napari_unet.checkpoint import ModelInfo
 from napari_unet.inference import SegmentationModel, load_model
-from napari_unet.model import UNet, UNetConfig
+from napari_unet.model import UNetConfig, build_network
 
 SAMPLES = Path(__file__).parent.parent / "sample_data"
 
@@ -46,10 +46,11 @@ def default_model() -> SegmentationModel:
 
 
 def make_tiny_model(in_channels: int = 1, seed: int = 0, **config) -> SegmentationModel:
-    """A tiny U-Net with random weights and non-trivial BatchNorm statistics."""
+    """A tiny U-Net (or UNet++ with ``architecture="unetpp"``) with random weights and non-trivial
+    BatchNorm statistics."""
     torch.manual_seed(seed)
     cfg = UNetConfig(in_channels=in_channels, out_classes=3, depth=3, base_width=4, **config)
-    net = UNet(cfg)
+    net = build_network(cfg)
     for m in net.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.2, 0.2)

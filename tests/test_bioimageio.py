@@ -75,7 +75,7 @@ def test_shipped_model_exports_and_passes_bioimageio_test(tmp_path, capsys):
     assert "://" not in yaml.safe_dump(description).replace("doi.org", "")  # nothing to fetch
     # the package's test output is napari-unet's own prediction of its test input
     x, y = zip_array(out, "test_input.npy"), zip_array(out, "test_output.npy")
-    ours = predict(load_model(), x[0, 0], tile=x.shape[-1], overlap=0, device="cpu")
+    ours = predict(load_model(), x[0, 0], tile=x.shape[-1], overlap=0, device="cpu", scale=1.0)
     assert np.abs(ours - y[0]).max() < 1e-3
     with zipfile.ZipFile(out) as z:
         readme = z.read("README.md").decode()

@@ -42,7 +42,7 @@ def nuclei_mosaic(u2os) -> np.ndarray:
 
 def test_blockwise_matches_whole_image_on_real_nuclei(default_model, nuclei_mosaic, client, tmp_path):
     """Blocks of 256 px (20 blocks, 31 faces): same objects as one whole-image pass, none cut, ids 1..N."""
-    whole = segment(nuclei_mosaic, default_model, device="cpu")
+    whole = segment(nuclei_mosaic, default_model, device="cpu", scale=1.0)
     result = segment_blockwise(nuclei_mosaic, tmp_path / "m_labels.zarr", default_model,
                                options=BlockwiseOptions(block=256, device="cpu"), client=client)
     labels = read_labels(result.out)

@@ -29,7 +29,7 @@ def _untiled(model, image):
 def test_tiled_matches_untiled_away_from_border(default_model, u2os, tile, overlap):
     """No seams, with an overlap of 12.5% of the tile: tiles (aligned to the pooling grid, margins
     cropped) agree with one untiled pass."""
-    tiled = predict(default_model, u2os, tile=tile, overlap=overlap, device="cpu")
+    tiled = predict(default_model, u2os, tile=tile, overlap=overlap, device="cpu", scale=1.0)
     full = _untiled(default_model, u2os)
     assert tiled.shape == full.shape == (3, 768, 869)
     inner = (slice(None), slice(96, -96), slice(96, -96))  # image borders legitimately differ

@@ -87,7 +87,7 @@ def test_segment_matches_engine_and_relabels_without_network(qtbot, widget, misc
     w = widget
     _segment(qtbot, w)
     layer = w.viewer.layers["misc labels"]
-    expected = segment(misc, default_model, postprocess=w.seg.postprocess(), device="cpu")
+    expected = segment(misc, default_model, postprocess=w.seg.postprocess(), device="cpu", scale=w.seg.scale.value)
     np.testing.assert_array_equal(layer.data, expected)
     assert w.seg.progress.value == w.seg.progress.max
     assert w.corrections.labels.value is layer and w.corrections.image.value is w.viewer.layers["misc"]

@@ -43,7 +43,7 @@ def warm_up(model: SegmentationModel, tile: int, device: str) -> None:
     pay for it (memory allocation, kernel selection); runs in a background thread."""
     with lower_thread_priority():
         try:
-            predict(model, np.zeros((tile, tile), np.float32), tile=tile, device=device)
+            predict(model, np.zeros((tile, tile), np.float32), tile=tile, device=device, scale=1.0)
         except Exception:  # noqa: BLE001 - a failed warm-up only means the first click is slower
             pass
 
