@@ -89,6 +89,16 @@ def _center_crop(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return x[..., dh : dh + h, dw : dw + w]
 
 
+def _encoder(c: UNetConfig) -> tuple[list[int], nn.ModuleList]:
+    """The contracting path shared by U-Net and UNet++: channel widths and one DoubleConv per level."""
+    widths = [c.base_width * 2**i for i in range(c.depth)]
+    down, cin = nn.ModuleList(), c.in_channels
+    for w in widths:
+        down.append(DoubleConv(cin, w, c.norm, c.padding))
+        cin = w
+    return widths, down
+
+
 class UNet(nn.Module):
     """Contracting path of conv pairs + 2×2 max-pool (channels doubling), expanding path of
     2×2 up-convolutions (channels halving) with concatenated skips, final 1×1 conv to logits."""
@@ -97,12 +107,7 @@ class UNet(nn.Module):
         super().__init__()
         self.config = config or UNetConfig()
         c = self.config
-        widths = [c.base_width * 2**i for i in range(c.depth)]
-        self.down = nn.ModuleList()
-        cin = c.in_channels
-        for w in widths:
-            self.down.append(DoubleConv(cin, w, c.norm, c.padding))
-            cin = w
+        widths, self.down = _encoder(c)
         self.pool = nn.MaxPool2d(2)
         self.up = nn.ModuleList()
         self.up_conv = nn.ModuleList()
@@ -175,12 +180,7 @@ class UNetPlusPlus(UNet):
     def __init__(self, config: UNetConfig) -> None:
         nn.Module.__init__(self)
         self.config = c = config
-        widths = [c.base_width * 2**i for i in range(c.depth)]
-        self.down = nn.ModuleList()
-        cin = c.in_channels
-        for w in widths:
-            self.down.append(DoubleConv(cin, w, c.norm, c.padding))
-            cin = w
+        widths, self.down = _encoder(c)
         self.pool = nn.MaxPool2d(2)
         # nodes[j-1][i] is X^{i,j} for i + j < depth; ups[j-1][i] up-samples X^{i+1,j-1} for it
         self.ups = nn.ModuleList()
