@@ -25,7 +25,8 @@ from .device import DEVICES
 from .errors import InputError, InvalidParameter, NapariUnetError, os_error_sentence
 from .image_files import read_image_file, write_labels_file
 from .inference import DEFAULT_OVERLAP, DEFAULT_TILE, load_model, predict
-from .metrics import THRESHOLDS, instance_scores
+from .lazy import stem
+from .metrics import THRESHOLDS, instance_scores, pool_scores
 from .pixel_size import auto_scale
 from .postprocess import labels_from_probabilities
 from .scale import postprocess_at_scale
@@ -59,24 +60,20 @@ def _say(line: str) -> None:
     try:
         print(line, flush=True)
     except BrokenPipeError:
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - replaces the closed stream for the rest of the run
+        _silence_stdout()
+
+
+def _silence_stdout() -> None:
+    """Replace a closed stdout (``| head``) so later prints and the exit flush don't fail."""
+    sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives until the process ends
 
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 LABEL_SUFFIXES = ("_labels", "_masks", "_mask", "_label")
 
 
-def _stem(path: Path) -> str:
-    """File name without its image suffix (``a.ome.tif`` → ``a``, ``a.1.tif`` → ``a.1``)."""
-    name = path.name
-    for suffix in (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".ome"):
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-    return name
-
-
 def _is_labels_name(path: Path) -> bool:
-    return _stem(path).lower().endswith(LABEL_SUFFIXES)
+    return stem(path).lower().endswith(LABEL_SUFFIXES)
 
 
 def _expand_inputs(names: list[str]) -> tuple[list[Path], list[str]]:
@@ -97,7 +94,7 @@ def _expand_inputs(names: list[str]) -> tuple[list[Path], list[str]]:
 
 def _output_paths(inputs: list[Path], out_dir: Path, overwrite: bool) -> tuple[list[Path], list[str]]:
     """Output path per input, and the problems that must stop the run before anything is written."""
-    outputs = [out_dir / f"{_stem(p)}_labels.tif" for p in inputs]
+    outputs = [out_dir / f"{stem(p)}_labels.tif" for p in inputs]
     problems = []
     seen: dict[Path, Path] = {}
     for src, out in zip(inputs, outputs):
@@ -227,8 +224,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     paths = args.files
     if len(paths) % 2:
         return _fail("evaluate takes pairs of files: PRED.tif GT.tif [PRED.tif GT.tif ...].")
-    results, failures = [], 0
-    total = {"n_true": 0, "n_pred": 0, "tp": dict.fromkeys(THRESHOLDS, 0)}
+    results, scores, failures = [], [], 0
     for pred_path, gt_path in zip(paths[::2], paths[1::2]):
         try:
             pred, gt = _read_labels(pred_path, "prediction"), _read_labels(gt_path, "ground truth")
@@ -240,18 +236,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             continue
         s = instance_scores(gt, pred)
         _warn_if_not_labels(pred_path, pred)
+        scores.append(s)
         results.append({"prediction": str(pred_path), "ground_truth": str(gt_path), **s.to_dict()})
-        total["n_true"] += s.n_true
-        total["n_pred"] += s.n_pred
-        for t in THRESHOLDS:
-            total["tp"][t] += s.tp[t]
-    n, tp = total["n_true"] + total["n_pred"], total["tp"]
-    pooled = {
-        "files": len(results), "n_true": total["n_true"], "n_pred": total["n_pred"],
-        "f1": {str(t): (2 * tp[t] / n if n else 1.0) for t in THRESHOLDS},
-        "precision": tp[0.5] / total["n_pred"] if total["n_pred"] else 1.0,
-        "recall": tp[0.5] / total["n_true"] if total["n_true"] else 1.0,
-    }
+    pooled = {"files": len(results), **pool_scores(scores).to_dict()}
     if args.json:
         _say(json.dumps(results[0] if len(results) == 1 and not failures else
                         {"files": results, "total": pooled}, indent=2))
@@ -263,7 +250,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         f1 = "  ".join(f"F1@{t}={r['f1'][str(t)]:.3f}" for t in THRESHOLDS)
         _say(f"{title}: {r['n_pred']} predicted, {r['n_true']} true, precision {r['precision']:.3f}, "
              f"recall {r['recall']:.3f}")
-        _say(f"  {f1}" + (f"  mean matched IoU={r['mean_matched_iou']:.3f}" if "mean_matched_iou" in r else ""))
+        _say(f"  {f1}  mean matched IoU={r['mean_matched_iou']:.3f}")
     return 1 if failures else 0
 
 
@@ -497,5 +484,5 @@ def main(argv: list[str] | None = None) -> int:
         print("\nnapari-unet: Interrupted.", file=sys.stderr)
         return 130
     except BrokenPipeError:
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the closed pipe at exit
+        _silence_stdout()
         return 0

@@ -131,14 +131,24 @@ def instance_scores(gt: np.ndarray, pred: np.ndarray, thresholds=THRESHOLDS) -> 
     return scores
 
 
+def pool_scores(parts: list[InstanceScores], thresholds=THRESHOLDS) -> InstanceScores:
+    """Scores over several images: counts and matches added up, F1 recomputed from the totals,
+    mean matched IoU weighted by each image's matches at 0.5."""
+    n_true, n_pred = sum(s.n_true for s in parts), sum(s.n_pred for s in parts)
+    pooled = InstanceScores(n_true, n_pred)
+    for t in thresholds:
+        pooled.tp[t] = sum(s.tp[t] for s in parts)
+        pooled.f1[t] = 2 * pooled.tp[t] / (n_true + n_pred) if n_true + n_pred else 1.0
+    matched = sum(s.tp.get(0.5, 0) for s in parts)
+    if matched:
+        pooled.mean_matched_iou = sum(s.mean_matched_iou * s.tp.get(0.5, 0) for s in parts) / matched
+    return pooled
+
+
 def pooled_f1(pairs: list[tuple[np.ndarray, np.ndarray]], threshold: float = 0.5) -> float:
     """F1 at ``threshold`` over several images, counting matches across all of them."""
-    tp = n = 0
-    for gt, pred in pairs:
-        s = instance_scores(gt, pred, (threshold,))
-        tp += s.tp[threshold]
-        n += s.n_true + s.n_pred
-    return 2 * tp / n if n else 1.0
+    parts = [instance_scores(gt, pred, (threshold,)) for gt, pred in pairs]
+    return pool_scores(parts, (threshold,)).f1[threshold]
 
 
 def class_scores(gt_classes: np.ndarray, pred_classes: np.ndarray, n_classes: int) -> dict[str, list[float]]:

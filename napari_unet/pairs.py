@@ -206,19 +206,23 @@ def _load_pair(name: str, image_path: Path, labels_path: Path, reviewed_path: Pa
     return Pair(name, image, labels.astype(np.uint32), reviewed)
 
 
+def _manifest_names(manifest: dict[str, Any]) -> list[str]:
+    return [p["name"] for p in manifest["pairs"] if isinstance(p, dict) and isinstance(p.get("name"), str)]
+
+
 def _listed_names(folder: Path) -> list[str]:
-    entries = _read_manifest(folder)["pairs"]
-    return [p["name"] for p in entries if isinstance(p, dict) and isinstance(p.get("name"), str)]
+    return _manifest_names(_read_manifest(folder))
 
 
-def find_orphans(folder: Path | str) -> list[str]:
-    """Names of pair files in ``images/`` or ``labels/`` that the manifest does not list."""
+def find_orphans(folder: Path | str, listed: list[str] | None = None) -> list[str]:
+    """Names of pair files in ``images/`` or ``labels/`` that the manifest does not list
+    (``listed``: the manifest's names when the caller has already read them)."""
     folder = Path(folder)
     if not (folder / MANIFEST).exists():
         return []
-    listed = set(_listed_names(folder))
+    listed_set = set(_listed_names(folder) if listed is None else listed)
     found = {p.stem for sub in ("images", "labels") for p in (folder / sub).glob("*.tif") if not p.name.startswith(".")}
-    return sorted(found - listed)
+    return sorted(found - listed_set)
 
 
 def repair_pairs(folder: Path | str) -> tuple[list[str], list[tuple[str, str]]]:
@@ -230,13 +234,13 @@ def repair_pairs(folder: Path | str) -> tuple[list[str], list[tuple[str, str]]]:
     try:
         with _manifest_lock(folder):
             manifest = _read_manifest(folder)
-            for name in find_orphans(folder):
+            for name in find_orphans(folder, _manifest_names(manifest)):
+                image_path, labels_path = folder / "images" / f"{name}.tif", folder / "labels" / f"{name}.tif"
                 rev = folder / "reviewed" / f"{name}.tif"
                 try:
-                    _load_pair(name, folder / "images" / f"{name}.tif", folder / "labels" / f"{name}.tif",
-                               rev if rev.exists() else None)
+                    _load_pair(name, image_path, labels_path, rev if rev.exists() else None)
                 except (NapariUnetError, ValueError) as exc:
-                    left.append((name, _reason(exc, folder)))
+                    left.append((name, _reason(exc, image_path, labels_path)))
                     continue
                 record = PairRecord(name=name, source="(re-listed by repair)", reviewed=rev.exists(),
                                     time=time.strftime("%Y-%m-%dT%H:%M:%S"))
@@ -249,8 +253,9 @@ def repair_pairs(folder: Path | str) -> tuple[list[str], list[tuple[str, str]]]:
     return relisted, left
 
 
-def _reason(exc: Exception, folder: Path) -> str:
-    return str(exc).replace(f"{folder}/images/", "").replace(f"{folder}/labels/", "")
+def _reason(exc: Exception, image_path: Path, labels_path: Path) -> str:
+    """Why a pair cannot be used, without repeating its file paths."""
+    return str(exc).replace(f"{image_path}: ", "").replace(f"{labels_path}: ", "")
 
 
 def read_pairs(folder: Path | str) -> tuple[list[Pair], list[tuple[str, str]]]:
@@ -265,7 +270,7 @@ def read_pairs(folder: Path | str) -> tuple[list[Pair], list[tuple[str, str]]]:
     if (folder / MANIFEST).exists() or (folder / "images").is_dir():
         if (folder / MANIFEST).exists():
             names = _listed_names(folder)
-            orphans = find_orphans(folder)
+            orphans = find_orphans(folder, names)
             if orphans:
                 warnings.warn(
                     f"{len(orphans)} pair file(s) in {folder} are not listed in {MANIFEST} ({', '.join(orphans[:5])}"
@@ -288,7 +293,7 @@ def read_pairs(folder: Path | str) -> tuple[list[Pair], list[tuple[str, str]]]:
         try:
             pairs.append(_load_pair(name, image_path, labels_path, reviewed_path))
         except (NapariUnetError, ValueError) as exc:
-            reason = str(exc).replace(f"{image_path}: ", "").replace(f"{labels_path}: ", "")
+            reason = _reason(exc, image_path, labels_path)
             skipped.append((name, reason))
             warnings.warn(f"Skipping pair {name!r}: {reason}", stacklevel=2)
     return pairs, skipped
