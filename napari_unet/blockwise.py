@@ -37,6 +37,7 @@ from .errors import Cancelled, InputError, NapariUnetError
 from .inference import DEFAULT_OVERLAP, DEFAULT_TILE, SegmentationModel, load_model
 from .lazy import LazyImage, create_labels_zarr, open_lazy
 from .postprocess import PostprocessConfig, labels_from_probabilities
+from .scale import PROBE_SIDE, ScaleChoice, checked_scale, choose_scale, postprocess_at_scale
 from .stitch import BlockEdges, Rect, block_edges, merge_tables
 from .tiling import predict_plane, resize_planes, tile_geometry
 
@@ -50,7 +51,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class BlockwiseOptions:
-    """How to cut and run the image; ``halo=None`` picks the default (see :func:`default_halo`)."""
+    """How to cut and run the image; ``halo=None`` picks the default (see :func:`default_halo`).
+
+    ``scale="auto"`` chooses one scale per image from a first pass over its central crop (see
+    :func:`auto_scale`). ``postprocess`` sizes are in training-scale pixels and follow the scale;
+    ``min_size``, when given, is in image pixels and replaces the scaled one."""
 
     block: int = DEFAULT_BLOCK
     halo: int | None = None
@@ -58,8 +63,9 @@ class BlockwiseOptions:
     overlap: int = DEFAULT_OVERLAP
     batch_size: int = 4  # tiles per forward pass on a GPU; CPUs run one tile at a time
     device: str = "auto"
-    scale: float = 1.0
+    scale: float | str = "auto"
     postprocess: PostprocessConfig | None = None  # None: the model's own
+    min_size: int | None = None
 
 
 @dataclass
@@ -72,6 +78,7 @@ class BlockwiseResult:
     blocks: int = 0
     shape: tuple[int, ...] = ()
     error: str | None = None
+    scale: ScaleChoice | None = None  # the scale used and how it was chosen
 
 
 def receptive_radius(depth: int) -> int:
@@ -79,6 +86,19 @@ def receptive_radius(depth: int) -> int:
     encoder = sum(4 * 2**i for i in range(depth))  # two 3×3 convolutions per level
     decoder = sum(6 * 2**i for i in range(depth - 1))  # pooling, 2×2 up-convolution, two 3×3 convolutions
     return math.ceil((encoder + decoder) / 2)
+
+
+def auto_scale(image: LazyImage, model: SegmentationModel, options: BlockwiseOptions) -> ScaleChoice:
+    """What ``scale="auto"`` means for a lazy image: its pixel size when both it and the model's are
+    known, else :func:`~napari_unet.scale.choose_scale` on the central crop of its first plane (only
+    that crop is read)."""
+    _, _, h, w = image.planes_shape(model.config.in_channels)
+    side = 2 * PROBE_SIDE
+    y0, x0 = max(0, (h - side) // 2), max(0, (w - side) // 2)
+    crop = image.read(image.open(), 0, slice(y0, y0 + side), slice(x0, x0 + side))
+    pixel = image.pixel_size[1] if image.pixel_size else None
+    return choose_scale(model, crop, pixel_size_um=pixel, channel_axis=0, tile=options.tile,
+                        overlap=options.overlap, device=options.device)
 
 
 def default_halo(model: SegmentationModel, scale: float = 1.0) -> int:
@@ -275,6 +295,13 @@ class _Run:
         self.memory = image.array if image.kind == "memory" else None
         self.image = replace(image, array=None) if image.kind == "memory" else image
         self.reader = image
+        if options.scale == "auto":
+            choice = auto_scale(image, model, options)
+            options = replace(options, scale=choice.scale)
+        else:
+            choice = ScaleChoice(checked_scale(options.scale), "given")
+            options = replace(options, scale=choice.scale)
+        self.result.scale = choice
         multiple = max(16, model.net.size_multiple)
         block = -(-max(options.block, 64) // multiple) * multiple
         halo = options.halo if options.halo is not None else default_halo(model, options.scale)
@@ -285,7 +312,7 @@ class _Run:
         chunk = 1024 if block % 1024 == 0 else block
         self.shape = (*stack_shape, h, w)
         create_labels_zarr(self.part, self.shape, chunk, source=name, extra={
-            "block": block, "halo": halo, "tile": options.tile, "overlap": options.overlap,
+            "block": block, "halo": halo, "tile": options.tile, "overlap": options.overlap, "scale": options.scale,
             "model": model.info.name, "postprocess": (options.postprocess or model.postprocess).to_dict(),
         })
         try:
@@ -298,8 +325,10 @@ class _Run:
               digest: str, stack_shape: tuple[int, ...], h: int, w: int) -> None:
         """The blocks of every plane, each with the plane's normalisation bounds."""
         block, halo = options.block, options.halo
-        self.settings = _Settings(self.image, str(self.part), stack_shape, options,
-                                  options.postprocess or model.postprocess, digest, threads)
+        post = postprocess_at_scale(options.postprocess or model.postprocess, options.scale)
+        if options.min_size is not None:
+            post = replace(post, min_size=options.min_size)
+        self.settings = _Settings(self.image, str(self.part), stack_shape, options, post, digest, threads)
         norm = model.normalization
         array = image.open()
         n_planes = int(np.prod(stack_shape)) if stack_shape else 1

@@ -77,14 +77,12 @@ def run_blockwise(args: argparse.Namespace) -> int:
     except NapariUnetError as exc:
         print(f"napari-unet: error: {exc}", file=sys.stderr)
         return 1
-    if args.scale == "auto":  # per-block size estimates would disagree between blocks: one scale for all
-        print("napari-unet: note: blockwise segmentation uses --scale 1 unless a number is given.", file=sys.stderr)
-        args.scale = 1.0
-    chosen = {"threshold": args.threshold, "seed_threshold": args.seed_threshold, "min_size": args.min_size}
+    chosen = {"threshold": args.threshold, "seed_threshold": args.seed_threshold}
     post = replace(model.postprocess, **{k: v for k, v in chosen.items() if v is not None})
-    options = BlockwiseOptions(
+    options = BlockwiseOptions(  # "auto": one scale per image, from a first pass over its centre
         block=args.block or DEFAULT_BLOCK, halo=args.halo, tile=args.tile, overlap=args.overlap,
         batch_size=args.batch_size, device=args.device, scale=args.scale, postprocess=post,
+        min_size=args.min_size,
     )
     out_dir = Path(args.out)
     items, failures = [], 0
@@ -118,5 +116,5 @@ def run_blockwise(args: argparse.Namespace) -> int:
             failures += 1
             continue
         print(f"{image.path} -> {r.out}  ({sum(r.objects)} objects, {r.shape}, {r.blocks} blocks, "
-              f"{time.monotonic() - start:.1f} s)")
+              f"scale {r.scale.scale:.2f} ({r.scale.how}), {time.monotonic() - start:.1f} s)")
     return 1 if failures else 0

@@ -13,14 +13,13 @@ import torch
 
 from .checkpoint import Checkpoint, ModelInfo, read_checkpoint
 from .device import resolve_device
-from .errors import InputError
 from .images import to_planes
 from .memory import check_fits, predict_bytes
 from .model import UNet, UNetConfig
 from .normalize import Normalization
 from .postprocess import PostprocessConfig, labels_from_probabilities
 from .prepare import prepare_for_inference
-from .scale import ScaleFn, choose_scale, postprocess_at_scale
+from .scale import ScaleFn, checked_scale, choose_scale, postprocess_at_scale
 from .tiling import CancelFn, ProgressFn, count_tiles, predict_plane, resize_planes, tile_geometry
 from .tta import dihedral
 from .validate import check_number
@@ -132,16 +131,12 @@ def predict(
     tile = check_number("tile", tile, low=16, high=16384, integer=True)
     overlap = check_number("overlap", overlap, low=0, integer=True)
     batch_size = check_number("batch size", batch_size, low=1, high=1024, integer=True)
-    if isinstance(scale, str):
-        if scale != "auto":
-            raise InputError(f"Scale must be a number or 'auto', not {scale!r}.")
+    if scale == "auto":
         scale = choose_scale(
             model, image, pixel_size_um=pixel_size_um, channel_axis=channel_axis, channel=channel,
             tile=tile, overlap=overlap, batch_size=batch_size, device=device, amp=amp, compile=compile,
         ).scale
-    scale = check_number("scale", scale)
-    if not 0.1 <= scale <= 10:
-        raise InputError(f"Scale {scale} is outside the supported range 0.1–10.")
+    scale = checked_scale(scale)
     dev = resolve_device(device)
     amp = (dev.type == "cuda") if amp is None else (amp and dev.type == "cuda")
     net = model.prepared(dev, compile=compile)

@@ -16,7 +16,9 @@ import numpy as np
 from .errors import InputError
 from .images import to_planes
 from .postprocess import PostprocessConfig, labels_from_probabilities
+from .validate import check_number
 
+SCALE_LIMITS = (0.1, 10.0)  # what a given scale may be
 SCALE_RANGE = (0.25, 4.0)  # what "auto" may choose (training augments 0.5–2×, tiles allow more)
 DEAD_BAND = 0.1  # |s − 1| below this: keep 1.0 (the first pass's objects are already the right size)
 PROBE_SIDE = 512  # side of the central crop the first pass runs on (1024 when that has few objects)
@@ -33,6 +35,16 @@ class ScaleChoice:
     scale: float
     how: str
     measured_area: float | None = None  # median object area (px) found by the first pass
+
+
+def checked_scale(scale: Any) -> float:
+    """A given scale as a float, or one sentence when it is not a number in :data:`SCALE_LIMITS`."""
+    if isinstance(scale, str):
+        raise InputError(f"Scale must be a number or 'auto', not {scale!r}.")
+    scale = check_number("scale", scale)
+    if not SCALE_LIMITS[0] <= scale <= SCALE_LIMITS[1]:
+        raise InputError(f"Scale {scale} is outside the supported range {SCALE_LIMITS[0]}–{SCALE_LIMITS[1]:g}.")
+    return scale
 
 
 def scale_from_pixel_size(image_pixel_um: float, model_pixel_um: float) -> float:
