@@ -88,8 +88,8 @@ def child(args: argparse.Namespace) -> None:
         n = int(labels.max())
     else:
         workers = int(args.kind[1:])
-        r = segment_blockwise(args.zarr, out / "labels.zarr", model, options=BlockwiseOptions(block=args.block, scale=1.0),
-                              workers=workers)
+        options = BlockwiseOptions(block=args.block, scale=1.0)
+        r = segment_blockwise(args.zarr, out / "labels.zarr", model, options=options, workers=workers)
         n = sum(r.objects)
     print(json.dumps({"objects": n}), flush=True)
 
