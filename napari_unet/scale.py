@@ -20,7 +20,10 @@ from .validate import check_number
 
 SCALE_LIMITS = (0.1, 10.0)  # what a given scale may be
 SCALE_RANGE = (0.25, 4.0)  # what "auto" may choose (training augments 0.5–2×, tiles allow more)
-DEAD_BAND = 0.1  # |s − 1| below this: keep 1.0 (the first pass's objects are already the right size)
+# |s − 1| below this: keep 1.0. Training resizes crops 0.5–2×, so objects within about ±20% of the
+# training size are well inside what the network saw; resizing them only costs interpolation (on
+# mnfinder validation-data a 0.84 "auto" cost the U2OS image 0.023 F1 against scale 1).
+DEAD_BAND = 0.2
 PROBE_SIDE = 512  # side of the central crop the first pass runs on (1024 when that has few objects)
 MIN_OBJECTS = 5
 
