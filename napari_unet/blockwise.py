@@ -37,9 +37,9 @@ from .errors import Cancelled, InputError, NapariUnetError
 from .inference import DEFAULT_OVERLAP, DEFAULT_TILE, SegmentationModel, load_model
 from .lazy import LazyImage, create_labels_zarr, open_lazy
 from .postprocess import PostprocessConfig, labels_from_probabilities
-from .scale import PROBE_SIDE, ScaleChoice, checked_scale, choose_scale, postprocess_at_scale
+from .scale import PROBE_SIDE, ScaleChoice, checked_scale, choose_scale, labels_at_scale, postprocess_at_scale
 from .stitch import BlockEdges, Rect, block_edges, merge_tables
-from .tiling import predict_plane, resize_planes, tile_geometry
+from .tiling import predict_plane, resize_planes, resize_probabilities, tile_geometry
 
 DEFAULT_BLOCK = 2048
 OBJECT_HALO = 96  # about two nucleus diameters (sample nuclei: median 30 px, largest 59 px across)
@@ -195,10 +195,10 @@ def _run_block(settings: _Settings, job: _Job, model_bytes: bytes, data: np.ndar
     p = predict_plane(model.prepared(dev), x, in_tile=in_tile, out_tile=out_tile, overlap=overlap,
                       batch_size=batch, device=dev, multiple=multiple, amp=amp)
     del x
-    if work != (h, w):
-        p = resize_planes(p, (h, w))
-        p /= p.sum(axis=0, keepdims=True)
-    labels = labels_from_probabilities(p, settings.postprocess)
+    if opts.scale > 1:  # as segment() does: objects split at the enlarged size, then sampled down
+        labels = labels_at_scale(p, postprocess_at_scale(settings.postprocess, 1 / opts.scale), (h, w))
+    else:
+        labels = labels_from_probabilities(resize_probabilities(p, (h, w)), settings.postprocess)
     del p
     core = labels[y0 - ey0 : y1 - ey0, x0 - ex0 : x1 - ex0]
     present = np.bincount(core.ravel(), minlength=int(labels.max()) + 1) > 0

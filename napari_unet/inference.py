@@ -19,8 +19,8 @@ from .model import UNet, UNetConfig
 from .normalize import Normalization
 from .postprocess import PostprocessConfig, labels_from_probabilities
 from .prepare import prepare_for_inference
-from .scale import ScaleFn, checked_scale, choose_scale, postprocess_at_scale
-from .tiling import CancelFn, ProgressFn, count_tiles, predict_plane, resize_planes, tile_geometry
+from .scale import ScaleFn, checked_scale, choose_scale, labels_at_scale, postprocess_at_scale
+from .tiling import CancelFn, ProgressFn, count_tiles, predict_plane, resize_planes, resize_probabilities, tile_geometry
 from .tta import dihedral
 from .validate import check_number
 
@@ -115,6 +115,7 @@ def predict(
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
     on_scale: ScaleFn | None = None,
+    keep_enlarged: bool = False,
 ) -> np.ndarray:
     """Class probabilities ``(*stack, K, H, W)`` float32 for ``image``, by tiled inference.
 
@@ -126,6 +127,8 @@ def predict(
     ``amp`` (default: on for CUDA) runs the network in bfloat16 on CUDA only.
     ``progress(done, total)`` is called after each batch of tiles; when ``cancel()`` returns
     True the call raises :class:`~napari_unet.errors.Cancelled` before the next batch.
+    ``keep_enlarged``: when the scale enlarges the image, return the probabilities at that
+    enlarged size (for :func:`segment`, which separates small objects there).
     """
     planes = to_planes(image, model.config.in_channels, channel_axis=channel_axis, channel=channel)
     tile = check_number("tile", tile, low=16, high=16384, integer=True)
@@ -143,8 +146,9 @@ def predict(
     in_tile, out_tile, overlap, multiple = tile_geometry(model.net, tile, overlap)
     h, w = planes.spatial_shape
     work = (max(8, round(h * scale)), max(8, round(w * scale)))
+    size = work if keep_enlarged and scale > 1 else (h, w)
     check_fits(
-        predict_bytes(planes.data.shape[0], planes.data.shape[1], model.config.out_classes, (h, w), work),
+        predict_bytes(planes.data.shape[0], planes.data.shape[1], model.config.out_classes, size, work),
         f"Segmenting this {h}×{w} image ({planes.data.shape[0]} plane(s))",
         "segment it blockwise (napari-unet segment --block 2048, or napari_unet.blockwise)",
     )
@@ -154,7 +158,7 @@ def predict(
     per_plane = count_tiles(work, in_tile, out_tile, overlap, multiple) * len(views)
     total = per_plane * planes.data.shape[0]
     norm = model.normalization
-    out = np.empty((planes.data.shape[0], model.config.out_classes, h, w), dtype=np.float32)
+    out = np.empty((planes.data.shape[0], model.config.out_classes, *size), dtype=np.float32)
     for i, plane in enumerate(planes.data):
         x = norm.apply(plane)
         if work != (h, w):
@@ -168,10 +172,7 @@ def predict(
             ))
         if len(views) > 1:
             p /= len(views)
-        if work != (h, w):
-            p = resize_planes(p, (h, w))
-            p /= p.sum(axis=0, keepdims=True)
-        out[i] = p
+        out[i] = resize_probabilities(p, size)
     return out.reshape((*planes.stack_shape, *out.shape[1:]))
 
 
@@ -197,7 +198,13 @@ def segment(
         if report is not None:
             report(s)
 
-    probs = predict(model, image, on_scale=on_scale, **options)
-    if getattr(model, "semantic", False):  # a package whose classes are not nuclei/boundary: class map
+    semantic = getattr(model, "semantic", False)  # a package whose classes are not nuclei/boundary
+    probs = predict(model, image, on_scale=on_scale, keep_enlarged=not semantic, **options)
+    if semantic:
         return probs.argmax(axis=-3).astype(np.uint32)
+    shape = to_planes(image, model.config.in_channels, channel_axis=options.get("channel_axis"),
+                      channel=options.get("channel")).spatial_shape
+    if probs.shape[-2:] != shape:  # enlarged: objects are split where they are large, then sampled down
+        post = postprocess_at_scale(postprocess, 1 / used[0]) if postprocess else model.postprocess
+        return labels_at_scale(probs, post, shape)
     return labels_from_probabilities(probs, postprocess or postprocess_at_scale(model.postprocess, used[0]))

@@ -74,6 +74,23 @@ def postprocess_at_scale(config: PostprocessConfig, scale: float) -> Postprocess
                    min_seed_size=max(1, round(config.min_seed_size / scale**2)))
 
 
+def labels_at_scale(probs: np.ndarray, config: PostprocessConfig, shape: tuple[int, int]) -> np.ndarray:
+    """Instance labels from probabilities at an enlarged working size, sampled down to ``shape``
+    (nearest pixel centre) and renumbered 1..N per plane. Small touching objects are separated
+    where they are large; ``config`` sizes are in working-size pixels."""
+    from skimage.segmentation import relabel_sequential
+
+    labels = labels_from_probabilities(probs, config)
+    big = labels.shape[-2:]
+    rows = np.minimum(((np.arange(shape[0]) + 0.5) * big[0] / shape[0]).astype(np.intp), big[0] - 1)
+    cols = np.minimum(((np.arange(shape[1]) + 0.5) * big[1] / shape[1]).astype(np.intp), big[1] - 1)
+    small = labels[..., rows[:, None], cols[None, :]]
+    flat = small.reshape((-1, *shape))
+    for i, plane in enumerate(flat):
+        flat[i] = relabel_sequential(plane)[0]
+    return flat.reshape(small.shape)
+
+
 def choose_scale(
     model: Any,
     image: np.ndarray,

@@ -165,6 +165,15 @@ def count_tiles(shape: tuple[int, int], in_tile: int, out_tile: int, overlap: in
     return len(plan_tiles(shape, in_tile, out_tile, overlap, multiple=multiple).starts)
 
 
+def resize_probabilities(p: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``(K, H, W)`` class probabilities resized to ``size`` and renormalised to sum to 1."""
+    if p.shape[-2:] == tuple(size):
+        return p
+    p = resize_planes(p, size)
+    p /= p.sum(axis=0, keepdims=True)
+    return p
+
+
 def resize_planes(x: np.ndarray, size: tuple[int, int], *, nearest: bool = False) -> np.ndarray:
     """Resize ``(C, H, W)`` to ``size`` (bilinear, or nearest for labels)."""
     t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None]
