@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -72,6 +73,10 @@ class BlockProgress:
 
 def run_blockwise(args: argparse.Namespace) -> int:
     """Segment every input blockwise on one dask cluster; one line per image; exit status."""
+    # A Ctrl-C that lands inside one of dask's event-loop callbacks makes tornado log a traceback;
+    # the user gets the one-line "cancelled" instead (the cluster's real errors come back through
+    # the futures, not this logger).
+    logging.getLogger("tornado.application").setLevel(logging.CRITICAL)
     try:
         model = load_model(args.model, trust_code=args.trust_package_code)
     except NapariUnetError as exc:
