@@ -60,6 +60,7 @@ class BlockwiseOptions:
     device: str = "auto"
     scale: float = 1.0
     postprocess: PostprocessConfig | None = None  # None: the model's own
+    threads: int | None = None  # at most this many torch threads per local worker (None: the cores shared)
 
 
 @dataclass
@@ -429,7 +430,7 @@ def segment_many(
 def _drive(items, model, data, digest, options, client, overwrite, progress, cancel) -> list[BlockwiseResult]:
     from distributed import wait
 
-    threads = _threads_per_host(client)
+    threads = {h: min(n, options.threads or n) for h, n in _threads_per_host(client).items()}
     model_future = client.scatter(data, broadcast=True, hash=False)
     runs: list[_Run] = []
     results: list[BlockwiseResult] = []

@@ -100,9 +100,10 @@ class Result:
 
     image: weakref.ref  # the Image layer it was segmented from
     plane: tuple[int, ...] | None  # None: the whole stack
-    probs: np.ndarray
+    probs: np.ndarray | None  # None: segmented block by block into a zarr (no probabilities kept)
     written: str  # digest of the labels as last written (edit detection)
     model_name: str
+    edited: bool = False  # zarr-backed labels: napari reported a brush/fill/erase edit
 
     def source(self) -> Image | None:
         return self.image()

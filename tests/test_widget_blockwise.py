@@ -1,0 +1,124 @@
+"""Segment on lazy image layers (dask, zarr) in a real napari viewer under Xvfb: block by block on a
+real in-process dask cluster into a zarr that backs the labels layer, editing, region export, Cancel."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import zarr
+from napari.layers import Shapes
+
+from napari_unet.blockwise import BlockwiseOptions, segment_blockwise
+from napari_unet.pairs import read_pairs
+
+from .test_blockwise import mosaic, read_labels
+
+
+@pytest.fixture(autouse=True)
+def _dirs(tmp_path, monkeypatch):
+    """Settings and labels of in-memory images go to temporary folders, never the real home."""
+    monkeypatch.setenv("NAPARI_UNET_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("NAPARI_UNET_DATA_DIR", str(tmp_path / "data"))
+
+
+@pytest.fixture
+def big(u2os, tmp_path):
+    """A 1024² mosaic of the real U2OS nuclei, as a chunked zarr on disk."""
+    image = mosaic(u2os, (1024, 1024))
+    path = tmp_path / "images" / "mosaic.zarr"
+    z = zarr.open_array(str(path), mode="w", shape=image.shape, chunks=(256, 256), dtype=image.dtype)
+    z[:] = image
+    return image, path
+
+
+def _dock(viewer, block):
+    _, w = viewer.window.add_plugin_dock_widget("napari-unet", "U-Net")
+    w.seg.blockwise.block, w.seg.device.value = block, "cpu"
+    return w
+
+
+def _dask_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if "dask" in t.name.lower() or "worker" in t.name.lower()]
+
+
+def test_lazy_layer_goes_blockwise_into_an_editable_zarr(qtbot, make_napari_viewer, big, tmp_path):
+    image, path = big
+    viewer = make_napari_viewer()
+    viewer.open(str(path), plugin="napari")  # napari's own reader: a dask array, its source path kept
+    layer = viewer.layers[-1]
+    assert not isinstance(layer.data, np.ndarray)
+    w = _dock(viewer, 512)
+    ticks = []
+    w.seg._bridge.tick.connect(lambda done, total: ticks.append((done, total)))
+    w.seg.run_btn.native.click()
+    qtbot.waitUntil(lambda: w.seg.worker is None, timeout=120_000)
+
+    labels = viewer.layers[f"{layer.name} labels"]
+    out = path.parent / "mosaic_labels.zarr"  # beside the image
+    assert isinstance(labels.data, zarr.Array) and labels.metadata["napari_unet_zarr"] == str(out)
+    assert ticks[-1] == (8, 8) and len(ticks) >= 3  # 4 blocks, then their relabel pass
+    assert w.seg.progress.value == w.seg.progress.max == 8
+    options = BlockwiseOptions(block=512, tile=w.seg.tile.value, overlap=w.seg.overlap.value,
+                               batch_size=w.seg.batch.value, device="cpu", postprocess=w.seg.postprocess())
+    direct = segment_blockwise(image, tmp_path / "direct.zarr", w.state.model, options=options, workers=1)
+    np.testing.assert_array_equal(labels.data[:], read_labels(direct.out))
+    assert direct.objects[0] > 100 and f"{direct.objects[0]} objects" in w.seg.summary.value
+
+    # the brush writes through to the zarr on disk, and the layer counts as corrected
+    assert w.corrections.labels.value is labels and w.corrections.image.value is layer
+    w.corrections.export_btn.native.click()
+    assert "unchanged since segmentation" in w.status.text()
+    labels.paint((600, 600), 4242)
+    assert read_labels(out)[600, 600] == 4242
+
+    # export only the rectangle (plus context), reading only that region of both layers
+    shapes = viewer.add_shapes([np.array([[500, 520], [500, 700], [690, 700], [690, 520]])],
+                               shape_type="rectangle", name="region")
+    assert isinstance(shapes, Shapes)
+    w.reset_choices()
+    w.corrections.region.value = shapes
+    w.corrections.folder.value = tmp_path / "pairs"
+    w.corrections.export_btn.native.click()
+    pairs, skipped = read_pairs(tmp_path / "pairs")
+    assert len(pairs) == 1 and not skipped, w.status.text()
+    np.testing.assert_array_equal(pairs[0].image, image[468:722, 488:732])
+    np.testing.assert_array_equal(pairs[0].labels, read_labels(out)[468:722, 488:732])
+    assert pairs[0].reviewed[32:-32, 32:-32].all() and not pairs[0].reviewed[:32].any()
+
+    # without a rectangle: the part shown on the canvas, refused while it is larger than allowed
+    w.corrections.region.value = None
+    viewer.reset_view()
+    w.corrections.export_btn.native.click()
+    assert len(read_pairs(tmp_path / "pairs")[0]) == 2 or "too large" in w.status.text()
+
+
+def test_cancel_leaves_nothing_running_and_existing_output_is_kept(qtbot, make_napari_viewer, big, tmp_path):
+    image, path = big
+    viewer = make_napari_viewer()
+    viewer.add_image(zarr.open_array(str(path), mode="r"), name="mosaic")  # a zarr array, no source path
+    w = _dock(viewer, 256)  # 16 blocks
+    kept = tmp_path / "data" / "labels" / "mosaic_labels.zarr"
+    kept.mkdir(parents=True)
+    (kept / "precious.txt").write_text("keep")
+    before = set(_dask_threads())
+
+    w.seg.run_btn.native.click()
+    qtbot.waitUntil(lambda: w.seg.progress.value >= 1, timeout=60_000)
+    w.seg.cancel_btn.native.click()
+    qtbot.waitUntil(lambda: w.seg.worker is None, timeout=10_000)
+    assert [la.name for la in viewer.layers] == ["mosaic"] and "cancelled" in w.status.text()
+    from distributed.client import _global_clients
+
+    assert not _global_clients
+    qtbot.waitUntil(lambda: set(_dask_threads()) <= before, timeout=10_000)
+    assert sorted(p.name for p in kept.parent.iterdir()) == ["mosaic_labels.zarr"]  # no partial output
+
+    w.seg.blockwise.block = 512
+    w.seg.run_btn.native.click()
+    qtbot.waitUntil(lambda: w.seg.worker is None, timeout=120_000)
+    assert (kept / "precious.txt").read_text() == "keep"
+    labels = viewer.layers["mosaic labels"]
+    assert labels.metadata["napari_unet_zarr"] == str(kept.parent / "mosaic_labels-2.zarr")
+    assert read_labels(kept.parent / "mosaic_labels-2.zarr").max() > 100
