@@ -3,6 +3,8 @@ real in-process dask cluster into a zarr that backs the labels layer, editing, r
 
 from __future__ import annotations
 
+import json
+import multiprocessing
 import threading
 
 import numpy as np
@@ -39,13 +41,14 @@ def _dock(viewer, block):
     return w
 
 
-def _dask_threads() -> list[str]:
-    return [t.name for t in threading.enumerate() if "dask" in t.name.lower() or "worker" in t.name.lower()]
+def _cluster_threads() -> list[str]:
+    """The threads of an in-process dask cluster: its event loop and its worker's task threads."""
+    return [t.name for t in threading.enumerate() if t.name == "IO loop" or "Dask-Default-Threads" in t.name]
 
 
 def test_lazy_layer_goes_blockwise_into_an_editable_zarr(qtbot, make_napari_viewer, big, tmp_path):
     image, path = big
-    viewer = make_napari_viewer()
+    viewer = make_napari_viewer(show=True)  # shown: the canvas reports the part of the labels in view
     viewer.open(str(path), plugin="napari")  # napari's own reader: a dask array, its source path kept
     layer = viewer.layers[-1]
     assert not isinstance(layer.data, np.ndarray)
@@ -83,15 +86,21 @@ def test_lazy_layer_goes_blockwise_into_an_editable_zarr(qtbot, make_napari_view
     w.corrections.export_btn.native.click()
     pairs, skipped = read_pairs(tmp_path / "pairs")
     assert len(pairs) == 1 and not skipped, w.status.text()
+    manifest = json.loads((tmp_path / "pairs" / "pairs.json").read_text())["pairs"]
+    assert manifest[0]["crop"] == [468, 488, 722, 732]  # in the plane's coordinates
     np.testing.assert_array_equal(pairs[0].image, image[468:722, 488:732])
     np.testing.assert_array_equal(pairs[0].labels, read_labels(out)[468:722, 488:732])
     assert pairs[0].reviewed[32:-32, 32:-32].all() and not pairs[0].reviewed[:32].any()
 
-    # without a rectangle: the part shown on the canvas, refused while it is larger than allowed
+    # without a rectangle: the part shown on the canvas
     w.corrections.region.value = None
-    viewer.reset_view()
+    viewer.camera.center, viewer.camera.zoom = (600, 620), 8
+    qtbot.waitUntil(lambda: np.ptp(labels.corner_pixels, axis=0).max() < 200, timeout=5_000)
+    (y0, x0), (y1, x1) = labels.corner_pixels
+    assert 500 < y0 < 600 < y1 < 700 and 500 < x0 < 620 < x1 < 700
     w.corrections.export_btn.native.click()
-    assert len(read_pairs(tmp_path / "pairs")[0]) == 2 or "too large" in w.status.text()
+    manifest = json.loads((tmp_path / "pairs" / "pairs.json").read_text())["pairs"]
+    assert len(manifest) == 2 and manifest[1]["crop"] == [y0 - 32, x0 - 32, y1 + 1 + 32, x1 + 1 + 32], w.status.text()
 
 
 def test_cancel_leaves_nothing_running_and_existing_output_is_kept(qtbot, make_napari_viewer, big, tmp_path):
@@ -102,17 +111,16 @@ def test_cancel_leaves_nothing_running_and_existing_output_is_kept(qtbot, make_n
     kept = tmp_path / "data" / "labels" / "mosaic_labels.zarr"
     kept.mkdir(parents=True)
     (kept / "precious.txt").write_text("keep")
-    before = set(_dask_threads())
-
     w.seg.run_btn.native.click()
     qtbot.waitUntil(lambda: w.seg.progress.value >= 1, timeout=60_000)
+    assert _cluster_threads() and not multiprocessing.active_children()  # one worker, in this process
     w.seg.cancel_btn.native.click()
     qtbot.waitUntil(lambda: w.seg.worker is None, timeout=10_000)
     assert [la.name for la in viewer.layers] == ["mosaic"] and "cancelled" in w.status.text()
     from distributed.client import _global_clients
 
     assert not _global_clients
-    qtbot.waitUntil(lambda: set(_dask_threads()) <= before, timeout=10_000)
+    qtbot.waitUntil(lambda: not _cluster_threads(), timeout=10_000)
     assert sorted(p.name for p in kept.parent.iterdir()) == ["mosaic_labels.zarr"]  # no partial output
 
     w.seg.blockwise.block = 512
