@@ -123,10 +123,22 @@ def test_cancel_leaves_nothing_running_and_existing_output_is_kept(qtbot, make_n
     qtbot.waitUntil(lambda: not _cluster_threads(), timeout=10_000)
     assert sorted(p.name for p in kept.parent.iterdir()) == ["mosaic_labels.zarr"]  # no partial output
 
+    # a multiscale layer: level 0 is segmented; the existing output is kept, the new one gets "-2"
+    viewer.layers.clear()
+    level0 = zarr.open_array(str(path), mode="r")
+    viewer.add_image([level0, level0[::2, ::2]], multiscale=True, name="mosaic")
     w.seg.blockwise.block = 512
     w.seg.run_btn.native.click()
     qtbot.waitUntil(lambda: w.seg.worker is None, timeout=120_000)
     assert (kept / "precious.txt").read_text() == "keep"
     labels = viewer.layers["mosaic labels"]
     assert labels.metadata["napari_unet_zarr"] == str(kept.parent / "mosaic_labels-2.zarr")
-    assert read_labels(kept.parent / "mosaic_labels-2.zarr").max() > 100
+    assert labels.data.shape == image.shape and read_labels(kept.parent / "mosaic_labels-2.zarr").max() > 100
+
+    # closing napari mid-run stops the cluster and leaves no partial output
+    w.seg.blockwise.block = 256
+    w.seg.run_btn.native.click()
+    qtbot.waitUntil(lambda: w.seg.progress.value >= 1, timeout=60_000)
+    viewer.close()
+    qtbot.waitUntil(lambda: not _cluster_threads(), timeout=15_000)
+    assert sorted(p.name for p in kept.parent.iterdir()) == ["mosaic_labels-2.zarr", "mosaic_labels.zarr"]

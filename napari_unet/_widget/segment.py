@@ -170,7 +170,7 @@ class SegmentSection:
         self.worker.start()
 
     def _on_progress(self, done: int, total: int) -> None:
-        if self.worker is not None:
+        if self.worker is not None and not self._cancel.is_set():  # after a cancel the widgets may be gone
             self.progress.max, self.progress.value = max(1, total), done
 
     def cancel(self, *_: Any) -> None:
@@ -194,7 +194,10 @@ class SegmentSection:
 
     def _finished(self) -> None:
         self.worker, self.target = None, None
-        self.run_btn.enabled, self.cancel_btn.enabled = True, False
+        try:
+            self.run_btn.enabled, self.cancel_btn.enabled = True, False
+        except RuntimeError:  # napari was closed meanwhile: the buttons are gone
+            pass
 
     def _done(self, image: Image, plane: tuple[int, ...] | None, out: Any, model_name: str) -> None:
         if not any(layer is image for layer in self.state.viewer.layers):
