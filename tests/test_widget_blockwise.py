@@ -7,6 +7,7 @@ import json
 import multiprocessing
 import threading
 
+import dask.array as da
 import numpy as np
 import pytest
 import zarr
@@ -142,3 +143,51 @@ def test_cancel_leaves_nothing_running_and_existing_output_is_kept(qtbot, make_n
     viewer.close()
     qtbot.waitUntil(lambda: not _cluster_threads(), timeout=15_000)
     assert sorted(p.name for p in kept.parent.iterdir()) == ["mosaic_labels-2.zarr", "mosaic_labels.zarr"]
+
+
+_READS: list[tuple[int, ...]] = []  # module level: the in-process dask worker runs the same function
+
+
+def _record(block: np.ndarray, block_info=None) -> np.ndarray:
+    """Notes which chunk of the image is read (dask also calls it once on an empty array)."""
+    if block_info is not None:
+        _READS.append(tuple(block_info[0]["chunk-location"]))
+    return block
+
+
+def test_current_plane_of_a_lazy_stack_reads_only_what_it_needs(qtbot, make_napari_viewer, misc, tmp_path):
+    """A dask stack: Segment reads only the current plane, Export only the chunks around the rectangle."""
+    reads = _READS
+    planes = np.stack([misc, misc[::-1], misc[:, ::-1]])
+    stack = da.from_array(planes, chunks=(1, 128, 128)).map_blocks(_record, dtype=misc.dtype)
+    viewer = make_napari_viewer()
+    viewer.add_image(stack, name="stack")
+    viewer.dims.set_current_step(0, 1)
+    w = _dock(viewer, 256)
+    reads.clear()  # napari drew plane 0, then plane 1
+    w.seg.run_btn.native.click()
+    qtbot.waitUntil(lambda: w.seg.worker is None, timeout=60_000)
+    assert reads and {r[0] for r in reads} == {1}  # plane 1 only
+
+    labels = viewer.layers["stack labels"]
+    assert labels.data.shape == (1, 512, 512) and tuple(labels.translate) == (1, 0, 0)
+    options = BlockwiseOptions(block=256, tile=w.seg.tile.value, overlap=w.seg.overlap.value,
+                               batch_size=w.seg.batch.value, device="cpu", postprocess=w.seg.postprocess())
+    direct = segment_blockwise(planes[1], tmp_path / "direct.zarr", w.state.model, options=options, workers=1)
+    np.testing.assert_array_equal(labels.data[0], read_labels(direct.out))
+
+    labels.paint((0, 150, 150), 777)  # data coordinates: the zarr holds one plane
+    shapes = viewer.add_shapes([np.array([[100, 100], [100, 200], [200, 200], [200, 100]])],
+                               shape_type="rectangle", name="region")
+    w.reset_choices()
+    w.corrections.region.value, w.corrections.folder.value = shapes, tmp_path / "pairs"
+    viewer.dims.set_current_step(0, 0)
+    w.corrections.export_btn.native.click()
+    assert "holds plane (1,) only" in w.status.text()
+    viewer.dims.set_current_step(0, 1)
+    reads.clear()
+    w.corrections.export_btn.native.click()
+    (pair,), _ = read_pairs(tmp_path / "pairs")
+    np.testing.assert_array_equal(pair.image, planes[1, 68:232, 68:232])
+    assert pair.labels[150 - 68, 150 - 68] == 777
+    assert set(reads) == {(1, 0, 0), (1, 0, 1), (1, 1, 0), (1, 1, 1)}  # the chunks around the rectangle
