@@ -7,10 +7,13 @@ import json
 import multiprocessing
 import threading
 
+import dask
 import dask.array as da
 import numpy as np
 import pytest
 import zarr
+from distributed import Client, SpecCluster
+from distributed.core import Status
 from napari.layers import Shapes
 
 from napari_unet.blockwise import BlockwiseOptions, segment_blockwise
@@ -115,12 +118,12 @@ def test_cancel_leaves_nothing_running_and_existing_output_is_kept(qtbot, make_n
     w.seg.run_btn.native.click()
     qtbot.waitUntil(lambda: w.seg.progress.value >= 1, timeout=60_000)
     assert _cluster_threads() and not multiprocessing.active_children()  # one worker, in this process
+    assert dask.config.get("scheduler", None) != "dask.distributed"  # napari's own dask reads stay local
     w.seg.cancel_btn.native.click()
     qtbot.waitUntil(lambda: w.seg.worker is None, timeout=10_000)
     assert [la.name for la in viewer.layers] == ["mosaic"] and "cancelled" in w.status.text()
-    from distributed.client import _global_clients
-
-    assert not _global_clients
+    assert all(c.status == "closed" for c in Client._instances)
+    assert all(c.status == Status.closed for c in SpecCluster._instances)
     qtbot.waitUntil(lambda: not _cluster_threads(), timeout=10_000)
     assert sorted(p.name for p in kept.parent.iterdir()) == ["mosaic_labels.zarr"]  # no partial output
 
