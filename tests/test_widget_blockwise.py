@@ -14,9 +14,11 @@ import pytest
 import zarr
 from distributed import Client, SpecCluster
 from distributed.core import Status
-from napari.layers import Shapes
+from napari.layers import Image, Shapes
 
+from napari_unet._widget.regions import wants_blockwise
 from napari_unet.blockwise import BlockwiseOptions, segment_blockwise
+from napari_unet.memory import too_large
 from napari_unet.pairs import read_pairs
 
 from .test_blockwise import mosaic, read_labels
@@ -194,3 +196,15 @@ def test_current_plane_of_a_lazy_stack_reads_only_what_it_needs(qtbot, make_napa
     np.testing.assert_array_equal(pair.image, planes[1, 68:232, 68:232])
     assert pair.labels[150 - 68, 150 - 68] == 777
     assert set(reads) == {(1, 0, 0), (1, 0, 1), (1, 1, 0), (1, 1, 1)}  # the chunks around the rectangle
+
+
+def test_which_layers_go_blockwise(misc):
+    """Lazy or multiscale data always; numpy only from 8192² planes (the CLI's rule) or when too large."""
+    huge = np.broadcast_to(np.uint8(0), (8192, 8192))  # a numpy array that takes no memory
+    assert wants_blockwise(Image(huge, contrast_limits=(0, 1)), None)
+    assert not wants_blockwise(Image(misc), None)
+    assert not wants_blockwise(Image(np.stack([misc] * 3)), (1,))
+    assert wants_blockwise(Image(da.from_array(misc)), None)
+    assert wants_blockwise(Image([misc, misc[::2, ::2]], multiscale=True), None)
+    assert too_large((8192, 8192)) and not too_large((4096, 4096))
+    assert too_large((10**6, 4096, 4096))  # a stack whose probabilities would need terabytes
