@@ -208,3 +208,18 @@ def test_which_layers_go_blockwise(misc):
     assert wants_blockwise(Image([misc, misc[::2, ::2]], multiscale=True), None)
     assert too_large((8192, 8192)) and not too_large((4096, 4096))
     assert too_large((10**6, 4096, 4096))  # a stack whose probabilities would need terabytes
+
+
+def test_bad_lazy_input_is_one_sentence_and_leaves_nothing(qtbot, make_napari_viewer, misc, tmp_path):
+    viewer = make_napari_viewer()
+    viewer.add_image(da.from_array(np.stack([misc] * 3, axis=-1)), rgb=True, name="rgb")
+    w = _dock(viewer, 256)
+    w.seg.run_btn.native.click()  # a colour image for a one-channel model, no channel chosen
+    qtbot.waitUntil(lambda: w.seg.worker is None, timeout=30_000)
+    assert "3 channel" in w.status.text() and "Traceback" not in w.status.text()
+    assert [la.name for la in viewer.layers] == ["rgb"]
+    assert not any((tmp_path / "data" / "labels").iterdir())
+    w.seg.channel.value = 0
+    w.seg.run_btn.native.click()
+    qtbot.waitUntil(lambda: w.seg.worker is None, timeout=60_000)
+    assert viewer.layers["rgb labels"].data.shape == misc.shape, w.status.text()
