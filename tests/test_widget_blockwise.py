@@ -223,3 +223,15 @@ def test_bad_lazy_input_is_one_sentence_and_leaves_nothing(qtbot, make_napari_vi
     w.seg.run_btn.native.click()
     qtbot.waitUntil(lambda: w.seg.worker is None, timeout=60_000)
     assert viewer.layers["rgb labels"].data.shape == misc.shape, w.status.text()
+
+
+def test_removing_the_image_mid_run_stops_it_and_leaves_nothing(qtbot, make_napari_viewer, misc, tmp_path):
+    viewer = make_napari_viewer()
+    viewer.add_image(da.from_array(misc), name="misc")
+    w = _dock(viewer, 128)  # 16 blocks
+    w.seg.run_btn.native.click()
+    qtbot.waitUntil(lambda: w.seg.progress.value >= 1, timeout=60_000)
+    viewer.layers.remove("misc")
+    qtbot.waitUntil(lambda: w.seg.worker is None, timeout=10_000)
+    assert len(viewer.layers) == 0 and "removed" in w.status.text()
+    assert not any((tmp_path / "data" / "labels").iterdir())  # the partial output is gone
