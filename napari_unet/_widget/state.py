@@ -99,7 +99,7 @@ class Result:
     """What the widget remembers about a labels layer it wrote."""
 
     image: weakref.ref  # the Image layer it was segmented from
-    plane: tuple[int, ...] | None  # None: the whole stack
+    plane: tuple[int, ...] | None  # None: the whole stack (zarr-backed: the zarr holds this plane only)
     probs: np.ndarray | None  # None: segmented block by block into a zarr (no probabilities kept)
     written: str  # digest of the labels as last written (edit detection)
     model_name: str
