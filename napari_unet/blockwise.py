@@ -66,6 +66,7 @@ class BlockwiseOptions:
     scale: float | str = "auto"
     postprocess: PostprocessConfig | None = None  # None: the model's own
     min_size: int | None = None
+    threads: int | None = None  # at most this many torch threads per local worker (None: the cores shared)
 
 
 @dataclass
@@ -231,7 +232,7 @@ def dask_client(workers: int | None = None, scheduler: str | None = None) -> Ite
 
     if scheduler:
         try:
-            client = Client(scheduler, timeout="20s")
+            client = Client(scheduler, timeout="20s", set_as_default=False)
         except OSError as exc:
             raise InputError(f"Could not reach the dask scheduler at {scheduler} ({exc}).") from None
         try:
@@ -246,7 +247,7 @@ def dask_client(workers: int | None = None, scheduler: str | None = None) -> Ite
             n_workers=n, threads_per_worker=1, processes=n > 1, dashboard_address=None,
             silence_logs=logging.ERROR, memory_limit=0 if n == 1 else "auto",
         )
-    client = Client(cluster)
+    client = Client(cluster, set_as_default=False)  # other dask work in the process (napari's) stays local
     try:
         yield client
     finally:
@@ -456,9 +457,7 @@ def segment_many(
 
 
 def _drive(items, model, data, digest, options, client, overwrite, progress, cancel) -> list[BlockwiseResult]:
-    from distributed import wait
-
-    threads = _threads_per_host(client)
+    threads = {h: min(n, options.threads or n) for h, n in _threads_per_host(client).items()}
     model_future = client.scatter(data, broadcast=True, hash=False)
     runs: list[_Run] = []
     results: list[BlockwiseResult] = []
@@ -475,6 +474,7 @@ def _drive(items, model, data, digest, options, client, overwrite, progress, can
     done = 0
     window = 2 * max(1, sum(client.nthreads().values()))
     in_flight: dict[Any, tuple[_Run, str]] = {}
+    ready = threading.Event()
     active = list(runs)
 
     def report() -> None:
@@ -508,11 +508,12 @@ def _drive(items, model, data, digest, options, client, overwrite, progress, can
                         plane, core, lut = run.relabels.popleft()
                         fut = client.submit(_relabel_block, run.settings, plane, core, lut, pure=False)
                         in_flight[fut] = (run, "relabel", None)
+                    fut.add_done_callback(lambda _: ready.set())
                     run.pending += 1
-            try:
-                finished = wait(list(in_flight), timeout=0.25, return_when="FIRST_COMPLETED").done
-            except TimeoutError:
-                finished = set()
+            # the client is not the process's default (distributed.wait would need that): wake on a callback
+            ready.wait(0.25)
+            ready.clear()  # before looking, so that a task finishing meanwhile wakes the next round
+            finished = [fut for fut in list(in_flight) if fut.done()]
             if cancel is not None and cancel():
                 raise Cancelled("Segmentation was cancelled.")
             for fut in finished:

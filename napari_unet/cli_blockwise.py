@@ -10,15 +10,11 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-
 from .blockwise import DEFAULT_BLOCK, BlockwiseOptions, segment_many
 from .errors import NapariUnetError
 from .inference import load_model
 from .lazy import is_zarr_path, open_lazy, stem
-from .memory import available_bytes, predict_bytes
-
-LARGE_PLANE = 8192 * 8192  # TIFF planes this large go blockwise by themselves
+from .memory import too_large
 
 
 def add_arguments(parser: argparse.ArgumentParser, number: Callable[..., Callable[[str], int]]) -> None:
@@ -44,12 +40,8 @@ def wants_blockwise(args: argparse.Namespace) -> bool:
             image = open_lazy(path)
         except NapariUnetError:
             continue  # the in-memory path reports it
-        if image.shape[-1] * image.shape[-2] >= LARGE_PLANE:
-            return True
-        planes = int(np.prod(image.shape[:-2])) if len(image.shape) > 2 else 1
-        needed = predict_bytes(planes, 1, 3, tuple(image.shape[-2:]), tuple(image.shape[-2:]))
-        if (avail := available_bytes()) is not None and needed > avail:
-            return True  # would not fit in memory whole: blocks bound the memory instead
+        if too_large(image.shape):
+            return True  # very large, or would not fit in memory whole: blocks bound the memory instead
     return False
 
 

@@ -53,3 +53,19 @@ def predict_bytes(n_planes: int, channels: int, classes: int, shape: tuple[int, 
     out = n_planes * classes * h * w * 4  # the returned float32 probabilities
     per_plane = (3 * channels + 2 * classes + 2) * wh * ww * 4  # normalised, padded, accumulators, weights
     return out + per_plane
+
+
+LARGE_PLANE = 8192 * 8192  # planes this large go block by block even when they would fit
+
+
+def too_large(shape: tuple[int, ...]) -> bool:
+    """Whether an image of ``shape`` (``(…, H, W)``) should be segmented block by block: a plane
+    of 8192² pixels or more, or the in-memory path would not fit in the memory available now."""
+    h, w = (int(n) for n in shape[-2:])
+    if h * w >= LARGE_PLANE:
+        return True
+    planes = 1
+    for n in shape[:-2]:
+        planes *= int(n)
+    avail = available_bytes()
+    return avail is not None and predict_bytes(planes, 1, 3, (h, w), (h, w)) > avail

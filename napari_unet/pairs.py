@@ -119,11 +119,13 @@ def export_pair(
     plane: tuple[int, ...] = (),
     model: str = "",
     edited_pixels: int | None = None,
+    origin: tuple[int, int] = (0, 0),
 ) -> PairRecord:
     """Write a new pair for one image plane and its corrected labels; return its manifest entry.
 
     ``rect = (y0, x0, y1, x1)`` limits the reviewed region to a rectangle (the saved crop keeps
-    some context around it); ``reviewed`` gives an arbitrary reviewed mask instead.
+    some context around it); ``reviewed`` gives an arbitrary reviewed mask instead. ``origin``:
+    where ``image[0, 0]`` lies in the source plane, when only a region of a large plane is given.
     """
     folder = Path(folder)
     image, labels = np.asarray(image), np.asarray(labels)
@@ -147,7 +149,8 @@ def export_pair(
         if reviewed is not None:
             mask &= np.asarray(reviewed, bool)
         image, labels, reviewed = image[cy0:cy1, cx0:cx1], labels[cy0:cy1, cx0:cx1], mask[cy0:cy1, cx0:cx1]
-        crop = [cy0, cx0, cy1, cx1]
+        oy, ox = (int(v) for v in origin)
+        crop = [cy0 + oy, cx0 + ox, cy1 + oy, cx1 + ox]
         if not labels[reviewed].any():
             raise InputError("There are no labelled objects inside the rectangle.")
     if reviewed is not None and np.asarray(reviewed).shape != labels.shape:

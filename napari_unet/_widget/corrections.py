@@ -10,9 +10,13 @@ from magicgui.widgets import Container, FileEdit, Label, PushButton, create_widg
 from napari.layers import Image, Labels, Shapes
 
 from ..errors import NapariUnetError
-from ..pairs import count_pairs, export_pair
+from ..pairs import CONTEXT, count_pairs, export_pair
 from .labels import LabelsWriter
+from .regions import MAX_REGION, is_lazy, plane_shape, read_region, visible_rect
 from .state import State, digest
+
+# plane, image, labels, rectangle (in those arrays) or None, where the arrays start in the plane
+Planes = tuple[tuple[int, ...], np.ndarray, np.ndarray, "tuple[int, int, int, int] | None", tuple[int, int]]
 
 
 def _size(shape: tuple[int, ...]) -> str:
@@ -95,13 +99,14 @@ class CorrectionsSection:
         y1, x1 = np.ceil(v.max(0)).astype(int)
         return max(0, y0), max(0, x0), min(shape[0], y1), min(shape[1], x1)
 
-    def _planes(self, labels: Labels, image: Image) -> tuple[tuple[int, ...], np.ndarray, np.ndarray] | str:
-        """The current plane of both layers, or why they do not belong together."""
-        result = self.state.result(labels)
-        source = result.source() if result else None
-        if source is not None and source is not image:
-            return (f"'{labels.name}' was segmented from '{source.name}', not '{image.name}'; "
-                    f"it can only be exported with '{source.name}'.")
+    def _ready(self, labels: Labels) -> str | None:
+        """Why the labels are not worth exporting yet, if so."""
+        if self.state.result(labels) is not None and self.writer.unedited(labels):
+            return "The labels are unchanged since segmentation; correct them with the brush first."
+        return None
+
+    def _planes(self, labels: Labels, image: Image) -> Planes | str:
+        """The current plane of both layers and the rectangle, or why they cannot be exported."""
         plane = self.writer.current_plane(image)
         img = np.asarray(image.data[plane] if plane else image.data)
         lead = labels.ndim - 2
@@ -111,31 +116,68 @@ class CorrectionsSection:
         if img.shape[:2] != lab.shape:
             return (f"'{labels.name}' ({_size(lab.shape)}) does not fit '{image.name}' ({_size(img.shape)}); "
                     "pick the image the labels were drawn on.")
-        return plane, img, lab
+        if why := self._ready(labels):
+            return why
+        rect = self._rectangle(lab.shape)
+        if self.region.value is not None and rect is None:
+            return f"Draw a rectangle in '{self.region.value.name}' first, or choose None."
+        return plane, img, lab, rect, (0, 0)
+
+    def _region(self, labels: Labels, image: Image) -> Planes | str:
+        """Lazy layers (dask, zarr, multiscale) are never read whole: only the rectangle, or else the
+        part shown on the canvas, with some context around it."""
+        plane, lead = self.writer.current_plane(image), labels.ndim - 2
+        if lead not in (0, len(plane)):
+            return f"'{labels.name}' has {labels.ndim} dimensions but '{image.name}' has {image.ndim}."
+        result = self.state.result(labels)
+        if result is not None and result.plane is not None:  # a zarr holding one plane of the stack
+            if result.plane != plane:
+                return f"'{labels.name}' holds plane {result.plane} only; go to that plane to export it."
+            lplane = (0,) * lead
+        else:
+            lplane = plane if lead else ()
+        shape, lab_shape = plane_shape(image), plane_shape(labels)
+        if shape != lab_shape:
+            return (f"'{labels.name}' ({_size(lab_shape)}) does not fit '{image.name}' ({_size(shape)}); "
+                    "pick the image the labels were drawn on.")
+        if why := self._ready(labels):
+            return why
+        if self.region.value is not None:
+            rect = self._rectangle(shape)
+            if rect is None:
+                return f"Draw a rectangle in '{self.region.value.name}' first, or choose None."
+        else:
+            rect = visible_rect(labels, shape)
+        if rect is None or max(rect[2] - rect[0], rect[3] - rect[1]) > MAX_REGION:
+            return (f"'{labels.name}' is too large to export whole: zoom in to at most {MAX_REGION}×{MAX_REGION} "
+                    "pixels, or draw a rectangle in a Shapes layer and choose it under 'only inside'.")
+        y0, x0, y1, x1 = rect
+        crop = (max(0, y0 - CONTEXT), max(0, x0 - CONTEXT), min(shape[0], y1 + CONTEXT), min(shape[1], x1 + CONTEXT))
+        img, lab = read_region(image, plane, crop), read_region(labels, lplane, crop)
+        return plane, img, lab, (y0 - crop[0], x0 - crop[1], y1 - crop[0], x1 - crop[1]), crop[:2]
 
     def export(self, *_: Any) -> None:
-        """Write the current plane of the chosen labels and its image as a training pair."""
+        """Write the current plane (or, for lazy layers, a region) of the labels and its image as a pair."""
         labels, image = self.labels.value, self.image.value
         if labels is None:
             return self.state.error("There is no labels layer; segment an image or add a labels layer first.")
         if image is None:
             return self.state.error("There is no image layer to pair the labels with.")
-        planes = self._planes(labels, image)
+        result = self.state.result(labels)
+        source = result.source() if result else None
+        if source is not None and source is not image:
+            return self.state.error(f"'{labels.name}' was segmented from '{source.name}', not '{image.name}'; "
+                                    f"it can only be exported with '{source.name}'.")
+        planes = self._region(labels, image) if is_lazy(labels) or is_lazy(image) else self._planes(labels, image)
         if isinstance(planes, str):
             return self.state.error(planes)
-        plane, img, lab = planes
-        result = self.state.result(labels)
-        if result is not None and self.writer.unedited(labels):
-            return self.state.error("The labels are unchanged since segmentation; correct them with the brush first.")
-        rect = self._rectangle(lab.shape)
-        if self.region.value is not None and rect is None:
-            return self.state.error(f"Draw a rectangle in '{self.region.value.name}' first, or choose None.")
-        key, fingerprint = (id(labels), plane), digest(img, lab, np.asarray(rect or (), dtype=np.int64))
+        plane, img, lab, rect, origin = planes
+        key, fingerprint = (id(labels), plane), digest(img, lab, np.asarray((*origin, *(rect or ())), dtype=np.int64))
         if self.state.exports.get(key) == fingerprint:
             return self.state.error(f"This plane of '{labels.name}' is already exported, unchanged.")
         folder = Path(self.folder.value)
         try:
-            record = export_pair(folder, img, lab, rect=rect, source=image.name, plane=plane,
+            record = export_pair(folder, img, lab, rect=rect, origin=origin, source=image.name, plane=plane,
                                  model=result.model_name if result else "")
         except (NapariUnetError, OSError) as exc:
             return self.state.error(f"Could not export the pair: {exc}")

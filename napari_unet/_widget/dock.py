@@ -148,6 +148,12 @@ class UNetWidget(QWidget):
             self.models.select(None, quiet=True)
         self.reset_choices()
         warm_labels_layer()
+        self.viewer.window._qt_window.installEventFilter(self)  # napari closing: the dock gets no other notice
+
+    def eventFilter(self, obj: Any, ev: QEvent) -> bool:  # noqa: N802 - Qt API
+        if ev.type() == QEvent.Type.Close and obj is self.viewer.window._qt_window:
+            self.seg.cancel()  # a running segmentation stops (blockwise: its dask cluster too)
+        return False
 
     # -- napari calls this when layers are added, removed, reordered or renamed ------------
     def reset_choices(self, *_: Any) -> None:

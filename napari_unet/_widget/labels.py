@@ -50,12 +50,15 @@ class LabelsWriter:
 
     def unedited(self, layer: Labels) -> bool:
         result = self.state.result(layer)
+        if result is not None and result.probs is None:  # zarr-backed: never read whole
+            return not result.edited
         return result is not None and digest(np.asarray(layer.data)) == result.written
 
     def _own_layer(self, image: Image) -> Labels | None:
         """The unedited labels layer the widget wrote for ``image`` (updated in place on re-runs)."""
         for layer, result in self.state.results():
-            if result.source() is image and self.unedited(layer) and layer in self.state.viewer.layers:
+            if (result.source() is image and result.probs is not None and self.unedited(layer)
+                    and layer in self.state.viewer.layers):
                 return layer
         return None
 
@@ -100,7 +103,10 @@ class LabelsWriter:
         self._generation += 1
         generation, jobs = self._generation, []
         for layer, result in self.state.results():
-            if self.unedited(layer):
+            if result.probs is None:
+                self.state.message.emit(f"'{layer.name}' was segmented block by block; press Segment to apply "
+                                        "new post-processing values to it.")
+            elif self.unedited(layer):
                 jobs.append((layer, result.probs))
             elif layer in self.state.viewer.layers:
                 self.state.message.emit(f"'{layer.name}' has your edits; post-processing was not re-applied to it.")

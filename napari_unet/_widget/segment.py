@@ -15,7 +15,9 @@ from qtpy.QtCore import QObject, Signal
 from ..errors import Cancelled, NapariUnetError
 from ..inference import DEFAULT_OVERLAP, DEFAULT_TILE, predict
 from ..postprocess import PostprocessConfig, labels_from_probabilities
+from .blockwise_run import BlockwiseRun
 from .labels import LabelsWriter, object_counts
+from .regions import wants_blockwise
 from .state import State, digest, ui_threads
 
 DEVICES = ["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else []) + (
@@ -42,6 +44,7 @@ class SegmentSection:
     def __init__(self, state: State) -> None:
         self.state = state
         self.writer = LabelsWriter(state)
+        self.blockwise = BlockwiseRun(self)  # large or lazy (dask/zarr/multiscale) layers
         self.worker = None
         self.target: Image | None = None
         self._cancel = threading.Event()
@@ -132,6 +135,8 @@ class SegmentSection:
         if self.worker is not None:
             return self.state.error("A segmentation is already running.")
         plane = self.writer.current_plane(layer) if layer.ndim > 2 and self.stack.value == "current plane" else None
+        if wants_blockwise(layer, plane):
+            return self.blockwise.start(layer, plane)
         try:
             image = np.asarray(layer.data[plane] if plane is not None else layer.data)
         except Exception as exc:  # noqa: BLE001 - lazy arrays can fail to load
@@ -165,7 +170,7 @@ class SegmentSection:
         self.worker.start()
 
     def _on_progress(self, done: int, total: int) -> None:
-        if self.worker is not None:
+        if self.worker is not None and not self._cancel.is_set():  # after a cancel the widgets may be gone
             self.progress.max, self.progress.value = max(1, total), done
 
     def cancel(self, *_: Any) -> None:
@@ -189,7 +194,10 @@ class SegmentSection:
 
     def _finished(self) -> None:
         self.worker, self.target = None, None
-        self.run_btn.enabled, self.cancel_btn.enabled = True, False
+        try:
+            self.run_btn.enabled, self.cancel_btn.enabled = True, False
+        except RuntimeError:  # napari was closed meanwhile: the buttons are gone
+            pass
 
     def _done(self, image: Image, plane: tuple[int, ...] | None, out: Any, model_name: str) -> None:
         if not any(layer is image for layer in self.state.viewer.layers):

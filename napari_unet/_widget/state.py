@@ -99,10 +99,11 @@ class Result:
     """What the widget remembers about a labels layer it wrote."""
 
     image: weakref.ref  # the Image layer it was segmented from
-    plane: tuple[int, ...] | None  # None: the whole stack
-    probs: np.ndarray
+    plane: tuple[int, ...] | None  # None: the whole stack (zarr-backed: the zarr holds this plane only)
+    probs: np.ndarray | None  # None: segmented block by block into a zarr (no probabilities kept)
     written: str  # digest of the labels as last written (edit detection)
     model_name: str
+    edited: bool = False  # zarr-backed labels: napari reported a brush/fill/erase edit
 
     def source(self) -> Image | None:
         return self.image()
