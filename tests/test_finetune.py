@@ -56,6 +56,7 @@ def test_train_command_streams_json_and_gates(tmp_path, pairs_dir, tiny_ckpt):
     kinds = [e["event"] for e in events]
     assert kinds[0] == "start" and kinds[-1] == "done"
     assert kinds.count("progress") == 3 and "checkpoint" in kinds  # epoch 0 (the base model's score), 1, 2
+    assert [e["epoch"] for e in events if e["event"] == "loss"] == [0.5, 1.5]  # train loss between validations
     start, done = events[0], events[-1]
     assert len(start["pairs_used"]) == 2 and start["device"] == "cpu"
     base_point = next(e for e in events if e["event"] == "progress")

@@ -286,6 +286,8 @@ def test_finetune_streams_into_plot_and_lists_only_usable_versions(qtbot, make_n
     done = w.ft.session.last_done
     assert w.ft.plot.points("val_f1") == 4  # the base model's score at epoch 0, then 3 epochs
     assert w.ft.plot.series["val_f1"][0][0] == 0
+    # the train loss also every half epoch, so a short run draws a curve
+    assert w.ft.plot.series["train_loss"][0] == [0.5, 1.0, 1.5, 2.0, 2.5, 3.0]
     assert f"{done['base_f1']:.3f} → {done['f1']:.3f} on 1 pair(s)" in w.ft.status.value
     assert w.ft.use_btn.enabled == done["improved"]
     versions = list_versions(models_dir_for(tmp_path / "pairs"))
@@ -348,3 +350,21 @@ def test_reopened_dock_remembers_which_image_labels_belong_to(qtbot, make_napari
     _, w2 = _dock(viewer)
     w2.corrections.labels.value = viewer.layers["a labels"]
     assert w2.corrections.image.value is viewer.layers["a"] and not w2.corrections.image.enabled
+
+
+def test_notifications_show_names_literally(qtbot, make_napari_viewer):
+    """napari's pop-up cut off the bottom of its line: "nuclei_u2os" read "nuclei u2os"."""
+    from napari._qt.dialogs.qt_notification import NapariQtNotification
+
+    viewer = make_napari_viewer(show=True)
+    _, w = _dock(viewer)
+
+    def popup(text):
+        w.state.info(text)
+        label = NapariQtNotification._instances[-1].message
+        assert label.text() == text  # handed over verbatim
+        assert label.contentsRect().height() >= label.fontMetrics().height()  # room for the whole line
+        return label.grab().toImage()
+
+    popup("nuclei_u2os_labels")
+    assert popup("________") != popup("        ")  # the underscores are drawn (napari alone: both blank)

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QObject, Signal
 
 from ..atomic import atomic_path
 from ..inference import SegmentationModel
+from .notify import notify
 from .session import session_for
 
 if TYPE_CHECKING:
@@ -129,15 +129,15 @@ class State(QObject):
     # -- messages -------------------------------------------------------------------------
     def info(self, text: str) -> None:
         self.message.emit(text)
-        show_info(text)
+        notify("info", text)
 
     def warn(self, text: str) -> None:
         self.message.emit(text)
-        show_warning(text)
+        notify("warning", text)
 
     def error(self, text: str) -> None:
         self.message.emit(text)
-        show_error(text)
+        notify("error", text)
 
     # -- settings -------------------------------------------------------------------------
     def remember(self, key: str, value: Any) -> None:
