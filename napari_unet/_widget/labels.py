@@ -12,6 +12,7 @@ from napari.qt.threading import create_worker
 from qtpy.QtCore import QTimer
 
 from ..postprocess import PostprocessConfig, labels_from_probabilities
+from ..scale import postprocess_at_scale
 from .state import Result, State, digest
 
 
@@ -60,8 +61,9 @@ class LabelsWriter:
         return None
 
     def write(self, image: Image, plane: tuple[int, ...] | None, labels: np.ndarray, probs: np.ndarray,
-              model_name: str, labels_digest: str | None = None) -> Labels:
-        """``labels_digest``: ``digest(labels)`` if the worker computed it (saves main-thread time)."""
+              model_name: str, labels_digest: str | None = None, scale: float = 1.0) -> Labels:
+        """``labels_digest``: ``digest(labels)`` if the worker computed it (saves main-thread time);
+        ``scale``: the scale the network ran at (re-labelling scales the post-processing sizes)."""
         viewer = self.state.viewer
         layer = self._own_layer(image)
         name = f"{image.name} labels"
@@ -88,7 +90,7 @@ class LabelsWriter:
             new = False
         same = labels_digest is not None and layer.data is labels  # napari kept the array as given
         written = labels_digest if same else digest(np.asarray(layer.data))
-        self.state.set_result(layer, Result(weakref.ref(image), plane, probs, written, model_name))
+        self.state.set_result(layer, Result(weakref.ref(image), plane, probs, written, model_name, scale))
         if new:
             self.state.labels_written.emit(layer)
         self._generation += 1  # a re-labelling still running was computed from older probabilities
@@ -101,14 +103,14 @@ class LabelsWriter:
         generation, jobs = self._generation, []
         for layer, result in self.state.results():
             if self.unedited(layer):
-                jobs.append((layer, result.probs))
+                jobs.append((layer, result.probs, postprocess_at_scale(config, result.scale)))
             elif layer in self.state.viewer.layers:
                 self.state.message.emit(f"'{layer.name}' has your edits; post-processing was not re-applied to it.")
         if not jobs:
             return
 
         def work() -> list[tuple[Labels, np.ndarray]]:
-            return [(layer, self.compact(labels_from_probabilities(p, config))) for layer, p in jobs]
+            return [(layer, self.compact(labels_from_probabilities(p, post))) for layer, p, post in jobs]
 
         self.pending += 1
         worker = create_worker(work, _ignore_errors=True)

@@ -103,6 +103,7 @@ class Result:
     probs: np.ndarray
     written: str  # digest of the labels as last written (edit detection)
     model_name: str
+    scale: float = 1.0  # the scale the network ran at (post-processing sizes follow it)
 
     def source(self) -> Image | None:
         return self.image()
