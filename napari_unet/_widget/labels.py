@@ -53,6 +53,30 @@ class LabelsWriter:
         result = self.state.result(layer)
         return result is not None and digest(np.asarray(layer.data)) == result.written
 
+    def prepare(self, image: Image) -> Labels | None:
+        """At the click, add the empty layer a first result for ``image`` will go to.
+
+        napari builds a new layer's visuals, overlays and controls in one main-thread step that
+        does not depend on the data (0.2–0.4 s on a 2-core machine with software OpenGL); done
+        here, the result's arrival only replaces the data of an existing layer. Returns the new
+        layer, or None when ``image`` already has one (or its name is taken by a user's layer)."""
+        viewer = self.state.viewer
+        if self._own_layer(image) is not None or f"{image.name} labels" in viewer.layers:
+            return None
+        data = np.zeros(image.data.shape[: image.ndim], np.uint16)
+        layer = viewer.add_labels(data, name=f"{image.name} labels", scale=image.scale[-data.ndim:],
+                                  translate=image.translate[-data.ndim:], visible=False)
+        QTimer.singleShot(0, lambda: setattr(layer, "visible", True))  # the first draw on a later turn
+        self.state.set_result(layer, Result(weakref.ref(image), None, None, digest(data), ""))
+        return layer
+
+    def discard(self, layer: Labels | None) -> None:
+        """Remove a layer from :meth:`prepare` that got no result (cancelled, failed, image removed),
+        unless the user painted on it meanwhile."""
+        result = self.state.result(layer)
+        if result is not None and result.probs is None and layer in self.state.viewer.layers and self.unedited(layer):
+            self.state.viewer.layers.remove(layer)
+
     def _own_layer(self, image: Image) -> Labels | None:
         """The unedited labels layer the widget wrote for ``image`` (updated in place on re-runs)."""
         for layer, result in self.state.results():
@@ -86,8 +110,8 @@ class LabelsWriter:
             QTimer.singleShot(0, lambda: setattr(layer, "visible", True))
             new = True
         else:
+            new = self.state.result(layer).probs is None  # the empty layer from prepare(): its first result
             layer.data = data
-            new = False
         same = labels_digest is not None and layer.data is labels  # napari kept the array as given
         written = labels_digest if same else digest(np.asarray(layer.data))
         self.state.set_result(layer, Result(weakref.ref(image), plane, probs, written, model_name, scale))
@@ -102,6 +126,8 @@ class LabelsWriter:
         self._generation += 1
         generation, jobs = self._generation, []
         for layer, result in self.state.results():
+            if result.probs is None:
+                continue  # an empty layer still waiting for its first result
             if self.unedited(layer):
                 jobs.append((layer, result.probs, postprocess_at_scale(config, result.scale)))
             elif layer in self.state.viewer.layers:

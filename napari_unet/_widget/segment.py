@@ -56,6 +56,7 @@ class SegmentSection:
         self.writer = LabelsWriter(state)
         self.worker = None
         self.target: Image | None = None
+        self.placeholder = None  # the empty labels layer added at the click (``LabelsWriter.prepare``)
         self._cancel = threading.Event()
         self.image = create_widget(annotation=Image, label="image", options={
             "tooltip": "The image to segment. The result goes to a labels layer named '<image> labels'."})
@@ -177,6 +178,7 @@ class SegmentSection:
             return probs, labels, object_counts(labels), digest(labels), used[0]  # all off the main thread
 
         self.target = layer
+        self.placeholder = self.writer.prepare(layer)  # napari's layer build now, not when the result arrives
         self.run_btn.enabled, self.cancel_btn.enabled = False, True
         self.progress.max, self.progress.value = 1, 0
         self.summary.value = ""
@@ -211,7 +213,8 @@ class SegmentSection:
             self.state.error(f"Segmentation failed ({type(exc).__name__}: {exc}).")
 
     def _finished(self) -> None:
-        self.worker, self.target = None, None
+        self.writer.discard(self.placeholder)  # no result went into it
+        self.worker, self.target, self.placeholder = None, None, None
         self.run_btn.enabled, self.cancel_btn.enabled = True, False
 
     def _done(self, image: Image, plane: tuple[int, ...] | None, out: Any, model_name: str) -> None:

@@ -100,7 +100,7 @@ class Result:
 
     image: weakref.ref  # the Image layer it was segmented from
     plane: tuple[int, ...] | None  # None: the whole stack
-    probs: np.ndarray
+    probs: np.ndarray | None  # None: a layer added empty at the click, no result yet
     written: str  # digest of the labels as last written (edit detection)
     model_name: str
     scale: float = 1.0  # the scale the network ran at (post-processing sizes follow it)
