@@ -149,7 +149,8 @@ def test_cancel_stops_quickly_and_removing_the_image_leaves_no_layer(qtbot, widg
     w.viewer.layers["misc"].data = np.tile(misc, (4, 4))  # 2048², many tiles
     w.seg.tile.value, w.seg.overlap.value = 128, 32
     w.seg.run_btn.native.click()
-    assert not w.viewer.layers["misc labels"].data.any()  # added empty at the click, filled when done
+    qtbot.waitUntil(lambda: "misc labels" in w.viewer.layers, timeout=5_000)  # added at once, empty
+    assert not w.viewer.layers["misc labels"].data.any()
     qtbot.waitUntil(lambda: w.seg.progress.value >= 1, timeout=30_000)
     t0 = time.monotonic()
     w.seg.cancel_btn.native.click()

@@ -20,7 +20,7 @@ from magicgui.widgets import (
 )
 from napari.layers import Image
 from napari.qt.threading import create_worker
-from qtpy.QtCore import QObject, Signal
+from qtpy.QtCore import QObject, QTimer, Signal
 
 from ..errors import Cancelled, NapariUnetError
 from ..inference import DEFAULT_OVERLAP, DEFAULT_TILE, predict
@@ -178,7 +178,6 @@ class SegmentSection:
             return probs, labels, object_counts(labels), digest(labels), used[0]  # all off the main thread
 
         self.target = layer
-        self.placeholder = self.writer.prepare(layer)  # napari's layer build now, not when the result arrives
         self.run_btn.enabled, self.cancel_btn.enabled = False, True
         self.progress.max, self.progress.value = 1, 0
         self.summary.value = ""
@@ -188,6 +187,14 @@ class SegmentSection:
         self.worker.errored.connect(self._failed)
         self.worker.finished.connect(self._finished)
         self.worker.start()
+        QTimer.singleShot(0, lambda: self._prepare(layer))  # after this turn's repaints, a turn of its own
+
+    def _prepare(self, image: Image) -> None:
+        """Add the result's labels layer now (napari's long, data-independent build), not when the
+        result arrives; only while the run that asked for it is still going."""
+        running = self.worker is not None and self.target is image and self.placeholder is None
+        if running and image in self.state.viewer.layers:
+            self.placeholder = self.writer.prepare(image)
 
     def _on_progress(self, done: int, total: int) -> None:
         if self.worker is not None:
@@ -233,7 +240,8 @@ class SegmentSection:
         how = "chosen automatically" if self.auto_scale.value else "as set"
         used = f"scale {scale:.2f} ({how}), min size {postprocess_at_scale(self.postprocess(), scale).min_size} px"
         self.summary.value = f"{image.name}: {text}; {used}"
-        self.state.info(f"Segmented {image.name}: {text} in layer '{layer.name}'; {used}.")
+        message = f"Segmented {image.name}: {text} in layer '{layer.name}'; {used}."
+        QTimer.singleShot(0, lambda: self.state.info(message))  # the pop-up on a later turn than the new data
 
     def show_scale(self, scale: float) -> None:
         """Show the scale automatic mode chose in the (greyed) number box, as a start for setting it by hand."""
