@@ -229,4 +229,5 @@ def test_train_command_prints_the_base_score_first(tmp_path, pairs_dir, tiny_ckp
     )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[0].startswith("epoch 0: train loss nan") and lines[1].startswith("epoch 1: train loss ")
+    assert lines[0].startswith("epoch 0: train loss nan") and lines[1].startswith("epoch 0.5: train loss ")
+    assert lines[2].startswith("epoch 1: train loss ")  # the half-epoch line has the train loss only
