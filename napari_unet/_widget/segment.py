@@ -225,7 +225,7 @@ class SegmentSection:
         if not any(layer is image for layer in self.state.viewer.layers):
             return self.state.warn(f"The image '{image.name}' was removed, so its segmentation was dropped.")
         if out is None:
-            return self.state.info("Segmentation cancelled; nothing was changed.")
+            return self._say("Segmentation cancelled; nothing was changed.")
         probs, labels, counts, labels_digest, scale = out
         layer = self.writer.write(image, plane, labels, probs, model_name, labels_digest if plane is None else None,
                                   scale=scale)
@@ -237,9 +237,12 @@ class SegmentSection:
         how = "chosen automatically" if self.auto_scale.value else "as set"
         used = f"scale {scale:.2f} ({how}), min size {postprocess_at_scale(self.postprocess(), scale).min_size} px"
         self.summary.value = f"{image.name}: {text}; {used}"
-        message = f"Segmented {image.name}: {text} in layer '{layer.name}'; {used}."
+        self._say(f"Segmented {image.name}: {text} in layer '{layer.name}'; {used}.")
+
+    def _say(self, message: str) -> None:
+        """The status line now, the pop-up on a later turn (not in the turn that ends the run)."""
         self.state.message.emit(message)
-        QTimer.singleShot(0, lambda: notify("info", message))  # the pop-up on a later turn than the new data
+        QTimer.singleShot(0, lambda: notify("info", message))
 
     def show_scale(self, scale: float) -> None:
         """Show the scale automatic mode chose in the (greyed) number box, as a start for setting it by hand."""
