@@ -149,7 +149,8 @@ def test_cancel_stops_quickly_and_removing_the_image_leaves_no_layer(qtbot, widg
     w.viewer.layers["misc"].data = np.tile(misc, (4, 4))  # 2048², many tiles
     w.seg.tile.value, w.seg.overlap.value = 128, 32
     w.seg.run_btn.native.click()
-    assert not w.viewer.layers["misc labels"].data.any()  # added at the click, empty
+    qtbot.waitUntil(lambda: "misc labels" in w.viewer.layers, timeout=5_000)  # added right after the click
+    assert not w.viewer.layers["misc labels"].data.any()
     qtbot.waitUntil(lambda: w.seg.progress.value >= 1, timeout=30_000)
     t0 = time.monotonic()
     w.seg.cancel_btn.native.click()
@@ -266,7 +267,8 @@ def test_rgb_image_needs_and_accepts_a_channel(qtbot, make_napari_viewer, misc):
     viewer.add_image(np.stack([misc, misc // 2, misc // 3], -1), name="rgb", rgb=True)
     _, w = _dock(viewer)
     _segment(qtbot, w)
-    assert "choose a channel" in w.status.text() and "rgb labels" not in viewer.layers
+    qtbot.waitUntil(lambda: "rgb labels" not in viewer.layers, timeout=5_000)  # the empty layer is removed
+    assert "choose a channel" in w.status.text()
     w.seg.channel.value = 0
     _segment(qtbot, w)
     assert viewer.layers["rgb labels"].data.shape == (512, 512)

@@ -188,9 +188,15 @@ class SegmentSection:
         self.worker.errored.connect(self._failed)
         self.worker.finished.connect(self._finished)
         # napari's build of a new labels layer (~0.35 s of main-thread CPU on 2 cores with software
-        # OpenGL, whatever the data) happens now, at the click, not when the result arrives; the
-        # worker starts after it and the repaint it causes, so the two do not compete for the CPU
-        self.placeholder = self.writer.prepare(layer)
+        # OpenGL, whatever the data) happens right after the click, on a turn of its own, not when
+        # the result arrives; the worker starts after it and the repaint it causes (no CPU contest)
+        QTimer.singleShot(0, lambda: self._begin(layer))
+
+    def _begin(self, image: Image) -> None:
+        if self.worker is None or self.target is not image:
+            return
+        if image in self.state.viewer.layers:
+            self.placeholder = self.writer.prepare(image)
         QTimer.singleShot(0, self.worker.start)
 
     def _on_progress(self, done: int, total: int) -> None:
