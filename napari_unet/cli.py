@@ -298,6 +298,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         elif event["event"] == "progress":
             print(f"epoch {event['epoch']}: train loss {event['train_loss']:.4f}, val loss "
                   f"{event['val_loss']:.4f}, val F1 {event['val_f1']:.3f}, {event['elapsed']:.0f} s", flush=True)
+        elif event["event"] == "loss":
+            print(f"epoch {event['epoch']}: train loss {event['train_loss']:.4f}, {event['elapsed']:.0f} s", flush=True)
         elif event["event"] == "done":
             verdict = "better than" if event["improved"] else "NOT better than"
             print(f"done: validation F1 {event['f1']:.3f} vs base {event['base_f1']:.3f} ({verdict} the base); "

@@ -128,7 +128,7 @@ def run_finetune(
     config = TrainConfig(
         epochs=options.epochs, steps_per_epoch=options.steps_per_epoch, time_limit=options.time_limit,
         batch_size=options.batch_size, crop_size=crop, lr=options.lr, freeze_batchnorm=True,
-        seed=options.seed,
+        seed=options.seed, loss_points=max(2, options.steps_per_epoch // 2),  # a loss point every 2 steps
     )
     emit({
         "event": "start", "pairs_used": [p.name for p in pairs],
@@ -173,7 +173,8 @@ def run_finetune(
 
     def on_event(event: dict[str, Any]) -> None:
         emit(event)
-        save(latest, net, event, "latest")
+        if event["event"] == "progress":  # after validation (``loss`` events come between)
+            save(latest, net, event, "latest")
 
     def on_best(model: UNet, metrics: dict[str, Any]) -> None:
         save(out, model, metrics, "best")

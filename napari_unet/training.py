@@ -66,6 +66,7 @@ class TrainConfig:
     freeze_batchnorm: bool = False  # keep BN statistics fixed (fine-tuning on few images)
     val_tile: int = 512
     val_overlap: int = 128
+    loss_points: int = 2  # ``loss`` events per epoch (the running train loss between validations)
     seed: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
@@ -223,7 +224,9 @@ def train(
 ) -> TrainResult:
     """Train ``net`` in place; returns the best weights by validation F1 (then loss).
 
-    ``on_event`` receives ``progress`` dicts; ``on_best(net_with_best_weights, metrics)`` is
+    ``on_event`` receives a ``progress`` dict after each epoch's validation and, between them,
+    ``loss`` dicts (``epoch`` fractional, e.g. 0.5: the mean train loss since the epoch began,
+    ``config.loss_points`` per epoch); ``on_best(net_with_best_weights, metrics)`` is
     called whenever validation improves (and once before training if ``save_initial``);
     ``should_stop()`` ends training after the current step.
     """
@@ -249,10 +252,11 @@ def train(
         on_best(net, {"epoch": 0, "step": 0, "val_f1": best_f1, "val_loss": val_loss})
     history: list[dict[str, Any]] = []
     step, stopped = 0, False
+    every = max(1, config.steps_per_epoch // max(1, config.loss_points))
     for epoch in range(1, config.epochs + 1):
         _set_train_mode(net, config.freeze_batchnorm)
-        losses = []
-        for _ in range(config.steps_per_epoch):
+        losses: list[float] = []
+        for i in range(config.steps_per_epoch):
             elapsed = time.monotonic() - start
             frac = step / total_steps
             if config.time_limit:
@@ -278,6 +282,8 @@ def train(
             opt.step()
             losses.append(loss.item())
             step += 1
+            if config.loss_points > 1 and (i + 1) % every == 0 and i + 1 < config.steps_per_epoch:
+                emit(_loss_event(step / config.steps_per_epoch, step, losses, start, config))
         if not losses:
             break
         net.eval()
@@ -290,7 +296,8 @@ def train(
         if config.time_limit:
             eta = min(eta, max(0.0, config.time_limit - elapsed))
         record = {
-            "epoch": epoch, "step": step, "train_loss": float(np.mean(losses)), "val_loss": val_loss,
+            "epoch": epoch, "epochs_done": round(step / config.steps_per_epoch, 3),  # < epoch if stopped early
+            "step": step, "train_loss": float(np.mean(losses)), "val_loss": val_loss,
             "val_f1": val_f1, "elapsed": round(elapsed, 2), "eta": round(eta, 2),
         }
         history.append(record)
@@ -307,6 +314,16 @@ def train(
     net.eval()
     return TrainResult(best_state, best_f1, best_epoch, initial_f1, history, stopped,
                        time.monotonic() - start)
+
+
+def _loss_event(epoch: float, step: int, losses: list[float], start: float, config: TrainConfig) -> dict[str, Any]:
+    """A ``loss`` event between validations: the mean train loss of the epoch so far."""
+    elapsed = time.monotonic() - start
+    eta = elapsed / epoch * (config.epochs - epoch)
+    if config.time_limit:
+        eta = min(eta, max(0.0, config.time_limit - elapsed))
+    return {"event": "loss", "epoch": round(epoch, 3), "step": step, "train_loss": float(np.mean(losses)),
+            "elapsed": round(elapsed, 2), "eta": round(eta, 2)}
 
 
 def _batch(

@@ -102,7 +102,7 @@ def main() -> None:
 
     def on_event(event: dict) -> None:
         print(json.dumps(event), flush=True)
-        if args.latest:
+        if args.latest and event["event"] == "progress":
             save_checkpoint(args.latest, net, info(event), dtype=torch.float16)
 
     result = train(net, train_s, val_s, config, on_event=on_event,

@@ -56,6 +56,7 @@ def test_train_command_streams_json_and_gates(tmp_path, pairs_dir, tiny_ckpt):
     kinds = [e["event"] for e in events]
     assert kinds[0] == "start" and kinds[-1] == "done"
     assert kinds.count("progress") == 3 and "checkpoint" in kinds  # epoch 0 (the base model's score), 1, 2
+    assert [e["epoch"] for e in events if e["event"] == "loss"] == [0.5, 1.5]  # train loss between validations
     start, done = events[0], events[-1]
     assert len(start["pairs_used"]) == 2 and start["device"] == "cpu"
     base_point = next(e for e in events if e["event"] == "progress")
@@ -228,4 +229,5 @@ def test_train_command_prints_the_base_score_first(tmp_path, pairs_dir, tiny_ckp
     )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[0].startswith("epoch 0: train loss nan") and lines[1].startswith("epoch 1: train loss ")
+    assert lines[0].startswith("epoch 0: train loss nan") and lines[1].startswith("epoch 0.5: train loss ")
+    assert lines[2].startswith("epoch 1: train loss ")  # the half-epoch line has the train loss only

@@ -1,5 +1,7 @@
 """The training loop on a small real crop: targets, augmentation, loss going down, F1 going up."""
 
+import json
+
 import numpy as np
 import torch
 
@@ -48,9 +50,16 @@ def test_training_reduces_loss_and_improves_f1(misc, misc_labels):
                          val_tile=256, augment=AugmentConfig(scale_min=0.8, scale_max=1.25))
     events = []
     result = train(net, train_s, val_s, config, on_event=events.append)
+    # between validations, the running train loss at each half epoch (a short run still draws a curve)
+    assert [(e["event"], e["epoch"]) for e in events[:3]] == [("loss", 0.5), ("progress", 1), ("loss", 1.5)]
+    halves = [e for e in events if e["event"] == "loss"]
+    assert [e["epoch"] for e in halves] == [0.5, 1.5, 2.5, 3.5, 4.5, 5.5] and halves[0]["step"] == 5
+    assert json.loads(json.dumps(halves[-1], allow_nan=False)) == halves[-1]  # strict JSON
+    events = [e for e in events if e["event"] == "progress"]
     losses = [e["val_loss"] for e in events]
     assert len(events) == 6
     assert events[-1]["train_loss"] < events[0]["train_loss"]
+    assert halves[-1]["train_loss"] < halves[0]["train_loss"]
     assert min(losses) < losses[0]
     assert result.best_f1 > result.initial_f1 + 0.2
 

@@ -19,6 +19,7 @@ from napari_unet._widget import UNetWidget
 from napari_unet.checkpoint import ModelInfo, save_checkpoint
 from napari_unet.pairs import read_pairs
 from napari_unet.runner import FineTuneBusy, FineTuneRequest, FineTuneRunner
+from napari_unet.scale import choose_scale, postprocess_at_scale
 from napari_unet.versions import list_versions, models_dir_for
 
 from .conftest import make_tiny_model
@@ -85,10 +86,14 @@ def test_fits_a_laptop_and_explains_every_control(make_napari_viewer):
 
 def test_segment_matches_engine_and_relabels_without_network(qtbot, widget, misc, default_model):
     w = widget
+    assert w.seg.auto_scale.value and not w.seg.scale.enabled  # automatic scale by default, as in segment()
     _segment(qtbot, w)
     layer = w.viewer.layers["misc labels"]
-    expected = segment(misc, default_model, postprocess=w.seg.postprocess(), device="cpu", scale=w.seg.scale.value)
+    chosen = choose_scale(default_model, misc, device="cpu").scale
+    expected = segment(misc, default_model, postprocess=postprocess_at_scale(w.seg.postprocess(), chosen),
+                       device="cpu", scale=chosen)
     np.testing.assert_array_equal(layer.data, expected)
+    assert f"scale {chosen:.2f} (chosen automatically)" in w.seg.summary.value
     assert w.seg.progress.value == w.seg.progress.max
     assert w.corrections.labels.value is layer and w.corrections.image.value is w.viewer.layers["misc"]
     assert w.corrections.what.value == "Export 'misc labels' with 'misc'"
@@ -100,6 +105,29 @@ def test_segment_matches_engine_and_relabels_without_network(qtbot, widget, misc
     np.testing.assert_array_equal(layer.data, before)
     _segment(qtbot, w)  # unedited layer: updated in place, not stacked
     assert [la.name for la in w.viewer.layers] == ["misc", "misc labels"]
+
+
+def test_auto_scale_on_small_nuclei_and_a_scale_set_by_hand(qtbot, make_napari_viewer, u2os, default_model):
+    """The U2OS sample shrunk 0.4×: automatic scale enlarges it back (and scales min size down);
+    a scale set by hand is used as given."""
+    from skimage.transform import rescale
+
+    small = rescale(u2os.astype(np.float32), 0.4, anti_aliasing=True, preserve_range=True).astype(np.uint16)
+    viewer = make_napari_viewer()
+    viewer.add_image(small, name="small")
+    _, w = _dock(viewer)
+    _segment(qtbot, w)
+    auto = w.seg.writer.state.result(viewer.layers["small labels"]).scale
+    assert 2.0 <= auto <= 3.0 and w.seg.scale.value == round(auto, 2)  # shown in the (greyed) box
+    min_size = postprocess_at_scale(w.seg.postprocess(), auto).min_size
+    assert min_size < w.seg.min_size.value and f"min size {min_size} px" in w.seg.summary.value
+    assert f"scale {auto:.2f} (chosen automatically)" in w.status.text()
+    w.seg.auto_scale.value = False
+    w.seg.scale.value = 1.0
+    assert w.seg.scale.enabled
+    _segment(qtbot, w)
+    assert "scale 1.00 (as set)" in w.seg.summary.value
+    assert w.seg.writer.state.result(viewer.layers["small labels"]).scale == 1.0
 
 
 def test_edited_layer_is_never_overwritten(qtbot, widget):
@@ -121,18 +149,21 @@ def test_cancel_stops_quickly_and_removing_the_image_leaves_no_layer(qtbot, widg
     w.viewer.layers["misc"].data = np.tile(misc, (4, 4))  # 2048², many tiles
     w.seg.tile.value, w.seg.overlap.value = 128, 32
     w.seg.run_btn.native.click()
+    qtbot.waitUntil(lambda: "misc labels" in w.viewer.layers, timeout=5_000)  # added right after the click
+    assert not w.viewer.layers["misc labels"].data.any()
     qtbot.waitUntil(lambda: w.seg.progress.value >= 1, timeout=30_000)
     t0 = time.monotonic()
     w.seg.cancel_btn.native.click()
     qtbot.waitUntil(lambda: w.seg.worker is None, timeout=5_000)
     assert time.monotonic() - t0 < 1.0
-    assert "misc labels" not in w.viewer.layers and "cancelled" in w.status.text()
+    qtbot.waitUntil(lambda: "misc labels" not in w.viewer.layers, timeout=5_000)  # the empty layer goes too
+    assert "cancelled" in w.status.text()
     w.seg.run_btn.native.click()
     assert w.seg.progress.value == 0  # progress starts afresh
     qtbot.waitUntil(lambda: w.seg.progress.value >= 1, timeout=30_000)
     w.viewer.layers.remove("misc")
-    qtbot.waitUntil(lambda: w.seg.worker is None, timeout=5_000)
-    assert len(w.viewer.layers) == 0 and "removed" in w.status.text()
+    qtbot.waitUntil(lambda: w.seg.worker is None and len(w.viewer.layers) == 0, timeout=5_000)
+    assert "removed" in w.status.text()
 
 
 def test_stack_current_plane_and_per_plane_counts(qtbot, make_napari_viewer, misc):
@@ -199,12 +230,15 @@ def test_settings_and_pairs_folder_are_remembered(make_napari_viewer, tmp_path, 
     viewer = make_napari_viewer()
     _, w = _dock(viewer, tmp_path)
     w.seg.tile.value, w.ft.epochs.value = 256, 7
+    w.seg.auto_scale.value, w.seg.scale.value = False, 1.5
     viewer.window.remove_dock_widget("all")
     _, w2 = _dock(make_napari_viewer())
     assert Path(w2.corrections.folder.value) == tmp_path / "pairs"
     assert (w2.seg.tile.value, w2.ft.epochs.value) == (256, 7)
+    assert (w2.seg.auto_scale.value, w2.seg.scale.value, w2.seg.scale.enabled) == (False, 1.5, True)
     w2.restore_btn.native.click()
     assert (w2.seg.tile.value, w2.ft.epochs.value) == (512, 30)
+    assert (w2.seg.auto_scale.value, w2.seg.scale.enabled) == (True, False)
     assert (tmp_path / "config" / "settings.json").is_file()
 
 
@@ -233,7 +267,8 @@ def test_rgb_image_needs_and_accepts_a_channel(qtbot, make_napari_viewer, misc):
     viewer.add_image(np.stack([misc, misc // 2, misc // 3], -1), name="rgb", rgb=True)
     _, w = _dock(viewer)
     _segment(qtbot, w)
-    assert "choose a channel" in w.status.text() and "rgb labels" not in viewer.layers
+    qtbot.waitUntil(lambda: "rgb labels" not in viewer.layers, timeout=5_000)  # the empty layer is removed
+    assert "choose a channel" in w.status.text()
     w.seg.channel.value = 0
     _segment(qtbot, w)
     assert viewer.layers["rgb labels"].data.shape == (512, 512)
@@ -286,6 +321,8 @@ def test_finetune_streams_into_plot_and_lists_only_usable_versions(qtbot, make_n
     done = w.ft.session.last_done
     assert w.ft.plot.points("val_f1") == 4  # the base model's score at epoch 0, then 3 epochs
     assert w.ft.plot.series["val_f1"][0][0] == 0
+    # the train loss also every half epoch, so a short run draws a curve
+    assert w.ft.plot.series["train_loss"][0] == [0.5, 1.0, 1.5, 2.0, 2.5, 3.0]
     assert f"{done['base_f1']:.3f} → {done['f1']:.3f} on 1 pair(s)" in w.ft.status.value
     assert w.ft.use_btn.enabled == done["improved"]
     versions = list_versions(models_dir_for(tmp_path / "pairs"))
@@ -348,3 +385,21 @@ def test_reopened_dock_remembers_which_image_labels_belong_to(qtbot, make_napari
     _, w2 = _dock(viewer)
     w2.corrections.labels.value = viewer.layers["a labels"]
     assert w2.corrections.image.value is viewer.layers["a"] and not w2.corrections.image.enabled
+
+
+def test_notifications_show_names_literally(qtbot, make_napari_viewer):
+    """napari's pop-up cut off the bottom of its line: "nuclei_u2os" read "nuclei u2os"."""
+    from napari._qt.dialogs.qt_notification import NapariQtNotification
+
+    viewer = make_napari_viewer(show=True)
+    _, w = _dock(viewer)
+
+    def popup(text):
+        w.state.info(text)
+        label = NapariQtNotification._instances[-1].message
+        assert label.text() == text  # handed over verbatim
+        assert label.contentsRect().height() >= label.fontMetrics().height()  # room for the whole line
+        return label.grab().toImage()
+
+    popup("nuclei_u2os_labels")
+    assert popup("________") != popup("        ")  # the underscores are drawn (napari alone: both blank)

@@ -176,7 +176,7 @@ def test_current_plane_of_a_lazy_stack_reads_only_what_it_needs(qtbot, make_napa
 
     labels = viewer.layers["stack labels"]
     assert labels.data.shape == (1, 512, 512) and tuple(labels.translate) == (1, 0, 0)
-    options = BlockwiseOptions(block=256, tile=w.seg.tile.value, overlap=w.seg.overlap.value,
+    options = BlockwiseOptions(block=256, tile=w.seg.tile.value, overlap=w.seg.overlap.value, scale="auto",
                                batch_size=w.seg.batch.value, device="cpu", postprocess=w.seg.postprocess())
     direct = segment_blockwise(planes[1], tmp_path / "direct.zarr", w.state.model, options=options, workers=1)
     np.testing.assert_array_equal(labels.data[0], read_labels(direct.out))

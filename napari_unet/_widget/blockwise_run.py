@@ -82,9 +82,9 @@ class BlockwiseRun:
             source, out = blockwise_source(layer, plane), output_path(layer, plane)
         except OSError as exc:
             return state.error(f"Could not create the labels folder: {os_error_sentence(exc)}")
-        scale = s.scale.value if isinstance(s.scale.value, (int, float)) else 1.0  # one scale for every block
+        scale = "auto" if s.auto_scale.value else float(s.scale.value)  # one scale for every block
         options = BlockwiseOptions(block=self.block, tile=s.tile.value, overlap=s.overlap.value,
-                                   batch_size=s.batch.value, device=s.device.value, scale=float(scale),
+                                   batch_size=s.batch.value, device=s.device.value, scale=scale,
                                    postprocess=s.postprocess(), threads=ui_threads())
         channel_axis, channel = (-1 if layer.rgb else None), s.channel.value
         s._cancel = cancel = threading.Event()
@@ -131,7 +131,8 @@ class BlockwiseRun:
         layer = viewer.add_labels(data, name=name, scale=scale, translate=translate, visible=False)
         QTimer.singleShot(0, lambda: setattr(layer, "visible", True))
         layer.metadata["napari_unet_zarr"] = str(result.out)
-        state.set_result(layer, Result(weakref.ref(image), plane or None, None, "", model_name))
+        state.set_result(layer, Result(weakref.ref(image), plane or None, None, "", model_name,
+                                          scale=result.scale.scale, lazy=True))
         ref = weakref.ref(layer)
 
         def edited(*_: Any) -> None:
@@ -143,5 +144,7 @@ class BlockwiseRun:
         counts = result.objects
         text = (f"~{round(float(np.mean(counts)))} objects per plane, {len(counts)} planes" if len(counts) > 1
                 else f"{counts[0]} objects")
+        text += f"; scale {result.scale.scale:.2f}" + (" (chosen automatically)" if result.scale.how != "given" else "")
+        self.section.show_scale(result.scale.scale)
         self.section.summary.value = f"{image.name}: {text}"
         state.info(f"Segmented {image.name} block by block: {text} in layer '{name}', saved in {result.out}.")

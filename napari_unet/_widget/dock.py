@@ -138,7 +138,7 @@ class UNetWidget(QWidget):
         state.message.connect(self.status.setText)
 
         self._load_settings()
-        for w in (*[getattr(self.seg, k) for k in ("tile", "overlap", "batch", "device", "scale")],
+        for w in (*[getattr(self.seg, k) for k in ("tile", "overlap", "batch", "device", "auto_scale", "scale")],
                   self.ft.time_budget, self.ft.epochs):
             w.changed.connect(self._save_settings)
         state.model_changed.connect(self.warm)

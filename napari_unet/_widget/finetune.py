@@ -119,11 +119,15 @@ class FinetuneSection:
             note = f", {len(skipped)} skipped" if skipped else ""
             self.status.value = (f"Training on {len(event['pairs_used'])} pair(s){note} on {event['device']}; "
                                  "scoring the current model first…")
+        elif kind == "loss":  # between validations (each half epoch): the train-loss curve moves on
+            self.plot.add(event)
+            self.status.value = (f"epoch {event['epoch']:g}: train loss {event['train_loss']:.3f}, "
+                                 f"{event['elapsed']:.0f} s, about {event.get('eta') or 0:.0f} s left")
         elif kind == "progress":
             self.plot.add(event)
             if event["epoch"] > 0:
                 self.status.value = (f"epoch {event['epoch']}: validation F1 {event['val_f1']:.3f}, "
-                                     f"{event['elapsed']:.0f} s, about {event.get('eta', 0):.0f} s left")
+                                     f"{event['elapsed']:.0f} s, about {event.get('eta') or 0:.0f} s left")
         elif kind == "done":
             self._done(event)
         elif kind == "error":

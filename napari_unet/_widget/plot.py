@@ -72,11 +72,14 @@ class TrainingPlot(QWidget):
             curve.setData([], [])
 
     def add(self, event: dict) -> None:
-        """One ``progress`` event: a point on each curve it has a finite value for."""
+        """One ``progress`` or ``loss`` event (fractional epoch, train loss only): a point on each
+        curve it has a finite value for, at the epochs trained so far (a run stopped by its time
+        limit ends part-way through its last epoch)."""
+        x = float(event.get("epochs_done", event["epoch"]))
         for key, (xs, ys) in self.series.items():
             value = event.get(key)
             if isinstance(value, (int, float)) and math.isfinite(value):
-                xs.append(float(event["epoch"]))
+                xs.append(x)
                 ys.append(float(value))
                 self.curves[key].setData(xs, ys)
 

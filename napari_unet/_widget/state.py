@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QObject, Signal
 
 from ..atomic import atomic_path
 from ..inference import SegmentationModel
+from .notify import notify
 from .session import session_for
 
 if TYPE_CHECKING:
@@ -99,11 +99,18 @@ class Result:
     """What the widget remembers about a labels layer it wrote."""
 
     image: weakref.ref  # the Image layer it was segmented from
-    plane: tuple[int, ...] | None  # None: the whole stack (zarr-backed: the zarr holds this plane only)
-    probs: np.ndarray | None  # None: segmented block by block into a zarr (no probabilities kept)
+    plane: tuple[int, ...] | None  # None: the whole stack (lazy: the zarr holds this plane only)
+    probs: np.ndarray | None  # None: lazy, or a layer added empty at the click with no result yet
     written: str  # digest of the labels as last written (edit detection)
     model_name: str
-    edited: bool = False  # zarr-backed labels: napari reported a brush/fill/erase edit
+    scale: float = 1.0  # the scale the network ran at (post-processing sizes follow it)
+    lazy: bool = False  # segmented block by block into a zarr that backs the layer (no probabilities kept)
+    edited: bool = False  # lazy labels: napari reported a brush/fill/erase edit
+
+    @property
+    def pending(self) -> bool:
+        """A layer added empty at the click, still waiting for its first result."""
+        return self.probs is None and not self.lazy
 
     def source(self) -> Image | None:
         return self.image()
@@ -130,15 +137,15 @@ class State(QObject):
     # -- messages -------------------------------------------------------------------------
     def info(self, text: str) -> None:
         self.message.emit(text)
-        show_info(text)
+        notify("info", text)
 
     def warn(self, text: str) -> None:
         self.message.emit(text)
-        show_warning(text)
+        notify("warning", text)
 
     def error(self, text: str) -> None:
         self.message.emit(text)
-        show_error(text)
+        notify("error", text)
 
     # -- settings -------------------------------------------------------------------------
     def remember(self, key: str, value: Any) -> None:
