@@ -31,10 +31,9 @@ from make_crowded_proxy import build_proxy  # noqa: E402
 from mnfinder_data import load_split  # noqa: E402
 from tune_postprocess import tune  # noqa: E402
 
-from napari_unet import load_model, predict  # noqa: E402
+from napari_unet import load_model, predict, segment  # noqa: E402
 from napari_unet.metrics import instance_scores  # noqa: E402
-from napari_unet.postprocess import labels_from_probabilities, median_object_area  # noqa: E402
-from napari_unet.scale import postprocess_at_scale  # noqa: E402
+from napari_unet.postprocess import median_object_area  # noqa: E402
 
 
 def pooled(pairs: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
@@ -58,13 +57,10 @@ def time_1024(model, image: np.ndarray, tta: bool, repeats: int = 2) -> float:
 
 
 def accuracy(model, val, proxy, tta: bool) -> dict:
-    post, _, probs, scales = tune(model, val, tta=tta)
+    post, _, _, scales = tune(model, val, tta=tta)
     model.info.postprocess = post.to_dict()
-    val_pairs = [(gt, labels_from_probabilities(p, postprocess_at_scale(post, s)))
-                 for (_, _, gt), p, s in zip(val, probs, scales)]
-    proxy_probs, proxy_scales = auto_probabilities(model, proxy, tta)
-    proxy_pairs = [(gt, labels_from_probabilities(p, postprocess_at_scale(post, s)))
-                   for (_, _, gt), p, s in zip(proxy, proxy_probs, proxy_scales)]
+    val_pairs, _ = segmented(model, val, tta)
+    proxy_pairs, proxy_scales = segmented(model, proxy, tta)
     return {
         "validation": pooled(val_pairs), "proxy": pooled(proxy_pairs),
         "postprocess": post.to_dict(), "val_scales": [round(s, 2) for s in scales],
@@ -74,12 +70,13 @@ def accuracy(model, val, proxy, tta: bool) -> dict:
     }
 
 
-def auto_probabilities(model, data, tta: bool) -> tuple[list[np.ndarray], list[float]]:
-    """Probabilities of each image with scale="auto", and the scale chosen for each."""
-    probs, scales = [], []
-    for _, img, _ in data:
-        probs.append(predict(model, img, device="cpu", scale="auto", tta=tta, on_scale=scales.append))
-    return probs, scales
+def segmented(model, data, tta: bool) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[float]]:
+    """(ground truth, labels) of each image segmented as a user would (``segment``, scale="auto",
+    the model's post-processing), and the scale chosen for each."""
+    pairs, scales = [], []
+    for _, img, gt in data:
+        pairs.append((gt, segment(img, model, device="cpu", scale="auto", tta=tta, on_scale=scales.append)))
+    return pairs, scales
 
 
 def main() -> None:

@@ -84,7 +84,7 @@ class LabelsWriter:
     def _own_layer(self, image: Image) -> Labels | None:
         """The unedited labels layer the widget wrote for ``image`` (updated in place on re-runs)."""
         for layer, result in self.state.results():
-            if (result.source() is image and result.probs is not None and self.unedited(layer)
+            if (result.source() is image and not result.lazy and self.unedited(layer)
                     and layer in self.state.viewer.layers):
                 return layer
         return None
