@@ -298,10 +298,9 @@ class _Run:
         self.reader = image
         if options.scale == "auto":
             choice = auto_scale(image, model, options)
-            options = replace(options, scale=choice.scale)
         else:
             choice = ScaleChoice(checked_scale(options.scale), "given")
-            options = replace(options, scale=choice.scale)
+        options = replace(options, scale=choice.scale)
         self.result.scale = choice
         multiple = max(16, model.net.size_multiple)
         block = -(-max(options.block, 64) // multiple) * multiple

@@ -29,7 +29,7 @@ from .lazy import stem
 from .metrics import THRESHOLDS, instance_scores, pool_scores
 from .pixel_size import auto_scale
 from .postprocess import labels_from_probabilities
-from .scale import postprocess_at_scale
+from .scale import SCALE_LIMITS, postprocess_at_scale
 from .tiff import read_image
 from .validate import check_number
 
@@ -378,7 +378,7 @@ def _number(name: str, *, integer: bool = False, **bounds: float) -> Callable[[s
 
 
 def _scale(text: str) -> float | str:
-    return "auto" if text == "auto" else _number("--scale", low=0.1, high=10)(text)
+    return "auto" if text == "auto" else _number("--scale", low=SCALE_LIMITS[0], high=SCALE_LIMITS[1])(text)
 
 
 def cmd_export_bioimageio(args: argparse.Namespace) -> int:

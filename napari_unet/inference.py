@@ -202,8 +202,10 @@ def segment(
     probs = predict(model, image, on_scale=on_scale, keep_enlarged=not semantic, **options)
     if semantic:
         return probs.argmax(axis=-3).astype(np.uint32)
-    shape = to_planes(image, model.config.in_channels, channel_axis=options.get("channel_axis"),
-                      channel=options.get("channel")).spatial_shape
+    shape = probs.shape[-2:]
+    if used[0] > 1:  # only an enlarging scale can have kept the probabilities at another size
+        shape = to_planes(image, model.config.in_channels, channel_axis=options.get("channel_axis"),
+                          channel=options.get("channel")).spatial_shape
     if probs.shape[-2:] != shape:  # enlarged: objects are split where they are large, then sampled down
         post = postprocess_at_scale(postprocess, 1 / used[0]) if postprocess else model.postprocess
         return labels_at_scale(probs, post, shape)

@@ -3,6 +3,7 @@ up front instead of failing with MemoryError (or the kernel's OOM killer) minute
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 
@@ -64,8 +65,6 @@ def too_large(shape: tuple[int, ...]) -> bool:
     h, w = (int(n) for n in shape[-2:])
     if h * w >= LARGE_PLANE:
         return True
-    planes = 1
-    for n in shape[:-2]:
-        planes *= int(n)
+    planes = math.prod(int(n) for n in shape[:-2])
     avail = available_bytes()
     return avail is not None and predict_bytes(planes, 1, 3, (h, w), (h, w)) > avail
