@@ -24,12 +24,12 @@ from .cli_blockwise import add_arguments as add_blockwise_arguments
 from .device import DEVICES
 from .errors import InputError, InvalidParameter, NapariUnetError, os_error_sentence
 from .image_files import read_image_file, write_labels_file
+from .images import to_planes
 from .inference import DEFAULT_OVERLAP, DEFAULT_TILE, load_model, predict
 from .lazy import stem
 from .metrics import THRESHOLDS, instance_scores, pool_scores
 from .pixel_size import auto_scale
-from .postprocess import labels_from_probabilities
-from .scale import SCALE_LIMITS, postprocess_at_scale
+from .scale import SCALE_LIMITS, instance_labels, postprocess_at_scale
 from .tiff import read_image
 from .validate import check_number
 
@@ -158,15 +158,19 @@ def cmd_segment(args: argparse.Namespace) -> int:
                     model, file.data, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
                     device=args.device, scale=args.scale, pixel_size_um=file.pixel_size_um, channel=args.channel,
                     channel_axis=channel_axis, tta=args.tta, on_scale=used.append,
+                    keep_enlarged=not getattr(model, "semantic", False),
                     progress=None if args.quiet else ProgressBar(path.name),
                 )
                 if getattr(model, "semantic", False):  # a package whose classes are not nuclei/boundary
                     labels = probs.argmax(axis=-3).astype(np.uint32)
                 else:
-                    scaled = postprocess_at_scale(post, used[0])  # the model's min_size is at training scale
-                    if args.min_size is not None:
-                        scaled = replace(scaled, min_size=args.min_size)  # the user's is in image pixels
-                    labels = labels_from_probabilities(probs, scaled)
+                    plane = to_planes(file.data, model.config.in_channels, channel_axis=channel_axis,
+                                      channel=args.channel).spatial_shape
+                    if args.min_size is None:  # the model's sizes are at training scale
+                        labels = instance_labels(probs, plane, used[0], post)
+                    else:  # the user's min_size is in image pixels
+                        scaled = replace(postprocess_at_scale(post, used[0]), min_size=args.min_size)
+                        labels = instance_labels(probs, plane, used[0], scaled, sizes="image")
                 del probs
                 write_labels_file(out, labels, axes=file.labels_axes, pixel_size_um=file.pixel_size_um,
                                   overwrite=args.overwrite)

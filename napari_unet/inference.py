@@ -17,9 +17,9 @@ from .images import to_planes
 from .memory import check_fits, predict_bytes
 from .model import UNet, UNetConfig
 from .normalize import Normalization
-from .postprocess import PostprocessConfig, labels_from_probabilities
+from .postprocess import PostprocessConfig
 from .prepare import prepare_for_inference
-from .scale import ScaleFn, checked_scale, choose_scale, labels_at_scale, postprocess_at_scale
+from .scale import ScaleFn, checked_scale, choose_scale, instance_labels
 from .tiling import CancelFn, ProgressFn, count_tiles, predict_plane, resize_planes, resize_probabilities, tile_geometry
 from .tta import dihedral
 from .validate import check_number
@@ -206,7 +206,6 @@ def segment(
     if used[0] > 1:  # only an enlarging scale can have kept the probabilities at another size
         shape = to_planes(image, model.config.in_channels, channel_axis=options.get("channel_axis"),
                           channel=options.get("channel")).spatial_shape
-    if probs.shape[-2:] != shape:  # enlarged: objects are split where they are large, then sampled down
-        post = postprocess_at_scale(postprocess, 1 / used[0]) if postprocess else model.postprocess
-        return labels_at_scale(probs, post, shape)
-    return labels_from_probabilities(probs, postprocess or postprocess_at_scale(model.postprocess, used[0]))
+    if postprocess is not None:
+        return instance_labels(probs, shape, used[0], postprocess, sizes="image")
+    return instance_labels(probs, shape, used[0], model.postprocess)

@@ -74,6 +74,28 @@ def postprocess_at_scale(config: PostprocessConfig, scale: float) -> Postprocess
                    min_seed_size=max(1, round(config.min_seed_size / scale**2)))
 
 
+def instance_labels(probs: np.ndarray, shape: tuple[int, int], scale: float, config: PostprocessConfig, *,
+                    sizes: str = "model") -> np.ndarray:
+    """Instance labels at the image's plane ``shape`` from probabilities computed at ``scale``: the
+    one post-processing step of ``segment``, the CLI, the blockwise engine and the widget.
+
+    Probabilities kept at an enlarged working size (``scale > 1``) are labelled there, where small
+    touching objects are large enough to split, then sampled down; others are resized to ``shape``
+    if needed and labelled at it. ``config``'s sizes are in the model's training-scale pixels
+    (``sizes="model"``, a model's own values) or in image pixels (``sizes="image"``, values a user typed).
+    """
+    if sizes not in ("model", "image"):
+        raise ValueError(f"sizes must be 'model' or 'image', not {sizes!r}")
+    in_image_px = sizes == "image"
+    if probs.shape[-2:] != tuple(shape) and scale > 1:
+        return labels_at_scale(probs, postprocess_at_scale(config, 1 / scale) if in_image_px else config, shape)
+    if probs.shape[-2:] != tuple(shape):
+        from .tiling import resize_probabilities
+
+        probs = resize_probabilities(probs, shape)
+    return labels_from_probabilities(probs, config if in_image_px else postprocess_at_scale(config, scale))
+
+
 def labels_at_scale(probs: np.ndarray, config: PostprocessConfig, shape: tuple[int, int]) -> np.ndarray:
     """Instance labels from probabilities at an enlarged working size, sampled down to ``shape``
     (nearest pixel centre) and renumbered 1..N per plane. Small touching objects are separated

@@ -98,3 +98,21 @@ def test_tta_averages_eight_views(default_model, misc):
     np.testing.assert_allclose(p.sum(0), 1, atol=1e-4)
     assert tta_calls[-1][0] == tta_calls[-1][1] == 8 * calls[-1][1]  # 8 passes, all counted
     assert not np.allclose(p, plain, atol=1e-3)
+
+
+def test_every_path_post_processes_an_enlarged_image_alike(default_model, u2os, tmp_path):
+    """segment(), the CLI and the widget's worker (predict + instance_labels) label a small-nuclei
+    image at its enlarged working size, with the same sizes, so they give identical labels."""
+    from napari_unet.cli import main
+    from napari_unet.scale import instance_labels
+
+    small = np.round(_resized(u2os, u2os, 0.4)[0]).astype(np.uint16)
+    used = []
+    api = segment(small, default_model, device="cpu", on_scale=used.append)
+    assert used[0] > 1.8 and api.max() >= 20
+    tifffile.imwrite(tmp_path / "small.tif", small)
+    assert main(["segment", str(tmp_path / "small.tif"), "--out", str(tmp_path), "--device", "cpu", "--quiet"]) == 0
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "small_labels.tif"), api)
+    probs = predict(default_model, small, device="cpu", keep_enlarged=True)
+    assert probs.shape[-2:] != small.shape  # kept at the working size
+    np.testing.assert_array_equal(instance_labels(probs, small.shape, used[0], default_model.postprocess), api)

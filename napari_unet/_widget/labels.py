@@ -11,8 +11,8 @@ from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from qtpy.QtCore import QTimer
 
-from ..postprocess import PostprocessConfig, labels_from_probabilities
-from ..scale import postprocess_at_scale
+from ..postprocess import PostprocessConfig
+from ..scale import instance_labels
 from .state import Result, State, digest
 
 
@@ -137,14 +137,14 @@ class LabelsWriter:
             elif result.pending:
                 continue  # an empty layer still waiting for its first result
             elif self.unedited(layer):
-                jobs.append((layer, result.probs, postprocess_at_scale(config, result.scale)))
+                jobs.append((layer, result.probs, result.scale, layer.data.shape[-2:]))
             elif layer in self.state.viewer.layers:
                 self.state.message.emit(f"'{layer.name}' has your edits; post-processing was not re-applied to it.")
         if not jobs:
             return
 
         def work() -> list[tuple[Labels, np.ndarray]]:
-            return [(layer, self.compact(labels_from_probabilities(p, post))) for layer, p, post in jobs]
+            return [(layer, self.compact(instance_labels(p, shape, scale, config))) for layer, p, scale, shape in jobs]
 
         self.pending += 1
         worker = create_worker(work, _ignore_errors=True)

@@ -23,9 +23,10 @@ from napari.qt.threading import create_worker
 from qtpy.QtCore import QObject, QTimer, Signal
 
 from ..errors import Cancelled, NapariUnetError
+from ..images import to_planes
 from ..inference import DEFAULT_OVERLAP, DEFAULT_TILE, predict
-from ..postprocess import PostprocessConfig, labels_from_probabilities
-from ..scale import postprocess_at_scale
+from ..postprocess import PostprocessConfig
+from ..scale import instance_labels, postprocess_at_scale
 from .blockwise_run import BlockwiseRun
 from .labels import LabelsWriter, object_counts
 from .notify import notify
@@ -45,6 +46,12 @@ ADVANCED = {
     "device": ("auto", "Where the network runs: 'auto' picks a GPU when there is one, else the CPU."),
 }
 SCALE = {"auto_scale": True, "scale": 1.0}  # defaults; a settings file without "auto_scale" gets auto
+
+
+def plane_shape(image: np.ndarray, model: Any, options: dict[str, Any]) -> tuple[int, int]:
+    """The (H, W) the labels of ``image`` have, as the model reads it with these options."""
+    return to_planes(image, model.config.in_channels, channel_axis=options["channel_axis"],
+                     channel=options["channel"]).spatial_shape
 
 
 class _Progress(QObject):
@@ -176,11 +183,11 @@ class SegmentSection:
             used: list[float] = []
             try:
                 probs = predict(model, image, progress=self._bridge.tick.emit, cancel=cancel.is_set,
-                                on_scale=used.append, **options)
+                                on_scale=used.append, keep_enlarged=True, **options)
             except Cancelled:
                 return None
-            labels = labels_from_probabilities(probs, postprocess_at_scale(post, used[0]))  # sizes follow the scale
-            labels = self.writer.compact(labels)
+            shape = plane_shape(image, model, options) if used[0] > 1 else probs.shape[-2:]
+            labels = self.writer.compact(instance_labels(probs, shape, used[0], post))  # sizes follow the scale
             return probs, labels, object_counts(labels), digest(labels), used[0]  # all off the main thread
 
         self.target = layer
