@@ -22,13 +22,21 @@ class PostprocessConfig:
     seed_threshold: float = 0.6  # seeds = connected regions of P(interior) above this
     min_size: int = 30
     min_seed_size: int = 4
+    # objects touching the plane's edge are partly outside it: kept from this size (None: min_size)
+    edge_min_size: int | None = None
 
     def __post_init__(self) -> None:  # checked here so every path (API, CLI, checkpoint) refuses alike
         for name in ("threshold", "seed_threshold"):
             object.__setattr__(self, name, check_number(name.replace("_", " "), getattr(self, name), low=0, high=1))
-        for name in ("min_size", "min_seed_size"):
-            object.__setattr__(self, name, check_number(name.replace("_", " "), getattr(self, name), low=0,
-                                                        integer=True))
+        for name in ("min_size", "min_seed_size", "edge_min_size"):
+            if getattr(self, name) is not None or name != "edge_min_size":
+                object.__setattr__(self, name, check_number(name.replace("_", " "), getattr(self, name), low=0,
+                                                            integer=True))
+
+    @property
+    def edge_size(self) -> int:
+        """The smallest object kept where it touches the plane's edge."""
+        return self.min_size if self.edge_min_size is None else min(self.edge_min_size, self.min_size)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,15 +80,20 @@ def _label_plane(p: np.ndarray, c: PostprocessConfig) -> np.ndarray:
     orphans, n = ndi.label(foreground & (labels == 0))
     if n:  # foreground without a seed is still an object
         labels = np.where(orphans > 0, orphans + labels.max(), labels)
-    labels, _, _ = relabel_sequential(_drop_small(labels, c.min_size))
+    labels, _, _ = relabel_sequential(_drop_small(labels, c.min_size, c.edge_size))
     return labels.astype(np.uint32, copy=False)
 
 
-def _drop_small(labels: np.ndarray, min_size: int) -> np.ndarray:
-    """Zero out labelled objects smaller than ``min_size`` pixels."""
+def _drop_small(labels: np.ndarray, min_size: int, edge_size: int | None = None) -> np.ndarray:
+    """Zero out labelled objects smaller than ``min_size`` pixels (``edge_size`` for those that
+    touch the plane's edge)."""
     if min_size <= 1 or not labels.any():
         return labels
-    small = np.bincount(labels.ravel()) < min_size
+    areas = np.bincount(labels.ravel())
+    small = areas < min_size
+    if edge_size is not None and edge_size < min_size:
+        edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+        small[edge] = areas[edge] < edge_size
     small[0] = False
     return np.where(small[labels], 0, labels)
 

@@ -70,8 +70,10 @@ def postprocess_at_scale(config: PostprocessConfig, scale: float) -> Postprocess
     ``1/scale²`` as many image pixels, so ``min_size`` and ``min_seed_size`` shrink (or grow) with it."""
     if scale == 1.0:
         return config
+    edge = config.edge_min_size
     return replace(config, min_size=max(1, round(config.min_size / scale**2)),
-                   min_seed_size=max(1, round(config.min_seed_size / scale**2)))
+                   min_seed_size=max(1, round(config.min_seed_size / scale**2)),
+                   edge_min_size=None if edge is None else max(1, round(edge / scale**2)))
 
 
 def instance_labels(probs: np.ndarray, shape: tuple[int, int], scale: float, config: PostprocessConfig, *,

@@ -175,8 +175,9 @@ def resize_probabilities(p: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def resize_planes(x: np.ndarray, size: tuple[int, int], *, nearest: bool = False) -> np.ndarray:
-    """Resize ``(C, H, W)`` to ``size`` (bilinear, or nearest for labels)."""
+    """Resize ``(C, H, W)`` to ``size`` (bilinear, or for labels the nearest pixel centre, as the
+    bilinear image resize aligns pixel centres: torch's plain "nearest" shifts by up to a pixel)."""
     t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None]
-    mode = "nearest" if nearest else "bilinear"
+    mode = "nearest-exact" if nearest else "bilinear"
     kwargs = {} if nearest else {"align_corners": False, "antialias": True}
     return F.interpolate(t, size=size, mode=mode, **kwargs)[0].numpy()

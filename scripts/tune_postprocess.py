@@ -25,43 +25,32 @@ from napari_unet import load_model, predict  # noqa: E402
 from napari_unet.checkpoint import save_checkpoint  # noqa: E402
 from napari_unet.inference import SegmentationModel  # noqa: E402
 from napari_unet.metrics import pooled_f1  # noqa: E402
-from napari_unet.postprocess import PostprocessConfig, labels_from_probabilities  # noqa: E402
-from napari_unet.scale import postprocess_at_scale  # noqa: E402
+from napari_unet.postprocess import PostprocessConfig  # noqa: E402
+from napari_unet.scale import instance_labels  # noqa: E402
 
-GRID = {"threshold": (0.4, 0.5, 0.6), "seed_threshold": (0.5, 0.6, 0.7, 0.8), "min_size": (30, 60, 100, 150, 200)}
+GRID = {"threshold": (0.4, 0.5, 0.6), "seed_threshold": (0.6, 0.7, 0.8), "min_size": (60, 100, 150, 200),
+        "edge_min_size": (None, 15, 30, 60)}
 
 
 def tune(
     model: SegmentationModel, data: list[tuple[str, np.ndarray, np.ndarray]], *, scale: float | str = "auto",
     tta: bool = False,
 ) -> tuple[PostprocessConfig, float, list[np.ndarray], list[float]]:
-    """Best post-processing (pooled F1@0.5) on ``[(name, image, labels)]``; also the
-    probabilities and the scale used for each image."""
+    """Best post-processing (pooled F1@0.5) on ``[(name, image, labels)]``, labelled as
+    ``segment`` does (:func:`napari_unet.scale.instance_labels`); also the probabilities and the
+    scale used for each image."""
     probs, scales = [], []
     for _, img, _ in data:
-        probs.append(predict(model, img, device="cpu", scale=scale, tta=tta, on_scale=scales.append))
-    base = model.postprocess
-    best, best_f1 = base, -1.0
-    for thr, seed in itertools.product(GRID["threshold"], GRID["seed_threshold"]):
-        # min_size only filters the final objects: label once, filter per size
-        unfiltered = [labels_from_probabilities(p, postprocess_at_scale(
-            replace(base, threshold=thr, seed_threshold=seed, min_size=1), s)) for p, s in zip(probs, scales)]
-        for size in GRID["min_size"]:
-            config = replace(base, threshold=thr, seed_threshold=seed, min_size=size)
-            pairs = [(gt, _drop_small(lab, postprocess_at_scale(config, s).min_size))
-                     for (_, _, gt), lab, s in zip(data, unfiltered, scales)]
-            f1 = pooled_f1(pairs)
-            if f1 > best_f1:
-                best, best_f1 = config, f1
+        probs.append(predict(model, img, device="cpu", scale=scale, tta=tta, on_scale=scales.append,
+                             keep_enlarged=True))
+    best, best_f1 = model.postprocess, -1.0
+    for values in itertools.product(*GRID.values()):
+        config = replace(model.postprocess, **dict(zip(GRID, values)))
+        f1 = pooled_f1([(gt, instance_labels(p, img.shape[-2:], s, config))
+                        for (_, img, gt), p, s in zip(data, probs, scales)])
+        if f1 > best_f1:
+            best, best_f1 = config, f1
     return best, best_f1, probs, scales
-
-
-def _drop_small(labels: np.ndarray, min_size: int) -> np.ndarray:
-    """What ``labels_from_probabilities`` does with ``min_size`` last (objects are not renumbered:
-    the scores do not depend on the numbering)."""
-    small = np.bincount(labels.ravel()) < min_size
-    small[0] = False
-    return np.where(small[labels], 0, labels)
 
 
 def main() -> None:

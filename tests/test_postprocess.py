@@ -39,3 +39,20 @@ def test_two_class_and_stacks():
     assert labels_from_probabilities(two).max() == 2
     stack = np.stack([two, two[:, :, ::-1]])
     assert labels_from_probabilities(stack).shape == (2, 60, 100)
+
+
+def test_objects_cut_by_the_edge_have_their_own_min_size():
+    """A nucleus cut by the image edge shows only part of its area: ``edge_min_size`` keeps it,
+    while an inner object of the same size is still dropped; without it nothing changes."""
+    labels = np.zeros((100, 100), np.int32)
+    labels[disk((50, 50), 4)] = 1  # ~50 px, inside
+    labels[disk((50, 1), 5, shape=labels.shape)] = 2  # ~50 px visible, cut by the left edge
+    labels[disk((20, 80), 12)] = 3  # large, inside
+    p = _probs_from_labels(labels)
+    old = labels_from_probabilities(p, PostprocessConfig(min_size=100, min_seed_size=1, threshold=0.5,
+                                                         seed_threshold=0.5))
+    assert old.max() == 1  # only the large one
+    new = labels_from_probabilities(p, PostprocessConfig(min_size=100, min_seed_size=1, threshold=0.5,
+                                                         seed_threshold=0.5, edge_min_size=20))
+    assert new.max() == 2 and new[50, 1] > 0 and new[50, 50] == 0
+    assert PostprocessConfig(min_size=10, edge_min_size=30).edge_size == 10  # never stricter than min_size

@@ -116,3 +116,9 @@ def test_every_path_post_processes_an_enlarged_image_alike(default_model, u2os, 
     probs = predict(default_model, small, device="cpu", keep_enlarged=True)
     assert probs.shape[-2:] != small.shape  # kept at the working size
     np.testing.assert_array_equal(instance_labels(probs, small.shape, used[0], default_model.postprocess), api)
+
+
+def test_edge_min_size_follows_the_scale():
+    post = PostprocessConfig(min_size=150, edge_min_size=30)
+    assert postprocess_at_scale(post, 2.0).edge_min_size == 8
+    assert postprocess_at_scale(PostprocessConfig(), 2.0).edge_min_size is None  # version-1: as min_size

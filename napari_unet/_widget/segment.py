@@ -7,45 +7,21 @@ from typing import Any
 
 import numpy as np
 import torch
-from magicgui.widgets import (
-    CheckBox,
-    ComboBox,
-    Container,
-    FloatSpinBox,
-    Label,
-    ProgressBar,
-    PushButton,
-    SpinBox,
-    create_widget,
-)
+from magicgui.widgets import Container, Label, ProgressBar, PushButton, create_widget
 from napari.layers import Image
 from napari.qt.threading import create_worker
 from qtpy.QtCore import QObject, QTimer, Signal
 
 from ..errors import Cancelled, NapariUnetError
 from ..images import to_planes
-from ..inference import DEFAULT_OVERLAP, DEFAULT_TILE, predict
-from ..postprocess import PostprocessConfig
+from ..inference import predict
 from ..scale import instance_labels, postprocess_at_scale
 from .blockwise_run import BlockwiseRun
 from .labels import LabelsWriter, object_counts
 from .notify import notify
 from .regions import wants_blockwise
+from .segment_options import SegmentOptions
 from .state import State, digest, ui_threads
-
-DEVICES = ["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else []) + (
-    ["mps"] if torch.backends.mps.is_available() else [])
-CHANNELS = [("all (as the model expects)", None)] + [(str(c), c) for c in range(4)]
-# name: (default, tooltip) — the values "Restore defaults" brings back; post-processing ones come from the model
-ADVANCED = {
-    "tile": (DEFAULT_TILE, "Side of the square pieces the image is cut into for the network. Larger is faster "
-                           "but needs more memory; lower it if you run out of memory."),
-    "overlap": (DEFAULT_OVERLAP, "How much neighbouring pieces overlap, so nuclei on a seam are not cut. "
-                                 "Rarely needs changing."),
-    "batch": (4, "Pieces processed at once. Higher can be faster on a GPU; lower it if memory runs out."),
-    "device": ("auto", "Where the network runs: 'auto' picks a GPU when there is one, else the CPU."),
-}
-SCALE = {"auto_scale": True, "scale": 1.0}  # defaults; a settings file without "auto_scale" gets auto
 
 
 def plane_shape(image: np.ndarray, model: Any, options: dict[str, Any]) -> tuple[int, int]:
@@ -58,11 +34,12 @@ class _Progress(QObject):
     tick = Signal(int, int)  # from the worker thread, queued into the main thread
 
 
-class SegmentSection:
-    """Image picker, post-processing values, Segment/Cancel, progress; advanced options apart."""
+class SegmentSection(SegmentOptions):
+    """Image picker, Segment/Cancel, progress, the run in a thread worker; the option widgets
+    (scale, post-processing, advanced) come from :class:`SegmentOptions`."""
 
     def __init__(self, state: State) -> None:
-        self.state = state
+        super().__init__(state)
         self.writer = LabelsWriter(state)
         self.blockwise = BlockwiseRun(self)  # large or lazy (dask/zarr/multiscale) layers
         self.worker = None
@@ -71,49 +48,14 @@ class SegmentSection:
         self._cancel = threading.Event()
         self.image = create_widget(annotation=Image, label="image", options={
             "tooltip": "The image to segment. The result goes to a labels layer named '<image> labels'."})
-        self.stack = ComboBox(label="stack", choices=["current plane", "whole stack"], value="current plane",
-                              tooltip="For stacks (time, z): segment only the plane you look at, or every plane.")
-        self.channel = ComboBox(label="channel", choices=CHANNELS, value=None, tooltip=(
-            "For colour or multichannel images: the one channel (e.g. the DAPI channel) a single-channel "
-            "model should see."))
-        self.auto_scale = CheckBox(text="auto", value=True, tooltip=(
-            "Let the model measure the nuclei first and resize the image so they match the size it was "
-            "trained on; the scale it chose is shown after the run. Untick to set the scale yourself."))
-        self.scale = FloatSpinBox(min=0.1, max=10, step=0.25, value=1.0, enabled=False, tooltip=(
-            "Resize the image before the network: above 1 when your nuclei are smaller than the model's, "
-            "below 1 when larger. Labels come back at the original size."))
-        scale_row = Container(widgets=[self.auto_scale, self.scale], layout="horizontal", labels=False,
-                              label="scale")
-        scale_row.margins = (0, 0, 0, 0)
-        self.auto_scale.changed.connect(lambda auto: setattr(self.scale, "enabled", not auto))
-        pp = PostprocessConfig()
-        self.threshold = FloatSpinBox(label="threshold", min=0, max=1, step=0.05, value=pp.threshold, tooltip=(
-            "How sure the network must be that a pixel is nucleus. Lower it if nuclei come out too small or are "
-            "missed; raise it if background is picked up. Changes re-label without re-running the network."))
-        self.seeds = FloatSpinBox(label="seed threshold", min=0, max=1, step=0.05, value=pp.seed_threshold,
-                                  tooltip=("How sure the network must be about a nucleus' core to split touching "
-                                           "nuclei. Lower it if touching nuclei stay merged; raise it if single "
-                                           "nuclei are split."))
-        self.min_size = SpinBox(label="min size (px)", min=0, max=100000, step=10, value=pp.min_size, tooltip=(
-            "Objects smaller than this many pixels are dropped (debris, noise). Counted at the model's "
-            "size: it follows the scale (at scale 2, a quarter of it in image pixels; the value used is shown)."))
         self.run_btn = PushButton(text="Segment", tooltip="Run the model on the image above (in the background).")
         self.cancel_btn = PushButton(text="Cancel", enabled=False, tooltip="Stop the running segmentation.")
         self.progress = ProgressBar(value=0, min=0, max=1, label="", tooltip="Pieces of the image done so far.")
         self.summary = Label(value="")
         buttons = Container(widgets=[self.run_btn, self.cancel_btn], layout="horizontal", labels=False)
         buttons.margins = (0, 0, 0, 0)
-        self.main = Container(widgets=[self.image, self.stack, self.channel, scale_row, self.threshold, self.seeds,
+        self.main = Container(widgets=[self.image, self.stack, self.channel, self.scale_row, self.threshold, self.seeds,
                                        self.min_size, buttons, self.progress, self.summary])
-        self.tile = SpinBox(label="tile", min=64, max=4096, step=64)
-        self.overlap = SpinBox(label="overlap", min=0, max=1024, step=16)
-        self.batch = SpinBox(label="batch", min=1, max=64)
-        self.device = ComboBox(label="device", choices=DEVICES)
-        for name, (default, tip) in ADVANCED.items():
-            w = getattr(self, name)
-            w.value = default if name != "device" or default in DEVICES else "auto"
-            w.tooltip = tip
-        self.advanced = Container(widgets=[self.tile, self.overlap, self.batch, self.device])
         self._bridge = _Progress()
         self._bridge.tick.connect(self._on_progress)
         self.run_btn.changed.connect(self.run)
@@ -122,37 +64,6 @@ class SegmentSection:
             w.changed.connect(lambda *_: self.writer.relabel(self.postprocess()))
         state.viewer.layers.events.removed.connect(self._layer_removed)
         state.model_changed.connect(self.show_model_postprocess)
-
-    # -- settings ---------------------------------------------------------------------------
-    def settings(self) -> dict[str, Any]:
-        return {name: getattr(self, name).value for name in (*ADVANCED, *SCALE)}
-
-    def apply_settings(self, values: dict[str, Any]) -> None:
-        for name, value in values.items():
-            if name in ADVANCED or name in SCALE:
-                try:
-                    getattr(self, name).value = value
-                except (ValueError, TypeError):
-                    pass  # a stale or hand-edited setting is ignored
-
-    def restore_defaults(self) -> None:
-        self.apply_settings({name: default for name, (default, _) in ADVANCED.items()} | SCALE)
-        self.stack.value, self.channel.value = "current plane", None
-        self.show_model_postprocess()
-
-    def postprocess(self) -> PostprocessConfig:
-        return PostprocessConfig(threshold=self.threshold.value, seed_threshold=self.seeds.value,
-                                 min_size=self.min_size.value)
-
-    def show_model_postprocess(self) -> None:
-        """Show the model's own post-processing values without re-labelling existing layers."""
-        if self.state.model is None:
-            return
-        config = self.state.model.postprocess
-        for w, value in ((self.threshold, config.threshold), (self.seeds, config.seed_threshold),
-                         (self.min_size, config.min_size)):
-            with w.changed.blocked():
-                w.value = value
 
     # -- running ------------------------------------------------------------------------------
     def run(self, *_: Any) -> None:
@@ -265,8 +176,3 @@ class SegmentSection:
         self.state.message.emit(message)
         QTimer.singleShot(0, lambda: notify("info", message))
 
-    def show_scale(self, scale: float) -> None:
-        """Show the scale automatic mode chose in the (greyed) number box, as a start for setting it by hand."""
-        if self.auto_scale.value:
-            with self.scale.changed.blocked():
-                self.scale.value = round(scale, 2)
