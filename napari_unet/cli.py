@@ -169,7 +169,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
                     if args.min_size is None:  # the model's sizes are at training scale
                         labels = instance_labels(probs, plane, used[0], post)
                     else:  # the user's min_size is in image pixels
-                        scaled = replace(postprocess_at_scale(post, used[0]), min_size=args.min_size)
+                        scaled = replace(postprocess_at_scale(post, used[0]), min_size=args.min_size,
+                                         edge_min_size=None)  # the user's, at the edge too
                         labels = instance_labels(probs, plane, used[0], scaled, sizes="image")
                 del probs
                 write_labels_file(out, labels, axes=file.labels_axes, pixel_size_um=file.pixel_size_um,

@@ -176,3 +176,15 @@ def test_auto_scale_blockwise_matches_the_in_memory_choice_and_scales_min_size(d
     with pytest.raises(InputError, match="Scale"):
         segment_blockwise(store, tmp_path / "bad.zarr", default_model, client=client,
                           options=BlockwiseOptions(scale="big"))
+
+
+def test_local_worker_processes_keep_the_default_malloc():
+    """dask's nanny would set MALLOC_TRIM_THRESHOLD_ (one worker ran the network 1.5x slower);
+    napari-unet's local worker processes start without it."""
+    import os
+
+    from napari_unet.blockwise import dask_client
+
+    with dask_client(workers=2) as client:
+        environ = client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
+    assert len(environ) == 2 and set(environ.values()) == {None}

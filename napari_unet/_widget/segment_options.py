@@ -88,8 +88,10 @@ class SegmentOptions:
 
     def postprocess(self) -> PostprocessConfig:
         base = self.state.model.postprocess if self.state.model is not None else PostprocessConfig()
-        return replace(base, threshold=self.threshold.value, seed_threshold=self.seeds.value,
-                       min_size=self.min_size.value)  # and the model's other values (edge_min_size)
+        config = replace(base, threshold=self.threshold.value, seed_threshold=self.seeds.value)
+        if self.min_size.value != base.min_size:  # a min size typed by the user applies at the edge too
+            config = replace(config, min_size=self.min_size.value, edge_min_size=None)
+        return config
 
     def show_model_postprocess(self) -> None:
         """Show the model's own post-processing values without re-labelling existing layers."""
