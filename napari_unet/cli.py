@@ -24,12 +24,11 @@ from .cli_blockwise import add_arguments as add_blockwise_arguments
 from .device import DEVICES
 from .errors import InputError, InvalidParameter, NapariUnetError, os_error_sentence
 from .image_files import read_image_file, write_labels_file
-from .images import to_planes
-from .inference import DEFAULT_OVERLAP, DEFAULT_TILE, load_model, predict
+from .inference import DEFAULT_OVERLAP, DEFAULT_TILE, labels_for_image, load_model, predict
 from .lazy import stem
 from .metrics import THRESHOLDS, instance_scores, pool_scores
 from .pixel_size import auto_scale
-from .scale import SCALE_LIMITS, instance_labels, postprocess_at_scale
+from .scale import SCALE_LIMITS, postprocess_at_scale
 from .tiff import read_image
 from .validate import check_number
 
@@ -164,14 +163,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
                 if getattr(model, "semantic", False):  # a package whose classes are not nuclei/boundary
                     labels = probs.argmax(axis=-3).astype(np.uint32)
                 else:
-                    plane = to_planes(file.data, model.config.in_channels, channel_axis=channel_axis,
-                                      channel=args.channel).spatial_shape
-                    if args.min_size is None:  # the model's sizes are at training scale
-                        labels = instance_labels(probs, plane, used[0], post)
-                    else:  # the user's min_size is in image pixels
-                        scaled = replace(postprocess_at_scale(post, used[0]), min_size=args.min_size,
-                                         edge_min_size=None)  # the user's, at the edge too
-                        labels = instance_labels(probs, plane, used[0], scaled, sizes="image")
+                    config, sizes = post, "model"  # the model's sizes are at training scale
+                    if args.min_size is not None:  # the user's is in image pixels, at the edge too
+                        config, sizes = replace(postprocess_at_scale(post, used[0]), min_size=args.min_size,
+                                                edge_min_size=None), "image"
+                    labels = labels_for_image(probs, file.data, model, used[0], config, sizes=sizes,
+                                              channel_axis=channel_axis, channel=args.channel)
                 del probs
                 write_labels_file(out, labels, axes=file.labels_axes, pixel_size_um=file.pixel_size_um,
                                   overwrite=args.overwrite)

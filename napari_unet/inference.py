@@ -202,10 +202,25 @@ def segment(
     probs = predict(model, image, on_scale=on_scale, keep_enlarged=not semantic, **options)
     if semantic:
         return probs.argmax(axis=-3).astype(np.uint32)
+    return labels_for_image(probs, image, model, used[0], postprocess or model.postprocess,
+                            sizes="model" if postprocess is None else "image",
+                            channel_axis=options.get("channel_axis"), channel=options.get("channel"))
+
+
+def labels_for_image(
+    probs: np.ndarray,
+    image: np.ndarray,
+    model: SegmentationModel,
+    scale: float,
+    config: PostprocessConfig,
+    *,
+    sizes: str = "model",
+    channel_axis: int | None = None,
+    channel: int | None = None,
+) -> np.ndarray:
+    """Instance labels of ``image`` from ``predict(..., keep_enlarged=True)``'s probabilities at
+    ``scale`` (:func:`napari_unet.scale.instance_labels`; ``sizes`` as there)."""
     shape = probs.shape[-2:]
-    if used[0] > 1:  # only an enlarging scale can have kept the probabilities at another size
-        shape = to_planes(image, model.config.in_channels, channel_axis=options.get("channel_axis"),
-                          channel=options.get("channel")).spatial_shape
-    if postprocess is not None:
-        return instance_labels(probs, shape, used[0], postprocess, sizes="image")
-    return instance_labels(probs, shape, used[0], model.postprocess)
+    if scale > 1:  # only an enlarging scale can have kept the probabilities at another size
+        shape = to_planes(image, model.config.in_channels, channel_axis=channel_axis, channel=channel).spatial_shape
+    return instance_labels(probs, shape, scale, config, sizes=sizes)

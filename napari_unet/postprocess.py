@@ -28,10 +28,10 @@ class PostprocessConfig:
     def __post_init__(self) -> None:  # checked here so every path (API, CLI, checkpoint) refuses alike
         for name in ("threshold", "seed_threshold"):
             object.__setattr__(self, name, check_number(name.replace("_", " "), getattr(self, name), low=0, high=1))
-        for name in ("min_size", "min_seed_size", "edge_min_size"):
-            if getattr(self, name) is not None or name != "edge_min_size":
-                object.__setattr__(self, name, check_number(name.replace("_", " "), getattr(self, name), low=0,
-                                                            integer=True))
+        sizes = ("min_size", "min_seed_size") + (("edge_min_size",) if self.edge_min_size is not None else ())
+        for name in sizes:
+            object.__setattr__(self, name, check_number(name.replace("_", " "), getattr(self, name), low=0,
+                                                        integer=True))
 
     @property
     def edge_size(self) -> int:
@@ -92,10 +92,15 @@ def _drop_small(labels: np.ndarray, min_size: int, edge_size: int | None = None)
     areas = np.bincount(labels.ravel())
     small = areas < min_size
     if edge_size is not None and edge_size < min_size:
-        edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+        edge = edge_ids(labels)
         small[edge] = areas[edge] < edge_size
     small[0] = False
     return np.where(small[labels], 0, labels)
+
+
+def edge_ids(labels: np.ndarray) -> np.ndarray:
+    """The labels (0 included) present on the plane's first/last rows and columns."""
+    return np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
 
 
 def median_object_area(labels: Sequence[np.ndarray]) -> float:

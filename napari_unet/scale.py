@@ -15,7 +15,7 @@ import numpy as np
 
 from .errors import InputError
 from .images import to_planes
-from .postprocess import PostprocessConfig, labels_from_probabilities
+from .postprocess import PostprocessConfig, edge_ids, labels_from_probabilities
 from .validate import check_number
 
 SCALE_LIMITS = (0.1, 10.0)  # what a given scale may be
@@ -89,9 +89,9 @@ def instance_labels(probs: np.ndarray, shape: tuple[int, int], scale: float, con
     if sizes not in ("model", "image"):
         raise ValueError(f"sizes must be 'model' or 'image', not {sizes!r}")
     in_image_px = sizes == "image"
-    if probs.shape[-2:] != tuple(shape) and scale > 1:
-        return labels_at_scale(probs, postprocess_at_scale(config, 1 / scale) if in_image_px else config, shape)
     if probs.shape[-2:] != tuple(shape):
+        if scale > 1:
+            return labels_at_scale(probs, postprocess_at_scale(config, 1 / scale) if in_image_px else config, shape)
         from .tiling import resize_probabilities
 
         probs = resize_probabilities(probs, shape)
@@ -166,9 +166,8 @@ def _central_crop(plane: np.ndarray, side: int) -> np.ndarray:
 def _inner_areas(labels: np.ndarray) -> np.ndarray:
     """Areas of the objects that do not touch the border (cut objects would look small)."""
     areas = np.bincount(labels.ravel())
-    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
     keep = np.ones(len(areas), bool)
     keep[0] = False
-    keep[edge] = False
+    keep[edge_ids(labels)] = False
     keep &= areas > 0
     return areas[keep]

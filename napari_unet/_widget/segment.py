@@ -13,21 +13,14 @@ from napari.qt.threading import create_worker
 from qtpy.QtCore import QObject, QTimer, Signal
 
 from ..errors import Cancelled, NapariUnetError
-from ..images import to_planes
-from ..inference import predict
-from ..scale import instance_labels, postprocess_at_scale
+from ..inference import labels_for_image, predict
+from ..scale import postprocess_at_scale
 from .blockwise_run import BlockwiseRun
 from .labels import LabelsWriter, object_counts
 from .notify import notify
 from .regions import wants_blockwise
 from .segment_options import SegmentOptions
 from .state import State, digest, ui_threads
-
-
-def plane_shape(image: np.ndarray, model: Any, options: dict[str, Any]) -> tuple[int, int]:
-    """The (H, W) the labels of ``image`` have, as the model reads it with these options."""
-    return to_planes(image, model.config.in_channels, channel_axis=options["channel_axis"],
-                     channel=options["channel"]).spatial_shape
 
 
 class _Progress(QObject):
@@ -97,8 +90,9 @@ class SegmentSection(SegmentOptions):
                                 on_scale=used.append, keep_enlarged=True, **options)
             except Cancelled:
                 return None
-            shape = plane_shape(image, model, options) if used[0] > 1 else probs.shape[-2:]
-            labels = self.writer.compact(instance_labels(probs, shape, used[0], post))  # sizes follow the scale
+            labels = self.writer.compact(labels_for_image(probs, image, model, used[0], post,  # sizes follow the scale
+                                                          channel_axis=options["channel_axis"],
+                                                          channel=options["channel"]))
             return probs, labels, object_counts(labels), digest(labels), used[0]  # all off the main thread
 
         self.target = layer
