@@ -148,6 +148,7 @@ def run(args: argparse.Namespace) -> dict:
 
     viewer.add_image(np.pad(sample, ((0, 2048 - 768), (0, 2048 - 869)), mode="reflect"), name="big")
     w.seg.image.value = viewer.layers["big"]
+    _wait(app, lambda: False, 2.0)  # napari's own first draw of the new 2048² image is not Segment's
     shown = lambda: "big labels" in viewer.layers and viewer.layers["big labels"].visible  # noqa: E731
     for phase in ("segment_new_layer", "segment_same_layer"):  # a new labels layer; then the same one again
         clicks.clear()

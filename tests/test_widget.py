@@ -16,6 +16,7 @@ from qtpy.QtWidgets import QApplication, QMessageBox
 
 from napari_unet import segment
 from napari_unet._widget import UNetWidget
+from napari_unet._widget.labels import add_in_steps
 from napari_unet.checkpoint import ModelInfo, save_checkpoint
 from napari_unet.pairs import read_pairs
 from napari_unet.runner import FineTuneBusy, FineTuneRequest, FineTuneRunner
@@ -105,6 +106,28 @@ def test_segment_matches_engine_and_relabels_without_network(qtbot, widget, misc
     np.testing.assert_array_equal(layer.data, before)
     _segment(qtbot, w)  # unedited layer: updated in place, not stacked
     assert [la.name for la in w.viewer.layers] == ["misc", "misc labels"]
+
+
+def test_labels_added_in_steps_end_as_add_labels_does(qtbot, make_napari_viewer, misc):
+    """napari's build of a new labels layer is split over turns of the event loop; once done, the
+    layer is selected, visible, drawn, and has the same overlays (built as visuals) as add_labels'."""
+    viewer = make_napari_viewer()
+    viewer.add_image(misc, name="misc")
+    data = np.zeros(misc.shape, np.uint16)
+    plain = viewer.add_labels(data.copy(), name="plain")
+    layer = add_in_steps(viewer, data, name="stepped", scale=(2, 2))
+    assert layer in viewer.layers and not layer.visible  # nothing shown in the turn that added it
+    assert viewer.layers.selection.active is plain
+    qtbot.waitUntil(lambda: layer.visible, timeout=5_000)
+    assert viewer.layers.selection.active is layer and tuple(layer.scale) == (2, 2)
+    overlays = lambda la: {k: o.visible for k, o in la._overlays.items()}  # noqa: E731
+    assert overlays(layer) == overlays(plain)
+    canvas = viewer.window._qt_viewer.canvas
+    assert len(canvas._layer_overlay_to_visual[layer]) == len(canvas._layer_overlay_to_visual[plain]) >= 2
+    gone = add_in_steps(viewer, data, name="removed at once")
+    viewer.layers.remove(gone)  # the remaining steps do nothing
+    qtbot.wait(300)
+    assert gone not in viewer.layers and not gone.visible
 
 
 def test_auto_scale_on_small_nuclei_and_a_scale_set_by_hand(qtbot, make_napari_viewer, u2os, default_model):

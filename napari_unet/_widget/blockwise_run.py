@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from napari.layers import Image
 from napari.qt.threading import create_worker
-from qtpy.QtCore import QTimer
 
 from ..blockwise import DEFAULT_BLOCK, BlockwiseOptions, BlockwiseResult, segment_blockwise
 from ..errors import Cancelled, os_error_sentence
 from ..lazy import open_lazy, stem
+from .labels import add_in_steps
 from .regions import level0
 from .state import Result, ui_threads
 
@@ -126,10 +126,8 @@ class BlockwiseRun:
         scale, translate = np.asarray(image.scale[-data.ndim:]), np.array(image.translate[-data.ndim:], float)
         for axis, i in enumerate(plane or ()):  # one plane of a stack: shown at its place only
             translate[axis] += i * scale[axis]
-        # added hidden and shown on the next turn of the event loop (as LabelsWriter does): napari's
-        # build of the layer and its first read and draw of the zarr come apart instead of one stall
-        layer = viewer.add_labels(data, name=name, scale=scale, translate=translate, visible=False)
-        QTimer.singleShot(0, lambda: setattr(layer, "visible", True))
+        # napari's build of the layer and its first read and draw of the zarr come apart
+        layer = add_in_steps(viewer, data, name=name, scale=scale, translate=translate)
         layer.metadata["napari_unet_zarr"] = str(result.out)
         state.set_result(layer, Result(weakref.ref(image), plane or None, None, "", model_name,
                                           scale=result.scale.scale, lazy=True))

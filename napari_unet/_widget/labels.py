@@ -22,6 +22,50 @@ def object_counts(labels: np.ndarray) -> list[int]:
     return [int(len(np.unique(p)) - (1 if (p == 0).any() else 0)) for p in planes]
 
 
+# A step scheduled this long after the previous one lets napari's pending paints and timers run
+# in between (a zero delay can run in the same turn of the event loop).
+NEXT_TURN_MS = 20
+
+
+def add_in_steps(viewer: Any, data: Any, **kwargs: Any) -> Labels:
+    """Add a labels layer to ``viewer`` with napari's main-thread work split over several turns of
+    the event loop, so no single turn stalls the UI for long.
+
+    napari builds a new layer's visual, each of its visible overlays (a labels layer's polygon and
+    brush-stroke overlays: ~80 and ~45 ms on 2 cores with software OpenGL), its layer-list row and,
+    as the new layer becomes the selected one, its layer controls (~45 ms) in one step, then
+    slices, uploads and draws it when shown. napari already defers an overlay until it becomes
+    visible and can insert without selecting, so the layer is added hidden, unselected and with
+    those two overlays hidden; then it is selected, each overlay shown, and the layer shown, each
+    on a turn of its own. Afterwards the layer is the one ``add_labels`` gives."""
+    layer = Labels(data, visible=False, **kwargs)
+    overlays = getattr(layer, "_overlays", {})  # private in napari 0.9; without these: fewer steps
+    deferred = [o for key in ("polygon", "brush_stroke") if (o := overlays.get(key)) is not None and o.visible]
+    for overlay in deferred:
+        overlay.visible = False
+    layers = viewer.layers
+    activate = getattr(layers, "_activate_on_insert", None)
+    if activate is not None:
+        layers._activate_on_insert = False
+    try:
+        layers.append(layer)
+    finally:
+        if activate is not None:
+            layers._activate_on_insert = activate
+    steps = [lambda o=o: setattr(o, "visible", True) for o in deferred] + [lambda: setattr(layer, "visible", True)]
+    if activate:
+        steps.insert(0, lambda: setattr(layers.selection, "active", layer))
+
+    def step() -> None:
+        if layer not in layers:  # removed meanwhile (cancelled, or by the user): nothing left to show
+            return
+        steps.pop(0)()
+        if steps:
+            QTimer.singleShot(NEXT_TURN_MS, step)
+    QTimer.singleShot(NEXT_TURN_MS, step)
+    return layer
+
+
 def with_plane(stack: np.ndarray, plane: tuple[int, ...], labels: np.ndarray) -> np.ndarray:
     """A copy of ``stack`` (widened if needed) with ``labels`` written into ``plane``."""
     out = np.array(stack, dtype=np.result_type(stack.dtype, labels.dtype))
@@ -68,9 +112,8 @@ class LabelsWriter:
         if self._own_layer(image) is not None or f"{image.name} labels" in viewer.layers:
             return None
         data = np.zeros(image.data.shape[: image.ndim], np.uint16)
-        layer = viewer.add_labels(data, name=f"{image.name} labels", scale=image.scale[-data.ndim:],
-                                  translate=image.translate[-data.ndim:], visible=False)
-        QTimer.singleShot(0, lambda: setattr(layer, "visible", True))  # the first draw on a later turn
+        layer = add_in_steps(viewer, data, name=f"{image.name} labels", scale=image.scale[-data.ndim:],
+                             translate=image.translate[-data.ndim:])
         self.state.set_result(layer, Result(weakref.ref(image), None, None, "", ""))
         return layer
 
@@ -107,12 +150,8 @@ class LabelsWriter:
             base = layer.data if layer is not None else np.zeros(image.data.shape[: image.ndim], labels.dtype)
             data = with_plane(base, plane, labels)
         if layer is None:
-            # napari builds a new layer's visuals when it is added and slices, uploads and draws it
-            # when it is shown: added hidden and shown on the next turn of the event loop, the two
-            # main-thread costs come apart instead of one long stall
-            layer = viewer.add_labels(data, name=name, scale=image.scale[-data.ndim:],
-                                      translate=image.translate[-data.ndim:], visible=False)
-            QTimer.singleShot(0, lambda: setattr(layer, "visible", True))
+            layer = add_in_steps(viewer, data, name=name, scale=image.scale[-data.ndim:],
+                                 translate=image.translate[-data.ndim:])
             new = True
         else:
             new = self.state.result(layer).pending  # the empty layer from prepare(): its first result

@@ -16,7 +16,7 @@ from ..errors import Cancelled, NapariUnetError
 from ..inference import labels_for_image, predict
 from ..scale import postprocess_at_scale
 from .blockwise_run import BlockwiseRun
-from .labels import LabelsWriter, object_counts
+from .labels import NEXT_TURN_MS, LabelsWriter, object_counts
 from .notify import notify
 from .regions import wants_blockwise
 from .segment_options import SegmentOptions
@@ -107,7 +107,7 @@ class SegmentSection(SegmentOptions):
         # napari's build of a new labels layer (~0.35 s of main-thread CPU on 2 cores with software
         # OpenGL, whatever the data) happens right after the click, on a turn of its own, not when
         # the result arrives; the worker starts after it and the repaint it causes (no CPU contest)
-        QTimer.singleShot(0, lambda: self._begin(layer))
+        QTimer.singleShot(NEXT_TURN_MS, lambda: self._begin(layer))
 
     def _begin(self, image: Image) -> None:
         if self.worker is None or self.target is not image:
