@@ -1,7 +1,8 @@
 """Training-time augmentation: random crops with rotation, flips, rescaling (0.5–2×), the
 U-Net paper's elastic deformation, and intensity jitter — all in one resampling per crop — plus
 optional imaging artefacts (dim non-nuclear signal, uneven illumination, low contrast, 8-bit
-quantisation, dim nuclei)."""
+quantisation, dim nuclei) and low resolution (an image taken with larger pixels, then enlarged as
+``scale="auto"`` enlarges small nuclei)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
+
+from .tiling import resize_planes
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,16 @@ def jitter_intensity(rng: np.random.Generator, img: np.ndarray, c: AugmentConfig
     if c.noise:
         img = img + rng.normal(0, rng.uniform(0, c.noise), img.shape)
     return img
+
+
+def low_resolution(rng: np.random.Generator, img: np.ndarray, factors: tuple[float, float] = (1.5, 3.0)) -> np.ndarray:
+    """``(C, H, W)`` ``img`` as if taken with pixels ``k`` times larger (``k`` drawn from
+    ``factors``) and enlarged back to its size with the resize inference uses: same object size,
+    the detail a coarser camera loses (the thin gaps between touching nuclei first)."""
+    k = float(rng.uniform(*factors))
+    h, w = img.shape[-2:]
+    small = resize_planes(img, (max(1, round(h / k)), max(1, round(w / k))))
+    return resize_planes(small, (h, w))
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from scipy import ndimage as ndi
 from skimage.segmentation import find_boundaries
 
-from .augment import AugmentConfig, add_artefacts, jitter_intensity, transform_crop
+from .augment import AugmentConfig, add_artefacts, jitter_intensity, low_resolution, transform_crop
 from .crowding import Nucleus, nucleus_bank, paste_touching
 from .metrics import pooled_f1
 from .model import UNet
@@ -63,6 +63,7 @@ class TrainConfig:
     copy_paste: float = 0.0  # probability that a crop gets real nuclei pasted touching others
     copy_paste_count: tuple[int, int] = (3, 12)  # how many, drawn uniformly
     artefacts: float = 0.0  # probability that a crop gets imaging artefacts (augment.add_artefacts)
+    low_resolution: float = 0.0  # probability that a crop is made coarser (augment.low_resolution)
     freeze_batchnorm: bool = False  # keep BN statistics fixed (fine-tuning on few images)
     val_tile: int = 512
     val_overlap: int = 128
@@ -345,6 +346,8 @@ def _batch(
             img, lab, rev = paste_touching(rng, img, lab, bank, mag, int(rng.integers(lo, hi + 1)), rev)
         if config.artefacts and rng.random() < config.artefacts:
             img = add_artefacts(rng, img, lab, mag)
+        if config.low_resolution and rng.random() < config.low_resolution:
+            img = low_resolution(rng, img)
         xs.append(jitter_intensity(rng, img, config.augment).astype(np.float32))
         target = class_targets(lab, rev)
         ys.append(target)

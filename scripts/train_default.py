@@ -48,6 +48,7 @@ def main() -> None:
     ap.add_argument("--sigma", type=float, default=5.0)
     ap.add_argument("--copy-paste", type=float, default=0.0, help="probability per crop")
     ap.add_argument("--artefacts", type=float, default=0.0, help="probability per crop")
+    ap.add_argument("--low-resolution", type=float, default=0.0, help="probability per crop")
     ap.add_argument("--init", help="start from this checkpoint's weights (matching tensors)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--latest", help="also save the weights after every epoch here")
@@ -61,7 +62,7 @@ def main() -> None:
         epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, time_limit=args.minutes * 60,
         batch_size=args.batch_size, crop_size=args.crop, lr=args.lr, seed=args.seed,
         weight_map=args.weight_map, w0=args.w0, sigma=args.sigma, copy_paste=args.copy_paste,
-        artefacts=args.artefacts,
+        artefacts=args.artefacts, low_resolution=args.low_resolution,
     )
     net = build_network(UNetConfig(
         in_channels=1, out_classes=3, depth=args.depth, base_width=args.width,

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
-from napari_unet.augment import add_artefacts
+from napari_unet.augment import add_artefacts, low_resolution
 from napari_unet.crowding import nucleus_bank, paste_touching
 from napari_unet.model import UNetConfig, build_network
 from napari_unet.normalize import Normalization
@@ -82,12 +82,23 @@ def test_artefacts_change_the_image_not_the_labels(misc, misc_labels):
     assert sum(not np.allclose(c, img) for c in changed) >= 5
 
 
+def test_low_resolution_fills_the_gap_between_touching_objects_and_keeps_the_size():
+    img = np.zeros((1, 96, 96), np.float32)
+    img[0, 30:60, 20:46] = img[0, 30:60, 48:74] = 1.0  # two bars, a 2-px dark gap between them
+    out = low_resolution(np.random.default_rng(0), img, factors=(3.0, 3.0))
+    assert out.shape == img.shape and out.dtype == np.float32 and np.isfinite(out).all()
+    assert out[0, 45, 46:48].min() > 0.4  # the coarser camera no longer resolves the gap
+    assert abs(out.sum() - img.sum()) / img.sum() < 0.02 and out[0, 45, 30] > 0.9  # same objects, same size
+    same = low_resolution(np.random.default_rng(0), img, factors=(1.0, 1.0))
+    np.testing.assert_allclose(same, img, atol=1e-5)
+
+
 def test_training_with_weight_map_copy_paste_and_artefacts(misc, misc_labels):
     torch.manual_seed(0)
     img = Normalization().apply(misc[None])
     s = Sample(img, misc_labels.astype(np.int32))
     net = build_network(UNetConfig(depth=3, base_width=4, architecture="unetpp", deep_supervision=True))
     config = TrainConfig(epochs=2, steps_per_epoch=3, batch_size=2, crop_size=96, val_tile=256,
-                         weight_map=True, copy_paste=1.0, artefacts=1.0)
+                         weight_map=True, copy_paste=1.0, artefacts=1.0, low_resolution=1.0)
     result = train(net, [s], [s], config)
     assert len(result.history) == 2 and all(np.isfinite(h["train_loss"]) for h in result.history)
