@@ -25,7 +25,8 @@ class LockTimeout(NapariUnetError):
     """A shared folder stayed locked by another process for longer than the allowed wait."""
 
 
-def _try_lock(fd: int) -> bool:
+def try_lock(fd: int) -> bool:
+    """Take the exclusive lock on open file descriptor ``fd`` if no one holds it; never waits."""
     try:
         if fcntl is not None:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -37,7 +38,7 @@ def _try_lock(fd: int) -> bool:
     return True
 
 
-def _unlock(fd: int) -> None:
+def unlock(fd: int) -> None:
     if fcntl is not None:
         fcntl.flock(fd, fcntl.LOCK_UN)
     else:
@@ -56,7 +57,7 @@ def exclusive_lock(path: Path | str, *, timeout: float = 30.0, what: str = "the 
     try:
         deadline = time.monotonic() + timeout
         delay = 0.005
-        while not _try_lock(fd):
+        while not try_lock(fd):
             if time.monotonic() >= deadline:
                 raise LockTimeout(
                     f"{what} is locked by another napari-unet process for more than {timeout:g} s "
@@ -67,6 +68,6 @@ def exclusive_lock(path: Path | str, *, timeout: float = 30.0, what: str = "the 
         try:
             yield
         finally:
-            _unlock(fd)
+            unlock(fd)
     finally:
         os.close(fd)

@@ -23,12 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-try:
-    import fcntl
-except ImportError:  # Windows
-    fcntl = None
-
 from .errors import NapariUnetError, os_error_sentence
+from .locking import try_lock
 from .versions import models_dir_for, new_version_path
 
 LOCK_NAME = ".napari-unet-train.lock"
@@ -41,7 +37,7 @@ class FineTuneBusy(NapariUnetError):
 
 
 class FolderLock:
-    """An exclusive advisory lock (``flock``) on a file in the pairs folder.
+    """An exclusive lock (:func:`locking.try_lock`) on a file in the pairs folder, held for a whole run.
 
     The kernel drops the lock when its holder dies, so a crashed run never leaves it stuck;
     the file keeps the holder's PID only to name it in the message.
@@ -52,21 +48,20 @@ class FolderLock:
         self._file: IO[str] | None = None
 
     def acquire(self) -> None:
-        if fcntl is None:  # no flock on this platform: run unlocked rather than refuse
-            return
         try:
             f = open(self.path, "a+")
         except OSError as exc:
             raise NapariUnetError(
                 f"Cannot lock the pairs folder for fine-tuning: {os_error_sentence(exc, self.path.parent)}"
             ) from None
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "unknown"
+        if not try_lock(f.fileno()):
+            try:
+                f.seek(0)
+                holder = f.read().strip() or "unknown"
+            except OSError:  # Windows: the holder's locked byte cannot be read
+                holder = "unknown"
             f.close()
-            raise FineTuneBusy(f"A fine-tune is already running on {self.path.parent} (process {holder}).") from None
+            raise FineTuneBusy(f"A fine-tune is already running on {self.path.parent} (process {holder}).")
         f.seek(0)
         f.truncate()
         f.write(f"{os.getpid()}\n")
@@ -83,7 +78,7 @@ class FolderLock:
 
     def release(self) -> None:
         if self._file is not None:
-            self._file.close()  # closing the descriptor releases the flock
+            self._file.close()  # closing the descriptor releases the lock
             self._file = None
 
 
