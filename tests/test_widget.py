@@ -175,10 +175,12 @@ def test_cancel_stops_quickly_and_removing_the_image_leaves_no_layer(qtbot, widg
     qtbot.waitUntil(lambda: "misc labels" in w.viewer.layers, timeout=5_000)  # added right after the click
     assert not w.viewer.layers["misc labels"].data.any()
     qtbot.waitUntil(lambda: w.seg.progress.value >= 1, timeout=30_000)
+    stopped = []  # when the worker ends (napari then removes the empty layer: main-thread time not counted)
+    w.seg.worker.finished.connect(lambda: stopped.append(time.monotonic()))
     t0 = time.monotonic()
     w.seg.cancel_btn.native.click()
-    qtbot.waitUntil(lambda: w.seg.worker is None, timeout=5_000)
-    assert time.monotonic() - t0 < 1.0
+    qtbot.waitUntil(lambda: w.seg.worker is None and bool(stopped), timeout=5_000)
+    assert stopped[0] - t0 < 1.0
     qtbot.waitUntil(lambda: "misc labels" not in w.viewer.layers, timeout=5_000)  # the empty layer goes too
     assert "cancelled" in w.status.text()
     w.seg.run_btn.native.click()
