@@ -37,14 +37,14 @@ def test_auto_scale_is_within_15_percent_of_the_right_one(default_model, u2os, u
 
 
 def test_shrunk_sample_segments_nearly_as_well_as_the_original(default_model, u2os, u2os_labels):
-    """The issue's target is a gap of at most 0.05 F1@0.5 (benchmarks/auto_scale.py gives the
-    measured figures); this guards against regressions beyond 0.07."""
+    """The issue's target: a gap of at most 0.05 F1@0.5 (benchmarks/auto_scale.py: 0.007 with the
+    shipped model)."""
     small, small_lab = _resized(u2os, u2os_labels, 0.4)
     used = []
     f1_orig = pooled_f1([(u2os_labels, segment(u2os, default_model, device="cpu"))])
     f1_small = pooled_f1([(small_lab, segment(small, default_model, device="cpu", on_scale=used.append))])
     assert used[0] > 1.8  # enlarged before the network
-    assert f1_small > f1_orig - 0.07, (f1_small, f1_orig)
+    assert f1_small > f1_orig - 0.05, (f1_small, f1_orig)
     at_one = pooled_f1([(small_lab, segment(small, default_model, device="cpu", scale=1.0))])
     assert f1_small > at_one  # what "auto" is for
 
