@@ -329,7 +329,7 @@ class _Run:
         block, halo = options.block, options.halo
         post = postprocess_at_scale(options.postprocess or model.postprocess, options.scale)
         if options.min_size is not None:
-            post = replace(post, min_size=options.min_size, edge_min_size=None)  # the user's, everywhere
+            post = post.with_min_size(options.min_size)
         self.settings = _Settings(self.image, str(self.part), stack_shape, options, post, digest, threads)
         norm = model.normalization
         array = image.open()

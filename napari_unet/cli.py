@@ -165,8 +165,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
                 else:
                     config, sizes = post, "model"  # the model's sizes are at training scale
                     if args.min_size is not None:  # the user's is in image pixels, at the edge too
-                        config, sizes = replace(postprocess_at_scale(post, used[0]), min_size=args.min_size,
-                                                edge_min_size=None), "image"
+                        config, sizes = postprocess_at_scale(post, used[0]).with_min_size(args.min_size), "image"
                     labels = labels_for_image(probs, file.data, model, used[0], config, sizes=sizes,
                                               channel_axis=channel_axis, channel=args.channel)
                 del probs

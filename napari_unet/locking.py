@@ -38,7 +38,7 @@ def try_lock(fd: int) -> bool:
     return True
 
 
-def unlock(fd: int) -> None:
+def _unlock(fd: int) -> None:
     if fcntl is not None:
         fcntl.flock(fd, fcntl.LOCK_UN)
     else:
@@ -68,6 +68,6 @@ def exclusive_lock(path: Path | str, *, timeout: float = 30.0, what: str = "the 
         try:
             yield
         finally:
-            unlock(fd)
+            _unlock(fd)
     finally:
         os.close(fd)

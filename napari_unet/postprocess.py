@@ -38,6 +38,10 @@ class PostprocessConfig:
         """The smallest object kept where it touches the plane's edge."""
         return self.min_size if self.edge_min_size is None else min(self.edge_min_size, self.min_size)
 
+    def with_min_size(self, min_size: int) -> PostprocessConfig:
+        """This config with a min size the user set: it applies at the plane's edge too."""
+        return replace(self, min_size=min_size, edge_min_size=None)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -89,8 +89,8 @@ class SegmentOptions:
     def postprocess(self) -> PostprocessConfig:
         base = self.state.model.postprocess if self.state.model is not None else PostprocessConfig()
         config = replace(base, threshold=self.threshold.value, seed_threshold=self.seeds.value)
-        if self.min_size.value != base.min_size:  # a min size typed by the user applies at the edge too
-            config = replace(config, min_size=self.min_size.value, edge_min_size=None)
+        if self.min_size.value != base.min_size:  # a min size typed by the user
+            config = config.with_min_size(self.min_size.value)
         return config
 
     def show_model_postprocess(self) -> None:
