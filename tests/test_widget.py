@@ -16,7 +16,7 @@ from qtpy.QtWidgets import QApplication, QMessageBox
 
 from napari_unet import segment
 from napari_unet._widget import UNetWidget
-from napari_unet._widget.labels import add_in_steps
+from napari_unet._widget.stepped_add import add_in_steps
 from napari_unet.checkpoint import ModelInfo, save_checkpoint
 from napari_unet.pairs import read_pairs
 from napari_unet.runner import FineTuneBusy, FineTuneRequest, FineTuneRunner
@@ -124,10 +124,17 @@ def test_labels_added_in_steps_end_as_add_labels_does(qtbot, make_napari_viewer,
     assert overlays(layer) == overlays(plain)
     canvas = viewer.window._qt_viewer.canvas
     assert len(canvas._layer_overlay_to_visual[layer]) == len(canvas._layer_overlay_to_visual[plain]) >= 2
+    container = viewer.window._qt_viewer.controls
+    controls = container.widgets
     gone = add_in_steps(viewer, data, name="removed at once")
-    viewer.layers.remove(gone)  # the remaining steps do nothing
-    qtbot.wait(300)
-    assert gone not in viewer.layers and not gone.visible
+    assert gone not in canvas.layer_to_visual and gone not in controls  # napari's builders held back
+    viewer.layers.remove(gone)  # built at once, so napari's removal finds what it removes
+    assert gone not in canvas.layer_to_visual and gone not in controls
+    picked = add_in_steps(viewer, data, name="selected by hand at once")
+    viewer.layers.selection.active = picked  # napari shows its controls: built at once
+    assert picked in canvas.layer_to_visual and container.currentWidget() is controls[picked]
+    qtbot.wait(300)  # the remaining steps do nothing to the removed layer
+    assert gone not in viewer.layers and not gone.visible and picked.visible
 
 
 def test_auto_scale_on_small_nuclei_and_a_scale_set_by_hand(qtbot, make_napari_viewer, u2os, default_model):

@@ -21,9 +21,9 @@ from napari.qt.threading import create_worker
 from ..blockwise import DEFAULT_BLOCK, BlockwiseOptions, BlockwiseResult, segment_blockwise
 from ..errors import Cancelled, os_error_sentence
 from ..lazy import open_lazy, stem
-from .labels import add_in_steps
 from .regions import level0
 from .state import Result, ui_threads
+from .stepped_add import add_in_steps
 
 if TYPE_CHECKING:
     from .segment import SegmentSection

@@ -9,61 +9,17 @@ from typing import Any
 import numpy as np
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
-from qtpy.QtCore import QTimer
 
 from ..postprocess import PostprocessConfig
 from ..scale import instance_labels
 from .state import Result, State, digest
+from .stepped_add import add_in_steps
 
 
 def object_counts(labels: np.ndarray) -> list[int]:
     """Objects per 2D plane (labels are numbered per plane, so a stack's maximum is no count)."""
     planes = labels.reshape(-1, *labels.shape[-2:])
     return [int(len(np.unique(p)) - (1 if (p == 0).any() else 0)) for p in planes]
-
-
-# A step scheduled this long after the previous one lets napari's pending paints and timers run
-# in between (a zero delay can run in the same turn of the event loop).
-NEXT_TURN_MS = 20
-
-
-def add_in_steps(viewer: Any, data: Any, **kwargs: Any) -> Labels:
-    """Add a labels layer to ``viewer`` with napari's main-thread work split over several turns of
-    the event loop, so no single turn stalls the UI for long.
-
-    napari builds a new layer's visual, each of its visible overlays (a labels layer's polygon and
-    brush-stroke overlays: ~80 and ~45 ms on 2 cores with software OpenGL), its layer-list row and,
-    as the new layer becomes the selected one, its layer controls (~45 ms) in one step, then
-    slices, uploads and draws it when shown. napari already defers an overlay until it becomes
-    visible and can insert without selecting, so the layer is added hidden, unselected and with
-    those two overlays hidden; then it is selected, each overlay shown, and the layer shown, each
-    on a turn of its own. Afterwards the layer is the one ``add_labels`` gives."""
-    layer = Labels(data, visible=False, **kwargs)
-    overlays = getattr(layer, "_overlays", {})  # private in napari 0.9; without these: fewer steps
-    deferred = [o for key in ("polygon", "brush_stroke") if (o := overlays.get(key)) is not None and o.visible]
-    for overlay in deferred:
-        overlay.visible = False
-    layers = viewer.layers
-    activate = getattr(layers, "_activate_on_insert", None)
-    if activate is not None:
-        layers._activate_on_insert = False
-    try:
-        layers.append(layer)
-    finally:
-        if activate is not None:
-            layers._activate_on_insert = activate
-    steps = [lambda o=o: setattr(o, "visible", True) for o in deferred] + [lambda: setattr(layer, "visible", True)]
-    if activate:
-        steps.insert(0, lambda: setattr(layers.selection, "active", layer))
-
-    def step() -> None:
-        if layer not in layers:  # removed meanwhile (cancelled, or by the user): nothing left to show
-            return
-        steps.pop(0)()
-        if steps:
-            QTimer.singleShot(NEXT_TURN_MS, step)
-    QTimer.singleShot(NEXT_TURN_MS, step)
-    return layer
 
 
 def with_plane(stack: np.ndarray, plane: tuple[int, ...], labels: np.ndarray) -> np.ndarray:

@@ -16,11 +16,12 @@ from ..errors import Cancelled, NapariUnetError
 from ..inference import labels_for_image, predict
 from ..scale import postprocess_at_scale
 from .blockwise_run import BlockwiseRun
-from .labels import NEXT_TURN_MS, LabelsWriter, object_counts
+from .labels import LabelsWriter, object_counts
 from .notify import notify
 from .regions import wants_blockwise
 from .segment_options import SegmentOptions
 from .state import State, digest, ui_threads
+from .stepped_add import NEXT_TURN_MS
 
 
 class _Progress(QObject):
