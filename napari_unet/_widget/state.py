@@ -6,7 +6,6 @@ the location, e.g. for tests), written atomically.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import xxhash
 from qtpy.QtCore import QObject, Signal
 
 from ..atomic import atomic_path
@@ -67,7 +67,9 @@ def ui_threads() -> int:
 
 
 def digest(*arrays: np.ndarray) -> str:
-    h = hashlib.blake2b(digest_size=16)
+    """A fingerprint of the arrays' shapes, dtypes and bytes, to tell whether a layer was edited
+    (xxh3: a 2048² uint16 layer in ~0.3 ms, where blake2b took ~11 ms of the main thread)."""
+    h = xxhash.xxh3_128()
     for a in arrays:
         a = np.ascontiguousarray(a)
         h.update(str((a.shape, a.dtype.str)).encode())
