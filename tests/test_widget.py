@@ -137,6 +137,25 @@ def test_labels_added_in_steps_end_as_add_labels_does(qtbot, make_napari_viewer,
     assert gone not in viewer.layers and not gone.visible and picked.visible
 
 
+def test_layers_added_in_steps_survive_moves_3d_clear_and_close(qtbot, make_napari_viewer):
+    """Two layers mid-build, moved, shown in 3D, then all layers cleared and the viewer closed:
+    napari's handlers find what they need at every point (no error), and a later add completes."""
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((64, 64), np.float32), name="i")
+    add_in_steps(viewer, np.zeros((64, 64), np.uint16), name="a")
+    b = add_in_steps(viewer, np.zeros((64, 64), np.uint16), name="b")
+    viewer.layers.move(viewer.layers.index(b), 0)
+    viewer.dims.ndisplay = 3
+    qtbot.wait(50)
+    viewer.layers.clear()
+    qtbot.wait(300)
+    c = add_in_steps(viewer, np.zeros((64, 64), np.uint16), name="c")
+    qtbot.waitUntil(lambda: c.visible, timeout=5_000)
+    add_in_steps(viewer, np.zeros((64, 64), np.uint16), name="d")
+    viewer.close()
+    qtbot.wait(300)
+
+
 def test_auto_scale_on_small_nuclei_and_a_scale_set_by_hand(qtbot, make_napari_viewer, u2os, default_model):
     """The U2OS sample shrunk 0.4×: automatic scale enlarges it back (and scales min size down);
     a scale set by hand is used as given."""
