@@ -30,7 +30,7 @@ from .metrics import THRESHOLDS, instance_scores, pool_scores
 from .pixel_size import auto_scale
 from .scale import SCALE_LIMITS, postprocess_at_scale
 from .tiff import read_image
-from .validate import check_number
+from .validate import LIMITS, check_number
 
 
 class ProgressBar:
@@ -378,6 +378,11 @@ def _number(name: str, *, integer: bool = False, **bounds: float) -> Callable[[s
     return parse
 
 
+def _limit(flag: str, name: str) -> Callable[[str], float | int]:
+    """An argparse type for the number the API calls ``name``, with its limits from :data:`LIMITS`."""
+    return _number(flag, **LIMITS[name])
+
+
 def _scale(text: str) -> float | str:
     return "auto" if text == "auto" else _number("--scale", low=SCALE_LIMITS[0], high=SCALE_LIMITS[1])(text)
 
@@ -398,7 +403,6 @@ def cmd_export_bioimageio(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="napari-unet", description="U-Net segmentation for microscopy.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    unit = {"low": 0, "high": 1}
 
     seg = sub.add_parser("segment", help="segment images (TIFF, OME-TIFF, ImageJ, PNG, JPEG) into instance labels")
     seg.add_argument("inputs", nargs="+", help="TIFF images, or folders of them (labels files are skipped)")
@@ -408,9 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="allow a bioimage.io package whose weights need its own Python source (runs that code)")
     seg.add_argument("--out", default=".", help="output folder (default: current folder)")
     seg.add_argument("--device", default="auto", choices=DEVICES)
-    seg.add_argument("--tile", type=_number("--tile", integer=True, low=16, high=16384), default=DEFAULT_TILE)
-    seg.add_argument("--overlap", type=_number("--overlap", integer=True, low=0), default=DEFAULT_OVERLAP)
-    seg.add_argument("--batch-size", type=_number("--batch-size", integer=True, low=1, high=1024), default=4)
+    seg.add_argument("--tile", type=_limit("--tile", "tile"), default=DEFAULT_TILE)
+    seg.add_argument("--overlap", type=_limit("--overlap", "overlap"), default=DEFAULT_OVERLAP)
+    seg.add_argument("--batch-size", type=_limit("--batch-size", "batch size"), default=4)
     seg.add_argument("--scale", type=_scale, default="auto",
                      help="resize factor before the network, or 'auto' (default): the image's pixel size over "
                           "the model's when both are known, else chosen from the objects' size")
@@ -422,11 +426,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "axis of 2-4 is read as channels")
     seg.add_argument("--series", type=_number("--series", integer=True, low=0),
                      help="which image series of a multi-series TIFF to segment")
-    seg.add_argument("--threshold", type=_number("--threshold", **unit),
+    seg.add_argument("--threshold", type=_limit("--threshold", "threshold"),
                      help="foreground probability threshold, 0-1 (default: the model's)")
-    seg.add_argument("--seed-threshold", type=_number("--seed-threshold", **unit),
+    seg.add_argument("--seed-threshold", type=_limit("--seed-threshold", "seed threshold"),
                      help="seed (interior) threshold, 0-1 (default: the model's)")
-    seg.add_argument("--min-size", type=_number("--min-size", integer=True, low=0),
+    seg.add_argument("--min-size", type=_limit("--min-size", "min size"),
                      help="smallest object kept, in image pixels (default: the model's, following the scale)")
     seg.add_argument("--overwrite", action="store_true", help="replace existing output files")
     seg.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -442,14 +446,14 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--pairs", required=True, help="training-pairs folder (or cellpose-style folder)")
     tr.add_argument("--base", help="base checkpoint (default: shipped nuclei model)")
     tr.add_argument("--out", required=True, help="where to write the fine-tuned checkpoint (best weights)")
-    tr.add_argument("--epochs", type=_number("--epochs", integer=True, low=1, high=100000), default=30)
-    tr.add_argument("--time-limit", type=_number("--time-limit", low=0, low_open=True),
+    tr.add_argument("--epochs", type=_limit("--epochs", "epochs"), default=30)
+    tr.add_argument("--time-limit", type=_limit("--time-limit", "time limit"),
                     help="seconds (> 0); stops at epochs or time, whichever first")
     tr.add_argument("--device", default="auto", choices=DEVICES)
-    tr.add_argument("--val-fraction", type=_number("--val-fraction", low=0.05, high=0.9), default=0.2)
-    tr.add_argument("--steps-per-epoch", type=_number("--steps-per-epoch", integer=True, low=1, high=100000),
+    tr.add_argument("--val-fraction", type=_limit("--val-fraction", "validation fraction"), default=0.2)
+    tr.add_argument("--steps-per-epoch", type=_limit("--steps-per-epoch", "steps per epoch"),
                     default=20)
-    tr.add_argument("--batch-size", type=_number("--batch-size", integer=True, low=1, high=1024), default=4)
+    tr.add_argument("--batch-size", type=_limit("--batch-size", "batch size"), default=4)
     tr.add_argument("--threads", type=_number("--threads", integer=True, low=0, high=1024), default=0,
                     help="torch CPU threads (0: torch's default)")
     tr.add_argument("--nice", type=_number("--nice", integer=True, low=0, high=19), default=0,

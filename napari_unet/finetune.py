@@ -24,7 +24,7 @@ from .model import UNet, build_network
 from .pairs import Pair, read_pairs
 from .postprocess import choose_postprocess, median_object_area
 from .training import Sample, TrainConfig, train, validation_probabilities
-from .validate import check_number
+from .validate import check_limit, check_number
 
 EventFn = Callable[[dict[str, Any]], None]
 MIN_VAL_SIDE = 64
@@ -53,12 +53,12 @@ class FineTuneOptions:
     seed: int = 0
 
     def __post_init__(self) -> None:  # the API refuses what the CLI refuses
-        self.epochs = check_number("epochs", self.epochs, low=1, integer=True)
+        self.epochs = check_limit("epochs", self.epochs)
         if self.time_limit is not None:
-            self.time_limit = check_number("time limit", self.time_limit, low=0, low_open=True)
-        self.val_fraction = check_number("validation fraction", self.val_fraction, low=0.05, high=0.9)
-        self.steps_per_epoch = check_number("steps per epoch", self.steps_per_epoch, low=1, integer=True)
-        self.batch_size = check_number("batch size", self.batch_size, low=1, high=1024, integer=True)
+            self.time_limit = check_limit("time limit", self.time_limit)
+        self.val_fraction = check_limit("validation fraction", self.val_fraction)
+        self.steps_per_epoch = check_limit("steps per epoch", self.steps_per_epoch)
+        self.batch_size = check_limit("batch size", self.batch_size)
         self.crop_size = check_number("crop size", self.crop_size, low=16, integer=True)
         self.lr = check_number("learning rate", self.lr, low=0, low_open=True)
 

@@ -22,7 +22,7 @@ from .prepare import prepare_for_inference
 from .scale import ScaleFn, checked_scale, choose_scale, instance_labels
 from .tiling import CancelFn, ProgressFn, count_tiles, predict_plane, resize_planes, resize_probabilities, tile_geometry
 from .tta import dihedral
-from .validate import check_number
+from .validate import check_limit
 
 DEFAULT_TILE = 512
 DEFAULT_OVERLAP = 64  # 12.5% of the default tile: margins are cropped (overlap-tile), so this is seam-free
@@ -131,9 +131,8 @@ def predict(
     enlarged size (for :func:`segment`, which separates small objects there).
     """
     planes = to_planes(image, model.config.in_channels, channel_axis=channel_axis, channel=channel)
-    tile = check_number("tile", tile, low=16, high=16384, integer=True)
-    overlap = check_number("overlap", overlap, low=0, integer=True)
-    batch_size = check_number("batch size", batch_size, low=1, high=1024, integer=True)
+    tile, overlap, batch_size = (check_limit(n, v) for n, v in (("tile", tile), ("overlap", overlap),
+                                                                 ("batch size", batch_size)))
     if scale == "auto":
         scale = choose_scale(
             model, image, pixel_size_um=pixel_size_um, channel_axis=channel_axis, channel=channel,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import Any
 
 from .errors import InvalidParameter
 
@@ -41,3 +42,24 @@ def check_number(
             rng = " and ".join(x for x in (lo, hi) if x)
         raise InvalidParameter(f"{name} must be {rng}, not {value!r}.")
     return value
+
+
+# The limits of each user-given number, in one place: the API, the CLI (its flag of the same name)
+# and the option dataclasses read them here, so every path refuses the same values alike.
+LIMITS: dict[str, dict[str, Any]] = {
+    "tile": {"low": 16, "high": 16384, "integer": True},
+    "overlap": {"low": 0, "integer": True},
+    "batch size": {"low": 1, "high": 1024, "integer": True},
+    "threshold": {"low": 0, "high": 1},
+    "seed threshold": {"low": 0, "high": 1},
+    "min size": {"low": 0, "integer": True},
+    "epochs": {"low": 1, "high": 100000, "integer": True},
+    "time limit": {"low": 0, "low_open": True},
+    "validation fraction": {"low": 0.05, "high": 0.9},
+    "steps per epoch": {"low": 1, "high": 100000, "integer": True},
+}
+
+
+def check_limit(name: str, value: object) -> float | int:
+    """:func:`check_number` with the limits :data:`LIMITS` holds for ``name``."""
+    return check_number(name, value, **LIMITS[name])

@@ -156,7 +156,7 @@ def test_api_postprocess_and_finetune_options_are_checked(tmp_path):
     for bad in ({"threshold": float("nan")}, {"threshold": 5}, {"seed_threshold": "0.5"}, {"min_size": -1}):
         with pytest.raises(InputError):
             PostprocessConfig(**bad)
-    for bad in ({"time_limit": 0}, {"batch_size": 0}, {"epochs": 2.5}, {"val_fraction": 1.0}):
+    for bad in ({"time_limit": 0}, {"batch_size": 0}, {"epochs": 2.5}, {"epochs": 100001}, {"val_fraction": 1.0}):
         with pytest.raises(InputError):
             FineTuneOptions(pairs=tmp_path, out=tmp_path / "m.safetensors", **bad)
 
