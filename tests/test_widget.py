@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from magicgui.widgets import Container, Label
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QApplication, QMessageBox
 
 from napari_unet import segment
@@ -201,8 +202,8 @@ def test_cancel_stops_quickly_and_removing_the_image_leaves_no_layer(qtbot, widg
     qtbot.waitUntil(lambda: "misc labels" in w.viewer.layers, timeout=5_000)  # added right after the click
     assert not w.viewer.layers["misc labels"].data.any()
     qtbot.waitUntil(lambda: w.seg.progress.value >= 1, timeout=30_000)
-    stopped = []  # when the worker ends (napari then removes the empty layer: main-thread time not counted)
-    w.seg.worker.finished.connect(lambda: stopped.append(time.monotonic()))
+    stopped = []  # when the worker thread ends (timed in that thread: napari's main-thread work not counted)
+    w.seg.worker.finished.connect(lambda: stopped.append(time.monotonic()), Qt.ConnectionType.DirectConnection)
     t0 = time.monotonic()
     w.seg.cancel_btn.native.click()
     qtbot.waitUntil(lambda: w.seg.worker is None and bool(stopped), timeout=5_000)
