@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 import uuid
 import warnings
 from collections import deque
@@ -406,6 +407,25 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def _running(keys: set[str], dask_worker: Any = None) -> int:
+    """On a worker: how many of the tasks ``keys`` are still running (a cancelled task that had
+    started runs to its end; distributed cannot stop a thread)."""
+    return sum(ts.key in keys for ts in dask_worker.state.executing)
+
+
+def _wait_until_not_running(client: Any, keys: list[str], timeout: float = 30.0) -> None:
+    """Until no worker runs any of the (cancelled) tasks ``keys``, at most ``timeout`` s: removing
+    an output while a block still writes into it would leave part of it behind."""
+    end = time.monotonic() + timeout
+    while keys and time.monotonic() < end:
+        try:
+            if not any(client.run(_running, set(keys)).values()):
+                return
+        except Exception:  # noqa: BLE001 - a closing or unreachable cluster: nothing more to wait for
+            return
+        time.sleep(0.05)
+
+
 def segment_blockwise(
     image: Any,
     out: Path | str,
@@ -485,10 +505,11 @@ def _drive(items, model, data, digest, options, client, overwrite, progress, can
     def fail(run: _Run, message: str) -> None:
         nonlocal done
         run.result.error = message
-        for fut, (r, *_) in list(in_flight.items()):
-            if r is run:
-                fut.cancel()
-                del in_flight[fut]
+        mine = [fut for fut, (r, *_) in in_flight.items() if r is run]
+        client.cancel(mine)
+        for fut in mine:
+            del in_flight[fut]
+        _wait_until_not_running(client, [fut.key for fut in mine])
         done += 2 * run.result.blocks - run.done
         run.jobs.clear()
         run.relabels.clear()
@@ -548,7 +569,9 @@ def _drive(items, model, data, digest, options, client, overwrite, progress, can
                     active.remove(run)
             report()
     except BaseException:  # Cancelled, KeyboardInterrupt: stop the cluster's work, leave no partial output
+        keys = [fut.key for fut in in_flight]
         client.cancel(list(in_flight))
+        _wait_until_not_running(client, keys)  # a block already running still writes into its output
         for run in active:
             run.discard()
         raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import dask.array as da
 import numpy as np
@@ -11,7 +12,14 @@ import tifffile
 import zarr
 
 from napari_unet import Cancelled, InputError, segment
-from napari_unet.blockwise import BlockwiseOptions, dask_client, segment_blockwise, segment_many
+from napari_unet.blockwise import (
+    BlockwiseOptions,
+    _running,
+    _wait_until_not_running,
+    dask_client,
+    segment_blockwise,
+    segment_many,
+)
 from napari_unet.lazy import open_lazy
 from napari_unet.metrics import instance_scores
 
@@ -140,6 +148,25 @@ def test_cancel_stops_and_leaves_nothing(misc, client, tmp_path):
                           progress=lambda d, t: seen.append((d, t)), cancel=lambda: len(seen) >= 2)
     assert seen and seen[-1][0] < seen[-1][1]
     assert list(tmp_path.iterdir()) == []
+
+
+def _slow_write(path: str) -> None:
+    time.sleep(1.0)
+    with open(path, "w") as f:
+        f.write("late")
+
+
+def test_cancelled_tasks_that_already_run_are_waited_for_before_outputs_go(client, tmp_path):
+    """distributed cannot stop a task that has started: the cleanup after a cancel waits for it
+    (else a block still writing into the partial output could leave part of it behind)."""
+    late = tmp_path / "late"
+    fut = client.submit(_slow_write, str(late), pure=False)
+    deadline = time.monotonic() + 10
+    while not any(client.run(_running, {fut.key}).values()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    client.cancel([fut])
+    _wait_until_not_running(client, [fut.key])
+    assert late.read_text() == "late"  # it had finished writing when the wait returned
 
 
 def test_bad_input_is_one_sentence(client, tmp_path):
