@@ -571,8 +571,10 @@ def _drive(items, model, data, digest, options, client, overwrite, progress, can
     except BaseException:  # Cancelled, KeyboardInterrupt: stop the cluster's work, leave no partial output
         keys = [fut.key for fut in in_flight]
         client.cancel(list(in_flight))
-        _wait_until_not_running(client, keys)  # a block already running still writes into its output
-        for run in active:
-            run.discard()
+        try:
+            _wait_until_not_running(client, keys)  # a block already running still writes into its output
+        finally:  # a second Ctrl-C while waiting still removes the partial outputs
+            for run in active:
+                run.discard()
         raise
     return results
