@@ -102,7 +102,8 @@ def add_in_steps(viewer: Any, data: Any, **kwargs: Any) -> Labels:
 
     def step() -> None:
         if layer not in layers:  # removed meanwhile (cancelled, or by the user): nothing left to do
-            build_all()
+            builds.clear()  # (the removal built them already, through the guard)
+            build_next()  # disconnects the guards
             return
         steps.pop(0)()
         if steps:
