@@ -42,18 +42,19 @@ def run(cache: Path) -> dict:
     browse.start(500)
     results = {"cpu_count": os.cpu_count()}
     start = time.monotonic()
-    gaps, _ = measure(app, lambda: time.monotonic() - start > 10, 20)
-    results["browsing_idle"] = stats(gaps)
+    gaps, _, cpus = measure(app, lambda: time.monotonic() - start > 10, 20)
+    results["browsing_idle"] = stats(gaps, cpus)
     viewer.dims.set_current_step(0, 0)
     arrived = []
     viewer.layers.events.inserted.connect(lambda *_: arrived.append(time.perf_counter()))
     t0 = time.perf_counter()
     w.seg.run_btn.native.click()
-    gaps, ends = measure(app, lambda: w.seg.worker is None and "stack labels" in viewer.layers, 900, settle=1.0)
+    gaps, ends, cpus = measure(app, lambda: w.seg.worker is None and "stack labels" in viewer.layers, 900,
+                               settle=1.0)
     results["click_to_labels_s"] = round(arrived[0] - t0, 1)
     before = ends < arrived[0]  # the blocks running; then the labels layer arriving and first drawn
-    results["browsing_while_segmenting"] = stats(gaps[before])
-    results["labels_layer_arriving"] = stats(gaps[~before])
+    results["browsing_while_segmenting"] = stats(gaps[before], cpus[before])
+    results["labels_layer_arriving"] = stats(gaps[~before], cpus[~before])
     results["status"] = w.status.text()
     browse.stop()
     viewer.close()
@@ -72,7 +73,8 @@ def main() -> None:
     print(json.dumps(results, indent=1))
     for phase in ("browsing_idle", "browsing_while_segmenting", "labels_layer_arriving"):
         r = results[phase]
-        print(f"{phase}: max gap {r['max_ms']} ms, p99 {r['p99_ms']} ms over {r['beats']} beats")
+        print(f"{phase}: max gap {r['max_ms']} ms, p99 {r['p99_ms']} ms over {r['beats']} beats; main-thread "
+              f"CPU per gap: max {r['max_cpu_ms']} ms, p99 {r['p99_cpu_ms']} ms")
 
 
 if __name__ == "__main__":
