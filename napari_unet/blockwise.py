@@ -416,10 +416,10 @@ def _running(keys: set[str], dask_worker: Any = None) -> int:
 def _wait_until_not_running(client: Any, keys: list[str], timeout: float = 30.0) -> None:
     """Until no worker runs any of the (cancelled) tasks ``keys``, at most ``timeout`` s: removing
     an output while a block still writes into it would leave part of it behind."""
-    end = time.monotonic() + timeout
-    while keys and time.monotonic() < end:
+    end, pending = time.monotonic() + timeout, set(keys)
+    while pending and time.monotonic() < end:
         try:
-            if not any(client.run(_running, set(keys)).values()):
+            if not any(client.run(_running, pending).values()):
                 return
         except Exception:  # noqa: BLE001 - a closing or unreachable cluster: nothing more to wait for
             return

@@ -131,8 +131,9 @@ def predict(
     enlarged size (for :func:`segment`, which separates small objects there).
     """
     planes = to_planes(image, model.config.in_channels, channel_axis=channel_axis, channel=channel)
-    tile, overlap, batch_size = (check_limit(n, v) for n, v in (("tile", tile), ("overlap", overlap),
-                                                                 ("batch size", batch_size)))
+    tile = check_limit("tile", tile)
+    overlap = check_limit("overlap", overlap)
+    batch_size = check_limit("batch size", batch_size)
     if scale == "auto":
         scale = choose_scale(
             model, image, pixel_size_um=pixel_size_um, channel_axis=channel_axis, channel=channel,

@@ -11,7 +11,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import relabel_sequential, watershed
 
-from .validate import LIMITS, check_number
+from .validate import LIMITS, check_limit, check_number
 
 
 @dataclass(frozen=True)
@@ -27,9 +27,11 @@ class PostprocessConfig:
 
     def __post_init__(self) -> None:  # checked here so every path (API, CLI, checkpoint) refuses alike
         sizes = ("min_size", "min_seed_size") + (("edge_min_size",) if self.edge_min_size is not None else ())
-        for name in ("threshold", "seed_threshold", *sizes):  # every size has the limits of min size
-            limit = name.replace("_", " ") if name.endswith("threshold") else "min size"
-            object.__setattr__(self, name, check_number(name.replace("_", " "), getattr(self, name), **LIMITS[limit]))
+        for name in ("threshold", "seed_threshold"):
+            object.__setattr__(self, name, check_limit(name.replace("_", " "), getattr(self, name)))
+        for name in sizes:  # every size has the limits of min size
+            object.__setattr__(self, name, check_number(name.replace("_", " "), getattr(self, name),
+                                                        **LIMITS["min size"]))
 
     @property
     def edge_size(self) -> int:

@@ -78,13 +78,16 @@ def add_in_steps(viewer: Any, data: Any, **kwargs: Any) -> Labels:
     builds = [lambda b=b: b(event) for b in held]
     guards = (layers.events.removing, layers.selection.events.changed)
 
+    def drop_guards() -> None:
+        for guard in guards:
+            guard.disconnect(build_all)
+
     def build_next(_: Any = None) -> None:
         """Run the next held-back builder; the guards go once nothing is left to build."""
         if builds:
             builds.pop(0)()
         if not builds:
-            for guard in guards:
-                guard.disconnect(build_all)
+            drop_guards()
 
     def build_all(_: Any = None) -> None:
         """Run the held-back builders at once: napari's own handlers of this need them done."""
@@ -102,8 +105,7 @@ def add_in_steps(viewer: Any, data: Any, **kwargs: Any) -> Labels:
 
     def step() -> None:
         if layer not in layers:  # removed meanwhile (cancelled, or by the user): nothing left to do
-            builds.clear()  # (the removal built them already, through the guard)
-            build_next()  # disconnects the guards
+            drop_guards()  # (the removal built them already, through the guard)
             return
         steps.pop(0)()
         if steps:
