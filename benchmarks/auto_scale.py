@@ -14,10 +14,10 @@ import numpy as np
 import tifffile
 
 from napari_unet import load_model, segment
-from napari_unet.metrics import pooled_f1
-from napari_unet.postprocess import median_object_area
-from napari_unet.scale import choose_scale
-from napari_unet.tiling import resize_planes
+from napari_unet.engine.metrics import pooled_f1
+from napari_unet.engine.postprocess import median_object_area
+from napari_unet.engine.predict import choose_scale
+from napari_unet.engine.tiling import resize_planes
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_data"
 

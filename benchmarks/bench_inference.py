@@ -19,7 +19,7 @@ What is measured
     Reported: throughput ratio engine / MONAI (target >= 1.5).
 (b) Engine vs one untiled forward pass of the same PREPARED network
     (``model.prepared(device)``: BatchNorm folded, channels_last) over the whole image:
-    normalise, mirror-pad (``napari_unet.tiling.mirror_pad``) by a 64-px border and up to a
+    normalise, mirror-pad (``napari_unet.engine.tiling.mirror_pad``) by a 64-px border and up to a
     multiple of ``model.net.size_multiple``, channels_last input, softmax, crop back.
     Reported: time ratio engine / untiled (target <= 1.15).
 (c) Seam error: max |p_tiled - p_untiled| over all classes, excluding a 128-px border around the
@@ -69,9 +69,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import napari_unet
 from napari_unet import SegmentationModel, load_model, predict
-from napari_unet.device import resolve_device
-from napari_unet.inference import DEFAULT_OVERLAP, DEFAULT_TILE
-from napari_unet.tiling import count_tiles, mirror_pad
+from napari_unet.engine.device import resolve_device
+from napari_unet.engine.predict import DEFAULT_OVERLAP, DEFAULT_TILE
+from napari_unet.engine.tiling import count_tiles, mirror_pad
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "nuclei_u2os.tif"
 UNTILED_BORDER = 64  # mirror border of the untiled reference, in pixels

@@ -76,8 +76,8 @@ def child(args: argparse.Namespace) -> None:
     import zarr
 
     from napari_unet import load_model, segment
-    from napari_unet.blockwise import BlockwiseOptions, segment_blockwise
-    from napari_unet.tiff import write_tiff_atomic
+    from napari_unet.blockwise.engine import BlockwiseOptions, segment_blockwise
+    from napari_unet.io.tiff import write_tiff_atomic
 
     out = Path(args.out)
     model = load_model()

@@ -27,7 +27,7 @@ def run(zarr_path: Path, workers: int, trim: bool) -> float:
     from distributed import Client, LocalCluster
 
     from napari_unet import load_model
-    from napari_unet.blockwise import BlockwiseOptions, segment_blockwise
+    from napari_unet.blockwise.engine import BlockwiseOptions, segment_blockwise
 
     model = load_model()
     environ = {} if trim else {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}

@@ -29,9 +29,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from mnfinder_data import load_split  # noqa: E402
 
 from napari_unet import load_model, predict, segment  # noqa: E402
-from napari_unet.metrics import pooled_f1  # noqa: E402
-from napari_unet.pairs import export_pair  # noqa: E402
-from napari_unet.postprocess import choose_postprocess  # noqa: E402
+from napari_unet.engine.metrics import pooled_f1  # noqa: E402
+from napari_unet.engine.postprocess import choose_postprocess  # noqa: E402
+from napari_unet.training.pairs import export_pair  # noqa: E402
 
 
 def inverted(image: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -32,8 +32,8 @@ from mnfinder_data import load_split  # noqa: E402
 from tune_postprocess import tune  # noqa: E402
 
 from napari_unet import load_model, predict, segment  # noqa: E402
-from napari_unet.metrics import instance_scores  # noqa: E402
-from napari_unet.postprocess import median_object_area  # noqa: E402
+from napari_unet.engine.metrics import instance_scores  # noqa: E402
+from napari_unet.engine.postprocess import median_object_area  # noqa: E402
 
 
 def pooled(pairs: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:

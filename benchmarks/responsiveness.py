@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> dict:
 
     from napari_unet import load_model, segment
     from napari_unet._widget.state import ui_threads
-    from napari_unet.pairs import export_pair
+    from napari_unet.training.pairs import export_pair
 
     app = QApplication.instance() or QApplication([])
     sample = tifffile.imread(ROOT / "sample_data" / "nuclei_u2os.tif")

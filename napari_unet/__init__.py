@@ -7,13 +7,15 @@ Public API::
     labels = segment(image, model)  # (*stack, H, W) uint32 instance labels
 """
 
-__version__ = "0.1.0"
-
-from .errors import Cancelled, CheckpointError, InputError, NapariUnetError  # noqa: E402
-from .inference import SegmentationModel, load_model, predict, segment  # noqa: E402
-from .postprocess import PostprocessConfig, labels_from_probabilities  # noqa: E402
-from .scale import choose_scale, scale_from_pixel_size  # noqa: E402
-from .versions import list_versions  # noqa: E402
+from napari_unet._version import __version__ as __version__
+from napari_unet.api import segment
+from napari_unet.engine.model import SegmentationModel
+from napari_unet.engine.postprocess import PostprocessConfig, labels_from_probabilities
+from napari_unet.engine.predict import choose_scale, predict
+from napari_unet.engine.scale import scale_from_pixel_size
+from napari_unet.errors import Cancelled, CheckpointError, InputError, NapariUnetError
+from napari_unet.models import load_model
+from napari_unet.training.versions import list_versions
 
 __all__ = [
     "Cancelled",

@@ -6,7 +6,7 @@ import math
 import numbers
 from typing import Any
 
-from .errors import InvalidParameter
+from napari_unet.errors import InvalidParameter
 
 
 def check_number(

@@ -23,7 +23,7 @@ OUT = ROOT / "demo_output"
 def headless() -> None:
     from napari_unet import load_model
     from napari_unet._sample_data import nuclei_u2os
-    from napari_unet.cli import main as cli
+    from napari_unet.cli.main import main as cli
 
     image = nuclei_u2os()[0][0]
     model = load_model()

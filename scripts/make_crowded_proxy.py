@@ -19,10 +19,10 @@ import tifffile
 sys.path.insert(0, str(Path(__file__).parent))
 from mnfinder_data import load_split  # noqa: E402
 
-from napari_unet.crowding import nucleus_bank, paste_touching  # noqa: E402
-from napari_unet.normalize import Normalization  # noqa: E402
-from napari_unet.postprocess import median_object_area  # noqa: E402
-from napari_unet.tiling import resize_planes  # noqa: E402
+from napari_unet.engine.normalize import Normalization  # noqa: E402
+from napari_unet.engine.postprocess import median_object_area  # noqa: E402
+from napari_unet.engine.tiling import resize_planes  # noqa: E402
+from napari_unet.training.crowding import nucleus_bank, paste_touching  # noqa: E402
 
 
 def shrink(image: np.ndarray, labels: np.ndarray, factor: float = 0.5) -> tuple[np.ndarray, np.ndarray]:

@@ -11,7 +11,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from mnfinder_data import load_split  # noqa: E402
 
-from napari_unet.tiff import write_tiff_atomic  # noqa: E402
+from napari_unet.io.tiff import write_tiff_atomic  # noqa: E402
 
 CHOSEN = {
     "2022-10-14_U2OS/1": "nuclei_u2os",  # 768×869 uint16, DAPI, U2OS

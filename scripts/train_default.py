@@ -18,11 +18,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from mnfinder_data import load_split  # noqa: E402
 
-from napari_unet.checkpoint import ModelInfo, read_checkpoint, save_checkpoint  # noqa: E402
-from napari_unet.model import UNet, UNetConfig, build_network  # noqa: E402
-from napari_unet.normalize import Normalization  # noqa: E402
-from napari_unet.postprocess import PostprocessConfig, median_object_area  # noqa: E402
-from napari_unet.training import Sample, TrainConfig, train  # noqa: E402
+from napari_unet.engine.network import UNet, UNetConfig, build_network  # noqa: E402
+from napari_unet.engine.normalize import Normalization  # noqa: E402
+from napari_unet.engine.postprocess import PostprocessConfig, median_object_area  # noqa: E402
+from napari_unet.io.checkpoint import ModelInfo, read_checkpoint, save_checkpoint  # noqa: E402
+from napari_unet.training.loop import Sample, TrainConfig, train  # noqa: E402
 
 
 def samples(split: str, norm: Normalization) -> list[Sample]:

@@ -22,11 +22,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from mnfinder_data import load_split  # noqa: E402
 
 from napari_unet import load_model, predict  # noqa: E402
-from napari_unet.checkpoint import save_checkpoint  # noqa: E402
-from napari_unet.inference import SegmentationModel  # noqa: E402
-from napari_unet.metrics import pooled_f1  # noqa: E402
-from napari_unet.postprocess import PostprocessConfig  # noqa: E402
-from napari_unet.scale import instance_labels  # noqa: E402
+from napari_unet.engine.metrics import pooled_f1  # noqa: E402
+from napari_unet.engine.model import SegmentationModel  # noqa: E402
+from napari_unet.engine.postprocess import PostprocessConfig  # noqa: E402
+from napari_unet.engine.segmentation import instance_labels  # noqa: E402
+from napari_unet.io.checkpoint import save_checkpoint  # noqa: E402
 
 GRID = {"threshold": (0.4, 0.5, 0.6), "seed_threshold": (0.6, 0.7, 0.8), "min_size": (60, 100, 150, 200),
         "edge_min_size": (None, 15, 30, 60)}
@@ -37,7 +37,7 @@ def tune(
     tta: bool = False,
 ) -> tuple[PostprocessConfig, float, list[np.ndarray], list[float]]:
     """Best post-processing (pooled F1@0.5) on ``[(name, image, labels)]``, labelled as
-    ``segment`` does (:func:`napari_unet.scale.instance_labels`); also the probabilities and the
+    ``segment`` does (:func:`napari_unet.engine.segmentation.instance_labels`); also the probabilities and the
     scale used for each image."""
     probs, scales = [], []
     for _, img, _ in data:

@@ -9,9 +9,10 @@ import pytest
 import tifffile
 import torch
 
-from napari_unet.checkpoint import ModelInfo
-from napari_unet.inference import SegmentationModel, load_model
-from napari_unet.model import UNetConfig, build_network
+from napari_unet.engine.model import SegmentationModel
+from napari_unet.engine.network import UNetConfig, build_network
+from napari_unet.io.checkpoint import ModelInfo
+from napari_unet.models import load_model
 
 SAMPLES = Path(__file__).parent.parent / "sample_data"
 

@@ -20,14 +20,14 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from napari_unet import InputError, NapariUnetError, PostprocessConfig, predict
-from napari_unet.checkpoint import ModelInfo, save_checkpoint
-from napari_unet.cli import main
+from napari_unet.cli.main import main
 from napari_unet.errors import os_error_sentence
-from napari_unet.finetune import FineTuneOptions
-from napari_unet.inference import load_model
-from napari_unet.pairs import MANIFEST, export_pair
-from napari_unet.runner import LOCK_NAME, FineTuneRequest, FineTuneRunner
-from napari_unet.tiff import read_image
+from napari_unet.io.checkpoint import ModelInfo, save_checkpoint
+from napari_unet.io.tiff import read_image
+from napari_unet.models import load_model
+from napari_unet.training.finetune import FineTuneOptions
+from napari_unet.training.pairs import MANIFEST, export_pair
+from napari_unet.training.runner import LOCK_NAME, FineTuneRequest, FineTuneRunner
 
 from .conftest import SAMPLES, make_tiny_model
 
@@ -100,7 +100,7 @@ def test_folders_are_expanded_and_labels_files_skipped(tmp_path, small_image, ti
 
 
 def test_api_writer_never_overwrites(tmp_path):
-    from napari_unet.tiff import write_tiff_atomic
+    from napari_unet.io.tiff import write_tiff_atomic
 
     path = write_tiff_atomic(tmp_path / "x.tif", np.ones((8, 8), np.uint8))
     with pytest.raises(FileExistsError):
@@ -441,7 +441,7 @@ def test_a_full_disk_is_one_sentence_and_leaves_nothing_half_written(tmp_path, m
     assert "larger than the disk" in events[-1]["message"] and "Traceback" not in proc.stderr
     assert not (tmp_path / "m.safetensors").exists()
 
-    script = ("import numpy as np, sys; from napari_unet.pairs import export_pair\n"
+    script = ("import numpy as np, sys; from napari_unet.training.pairs import export_pair\n"
               "from napari_unet import NapariUnetError\n"
               "noise = np.random.default_rng(0).integers(0, 65535, (512, 512)).astype(np.uint16)\n"
               f"try: export_pair({str(pairs)!r}, noise, np.ones((512, 512), np.uint32))\n"

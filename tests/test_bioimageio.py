@@ -17,10 +17,11 @@ import yaml
 from torch import nn
 
 from napari_unet import load_model, segment
-from napari_unet.checkpoint import ModelInfo, save_checkpoint
-from napari_unet.cli import main
+from napari_unet.cli.main import main
+from napari_unet.engine.predict import predict
 from napari_unet.errors import CheckpointError, InputError
-from napari_unet.inference import default_model_path, predict
+from napari_unet.io.checkpoint import ModelInfo, save_checkpoint
+from napari_unet.models import default_model_path
 
 from .conftest import SAMPLES, make_tiny_model
 
@@ -96,7 +97,7 @@ def test_finetuned_model_round_trip_and_bioimageio_test(tmp_path, misc):
         "validation_data": "2 corrected crops", "data": "training pairs folder"})
     ckpt = save_checkpoint(tmp_path / "tuned.safetensors", tiny.net, info)
     out = tmp_path / "tuned.zip"
-    from napari_unet.bioimageio_export import export_bioimageio
+    from napari_unet.bioimageio.export import export_bioimageio
 
     export_bioimageio(ckpt, out, authors=["Tester"])
     proc = bioimageio_test(out)

@@ -12,7 +12,7 @@ import tifffile
 import zarr
 
 from napari_unet import Cancelled, InputError, segment
-from napari_unet.blockwise import (
+from napari_unet.blockwise.engine import (
     BlockwiseOptions,
     _running,
     _wait_until_not_running,
@@ -20,8 +20,8 @@ from napari_unet.blockwise import (
     segment_blockwise,
     segment_many,
 )
-from napari_unet.lazy import open_lazy
-from napari_unet.metrics import instance_scores
+from napari_unet.engine.metrics import instance_scores
+from napari_unet.io.lazy import open_lazy
 
 from .conftest import make_tiny_model
 
@@ -181,8 +181,8 @@ def test_auto_scale_blockwise_matches_the_in_memory_choice_and_scales_min_size(d
                                                                                client, tmp_path):
     """The sample shrunk 0.5x (nuclei 4x smaller in area): "auto" reads only the central crop, picks
     the same scale as the whole-image path, enlarges, and keeps the small nuclei (min_size scaled)."""
-    from napari_unet.scale import choose_scale
-    from napari_unet.tiling import resize_planes
+    from napari_unet.engine.predict import choose_scale
+    from napari_unet.engine.tiling import resize_planes
 
     size = (u2os.shape[0] // 2, u2os.shape[1] // 2)
     small = resize_planes(u2os[None].astype(np.float32), size)[0].astype(np.uint16)
@@ -210,7 +210,7 @@ def test_local_worker_processes_keep_the_default_malloc():
     napari-unet's local worker processes start without it."""
     import os
 
-    from napari_unet.blockwise import dask_client
+    from napari_unet.blockwise.engine import dask_client
 
     with dask_client(workers=2) as client:
         environ = client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from napari_unet import CheckpointError, load_model, predict
-from napari_unet.checkpoint import ModelInfo, read_checkpoint, save_checkpoint
-from napari_unet.model import UNet, UNetConfig
+from napari_unet.engine.network import UNet, UNetConfig
+from napari_unet.io.checkpoint import ModelInfo, read_checkpoint, save_checkpoint
 
 from .conftest import make_tiny_model
 

@@ -7,8 +7,8 @@ import sys
 import numpy as np
 import tifffile
 
-from napari_unet.checkpoint import ModelInfo, save_checkpoint
-from napari_unet.cli import main
+from napari_unet.cli.main import main
+from napari_unet.io.checkpoint import ModelInfo, save_checkpoint
 
 from .conftest import SAMPLES, make_tiny_model
 

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 
 from napari_unet import load_model
-from napari_unet.checkpoint import ModelInfo, save_checkpoint
-from napari_unet.finetune import split_samples
-from napari_unet.pairs import export_pair
-from napari_unet.runner import LOCK_NAME, FineTuneBusy, FineTuneRequest, FineTuneRunner, FolderLock
-from napari_unet.training import Sample
-from napari_unet.versions import list_versions, models_dir_for
+from napari_unet.io.checkpoint import ModelInfo, save_checkpoint
+from napari_unet.training.finetune import split_samples
+from napari_unet.training.loop import Sample
+from napari_unet.training.pairs import export_pair
+from napari_unet.training.runner import LOCK_NAME, FineTuneBusy, FineTuneRequest, FineTuneRunner, FolderLock
+from napari_unet.training.versions import list_versions, models_dir_for
 
 from .conftest import make_tiny_model
 
@@ -138,7 +138,7 @@ def test_runner_reports_a_crashed_child(pairs_dir, tiny_ckpt):
 
 def test_lock_of_a_killed_holder_is_free_and_a_live_one_is_not(tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from napari_unet.runner import FolderLock; "
+        [sys.executable, "-c", "import sys, time; from napari_unet.training.runner import FolderLock; "
          f"lock = FolderLock({str(tmp_path)!r}); lock.acquire(); print('locked', flush=True); time.sleep(60)"],
         stdout=subprocess.PIPE, text=True,
     )
@@ -155,7 +155,7 @@ def test_lock_of_a_killed_holder_is_free_and_a_live_one_is_not(tmp_path):
 
 def test_finetuning_the_shipped_model_helps_on_a_new_kind_of_image(tmp_path, u2os, u2os_labels):
     """Inverted contrast: the shipped model fails; a short fine-tune on one real crop fixes much of it."""
-    from napari_unet.finetune import FineTuneOptions, run_finetune
+    from napari_unet.training.finetune import FineTuneOptions, run_finetune
 
     crop = (slice(0, 384), slice(0, 384))
     image = (u2os.max() - u2os)[crop]
@@ -198,7 +198,7 @@ def test_child_stops_when_its_parent_is_killed(pairs_dir, tiny_ckpt):
     """napari killed outright (no atexit): the training child notices within a step and ends."""
     parent = subprocess.Popen(
         [sys.executable, "-c", "import sys, time, threading\n"
-         "from napari_unet.runner import FineTuneRequest, FineTuneRunner\n"
+         "from napari_unet.training.runner import FineTuneRequest, FineTuneRunner\n"
          "started = threading.Event()\n"
          f"r = FineTuneRunner(FineTuneRequest({str(pairs_dir)!r}, base={str(tiny_ckpt)!r}, device='cpu', "
          "time_limit=600, extra_args=('--steps-per-epoch', '100000', '--batch-size', '2')), "

@@ -11,8 +11,8 @@ import time
 import numpy as np
 import torch
 
-from napari_unet.checkpoint import ModelInfo, read_checkpoint, save_checkpoint
 from napari_unet.errors import CheckpointError
+from napari_unet.io.checkpoint import ModelInfo, read_checkpoint, save_checkpoint
 
 from .conftest import make_tiny_model
 

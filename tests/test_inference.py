@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from napari_unet import Cancelled, InputError, predict, segment
-from napari_unet.prepare import fold_batchnorm, prepare_for_inference
-from napari_unet.tiling import mirror_pad, plan_tiles
+from napari_unet.engine.prepare import fold_batchnorm, prepare_for_inference
+from napari_unet.engine.tiling import mirror_pad, plan_tiles
 
 from .conftest import make_tiny_model
 

@@ -1,6 +1,6 @@
 import numpy as np
 
-from napari_unet.metrics import class_scores, instance_scores, overlaps, pooled_f1
+from napari_unet.engine.metrics import class_scores, instance_scores, overlaps, pooled_f1
 
 
 def test_identical_and_empty():

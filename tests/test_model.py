@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from napari_unet.model import UNet, UNetConfig
+from napari_unet.engine.network import UNet, UNetConfig
 
 
 @pytest.mark.parametrize("norm", ["batch", "group", "none"])

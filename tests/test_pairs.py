@@ -14,8 +14,8 @@ import pytest
 import tifffile
 
 from napari_unet import InputError
-from napari_unet.cli import main
-from napari_unet.pairs import count_pairs, export_pair, find_orphans, read_pairs
+from napari_unet.cli.main import main
+from napari_unet.training.pairs import count_pairs, export_pair, find_orphans, read_pairs
 
 
 def test_export_whole_plane_and_rectangle(tmp_path, misc, misc_labels):
@@ -91,7 +91,7 @@ def test_export_survives_sigkill_at_any_moment(tmp_path, misc, misc_labels):
     folder = tmp_path / "pairs"
     script = textwrap.dedent(f"""
         import numpy as np, sys
-        from napari_unet.pairs import export_pair
+        from napari_unet.training.pairs import export_pair
         img, lab = np.load({str(tmp_path / 'img.npy')!r}), np.load({str(tmp_path / 'lab.npy')!r})
         print("ready", flush=True)
         i = 0
@@ -118,7 +118,7 @@ def test_four_processes_exporting_into_one_folder_lose_nothing(tmp_path, misc, m
     folder = tmp_path / "shared"
     script = textwrap.dedent(f"""
         import numpy as np, sys
-        from napari_unet.pairs import export_pair
+        from napari_unet.training.pairs import export_pair
         img, lab = np.load({str(tmp_path / 'img.npy')!r}), np.load({str(tmp_path / 'lab.npy')!r})
         print("ready", flush=True)
         sys.stdin.readline()  # start together

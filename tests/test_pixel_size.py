@@ -13,18 +13,19 @@ import tifffile
 from PIL import Image
 
 from napari_unet import load_model, segment
-from napari_unet.checkpoint import read_checkpoint, save_checkpoint
-from napari_unet.cli import main
+from napari_unet.cli.main import main
+from napari_unet.engine.predict import predict
 from napari_unet.errors import InputError
-from napari_unet.image_files import read_image_file, write_labels_file
-from napari_unet.inference import default_model_path, predict
-from napari_unet.pixel_size import (
+from napari_unet.io.checkpoint import read_checkpoint, save_checkpoint
+from napari_unet.io.image_files import read_image_file, write_labels_file
+from napari_unet.io.pixel_size import (
     auto_scale,
     layer_pixel_size,
     ome_zarr_pixel_size,
     scale_from_pixel_sizes,
     to_micrometres,
 )
+from napari_unet.models import default_model_path
 
 from .conftest import make_tiny_model
 

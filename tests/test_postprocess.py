@@ -1,8 +1,8 @@
 import numpy as np
 from skimage.draw import disk
 
-from napari_unet.postprocess import PostprocessConfig, labels_from_probabilities
-from napari_unet.training import class_targets
+from napari_unet.engine.postprocess import PostprocessConfig, labels_from_probabilities
+from napari_unet.training.loop import class_targets
 
 
 def _probs_from_labels(labels):

@@ -6,11 +6,11 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
-from napari_unet.augment import add_artefacts, low_resolution
-from napari_unet.crowding import nucleus_bank, paste_touching
-from napari_unet.model import UNetConfig, build_network
-from napari_unet.normalize import Normalization
-from napari_unet.training import IGNORE, Sample, TrainConfig, class_targets, separation_weights, train
+from napari_unet.engine.network import UNetConfig, build_network
+from napari_unet.engine.normalize import Normalization
+from napari_unet.training.augment import add_artefacts, low_resolution
+from napari_unet.training.crowding import nucleus_bank, paste_touching
+from napari_unet.training.loop import IGNORE, Sample, TrainConfig, class_targets, separation_weights, train
 
 
 def _discs(shape, centres, radius):

@@ -8,11 +8,12 @@ import pytest
 import tifffile
 
 from napari_unet import InputError, load_model, predict, segment
-from napari_unet.metrics import pooled_f1
-from napari_unet.postprocess import PostprocessConfig, median_object_area
-from napari_unet.scale import choose_scale, postprocess_at_scale, scale_from_pixel_size
-from napari_unet.tiling import resize_planes
-from napari_unet.tta import dihedral
+from napari_unet.engine.metrics import pooled_f1
+from napari_unet.engine.postprocess import PostprocessConfig, median_object_area
+from napari_unet.engine.predict import choose_scale
+from napari_unet.engine.scale import postprocess_at_scale, scale_from_pixel_size
+from napari_unet.engine.tiling import resize_planes
+from napari_unet.engine.tta import dihedral
 
 from .conftest import make_tiny_model
 
@@ -103,8 +104,8 @@ def test_tta_averages_eight_views(default_model, misc):
 def test_every_path_post_processes_an_enlarged_image_alike(default_model, u2os, tmp_path):
     """segment(), the CLI and the widget's worker (predict + instance_labels) label a small-nuclei
     image at its enlarged working size, with the same sizes, so they give identical labels."""
-    from napari_unet.cli import main
-    from napari_unet.scale import instance_labels
+    from napari_unet.cli.main import main
+    from napari_unet.engine.segmentation import instance_labels
 
     small = np.round(_resized(u2os, u2os, 0.4)[0]).astype(np.uint16)
     used = []

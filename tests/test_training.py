@@ -5,10 +5,10 @@ import json
 import numpy as np
 import torch
 
-from napari_unet.augment import AugmentConfig, random_crop
-from napari_unet.model import UNet, UNetConfig
-from napari_unet.normalize import Normalization
-from napari_unet.training import IGNORE, Sample, TrainConfig, class_targets, segmentation_loss, train
+from napari_unet.engine.network import UNet, UNetConfig
+from napari_unet.engine.normalize import Normalization
+from napari_unet.training.augment import AugmentConfig, random_crop
+from napari_unet.training.loop import IGNORE, Sample, TrainConfig, class_targets, segmentation_loss, train
 
 
 def test_class_targets_and_reviewed_mask(misc_labels):

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from napari_unet import load_model, predict
-from napari_unet.checkpoint import ModelInfo, read_checkpoint, save_checkpoint
-from napari_unet.model import UNetConfig, UNetPlusPlus, build_network
-from napari_unet.pairs import export_pair
-from napari_unet.prepare import fold_batchnorm
+from napari_unet.engine.network import UNetConfig, UNetPlusPlus, build_network
+from napari_unet.engine.prepare import fold_batchnorm
+from napari_unet.io.checkpoint import ModelInfo, read_checkpoint, save_checkpoint
+from napari_unet.training.pairs import export_pair
 
 from .conftest import make_tiny_model
 from .test_inference import _untiled

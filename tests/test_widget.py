@@ -18,11 +18,12 @@ from qtpy.QtWidgets import QApplication, QMessageBox
 from napari_unet import segment
 from napari_unet._widget import UNetWidget
 from napari_unet._widget.stepped_add import add_in_steps
-from napari_unet.checkpoint import ModelInfo, save_checkpoint
-from napari_unet.pairs import read_pairs
-from napari_unet.runner import FineTuneBusy, FineTuneRequest, FineTuneRunner
-from napari_unet.scale import choose_scale, postprocess_at_scale
-from napari_unet.versions import list_versions, models_dir_for
+from napari_unet.engine.predict import choose_scale
+from napari_unet.engine.scale import postprocess_at_scale
+from napari_unet.io.checkpoint import ModelInfo, save_checkpoint
+from napari_unet.training.pairs import read_pairs
+from napari_unet.training.runner import FineTuneBusy, FineTuneRequest, FineTuneRunner
+from napari_unet.training.versions import list_versions, models_dir_for
 
 from .conftest import make_tiny_model
 

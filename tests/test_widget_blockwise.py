@@ -17,9 +17,9 @@ from distributed.core import Status
 from napari.layers import Image, Shapes
 
 from napari_unet._widget.regions import wants_blockwise
-from napari_unet.blockwise import BlockwiseOptions, segment_blockwise
-from napari_unet.memory import too_large
-from napari_unet.pairs import read_pairs
+from napari_unet.blockwise.engine import BlockwiseOptions, segment_blockwise
+from napari_unet.engine.memory import too_large
+from napari_unet.training.pairs import read_pairs
 
 from .test_blockwise import mosaic, read_labels
 

@@ -1,5 +1,5 @@
 """The napari dock widget (magicgui sections in a scroll area); see ``dock.py``."""
 
-from .dock import UNetWidget
+from napari_unet._widget.dock import UNetWidget
 
 __all__ = ["UNetWidget"]

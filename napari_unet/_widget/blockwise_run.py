@@ -18,15 +18,15 @@ import numpy as np
 from napari.layers import Image
 from napari.qt.threading import create_worker
 
-from ..blockwise import DEFAULT_BLOCK, BlockwiseOptions, BlockwiseResult, segment_blockwise
-from ..errors import Cancelled, os_error_sentence
-from ..lazy import open_lazy, stem
-from .regions import level0
-from .state import Result, ui_threads
-from .stepped_add import add_in_steps
+from napari_unet._widget.regions import level0
+from napari_unet._widget.state import Result, ui_threads
+from napari_unet._widget.stepped_add import add_in_steps
+from napari_unet.blockwise.engine import DEFAULT_BLOCK, BlockwiseOptions, BlockwiseResult, segment_blockwise
+from napari_unet.errors import Cancelled, os_error_sentence
+from napari_unet.io.lazy import open_lazy, stem
 
 if TYPE_CHECKING:
-    from .segment import SegmentSection
+    from napari_unet._widget.segment import SegmentSection
 
 
 def labels_dir() -> Path:

@@ -9,11 +9,11 @@ import numpy as np
 from magicgui.widgets import Container, FileEdit, Label, PushButton, create_widget
 from napari.layers import Image, Labels, Shapes
 
-from ..errors import NapariUnetError
-from ..pairs import CONTEXT, count_pairs, export_pair
-from .labels import LabelsWriter
-from .regions import MAX_REGION, is_lazy, plane_shape, read_region, visible_rect
-from .state import State, digest
+from napari_unet._widget.labels import LabelsWriter
+from napari_unet._widget.regions import MAX_REGION, is_lazy, plane_shape, read_region, visible_rect
+from napari_unet._widget.state import State, digest
+from napari_unet.errors import NapariUnetError
+from napari_unet.training.pairs import CONTEXT, count_pairs, export_pair
 
 # plane, image, labels, rectangle (in those arrays) or None, where the arrays start in the plane
 Planes = tuple[tuple[int, ...], np.ndarray, np.ndarray, "tuple[int, int, int, int] | None", tuple[int, int]]

@@ -23,11 +23,11 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .corrections import CorrectionsSection
-from .finetune import FinetuneSection
-from .model import ModelSection, warm_labels_layer
-from .segment import SegmentSection
-from .state import State
+from napari_unet._widget.corrections import CorrectionsSection
+from napari_unet._widget.finetune import FinetuneSection
+from napari_unet._widget.model import ModelSection, warm_labels_layer
+from napari_unet._widget.segment import SegmentSection
+from napari_unet._widget.state import State
 
 if TYPE_CHECKING:
     import napari

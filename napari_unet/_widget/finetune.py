@@ -9,13 +9,13 @@ from typing import Any
 from magicgui.widgets import Container, Label, PushButton, SpinBox
 from napari.utils.theme import get_theme
 
-from ..errors import NapariUnetError
-from ..pairs import count_pairs
-from ..runner import FineTuneRequest
-from .model import ModelSection
-from .plot import TrainingPlot
-from .session import session_for
-from .state import State, ui_threads
+from napari_unet._widget.model import ModelSection
+from napari_unet._widget.plot import TrainingPlot
+from napari_unet._widget.session import session_for
+from napari_unet._widget.state import State, ui_threads
+from napari_unet.errors import NapariUnetError
+from napari_unet.training.pairs import count_pairs
+from napari_unet.training.runner import FineTuneRequest
 
 DEFAULTS = {"time_budget": 120, "epochs": 30}
 

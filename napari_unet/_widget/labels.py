@@ -10,10 +10,10 @@ import numpy as np
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 
-from ..postprocess import PostprocessConfig
-from ..scale import instance_labels
-from .state import Result, State, digest
-from .stepped_add import add_in_steps
+from napari_unet._widget.state import Result, State, digest
+from napari_unet._widget.stepped_add import add_in_steps
+from napari_unet.engine.postprocess import PostprocessConfig
+from napari_unet.engine.segmentation import instance_labels
 
 
 def object_counts(labels: np.ndarray) -> list[int]:

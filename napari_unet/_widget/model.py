@@ -11,11 +11,13 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, Label, PushButton
 from qtpy.QtWidgets import QFileDialog
 
-from ..errors import NapariUnetError
-from ..inference import SegmentationModel, load_model, predict
-from ..postprocess import PostprocessConfig
-from ..versions import ModelVersion, list_versions, models_dir_for
-from .state import State, lower_thread_priority
+from napari_unet._widget.state import State, lower_thread_priority
+from napari_unet.engine.model import SegmentationModel
+from napari_unet.engine.postprocess import PostprocessConfig
+from napari_unet.engine.predict import predict
+from napari_unet.errors import NapariUnetError
+from napari_unet.models import load_model
+from napari_unet.training.versions import ModelVersion, list_versions, models_dir_for
 
 DEFAULT_LABEL = "Default nuclei model (shipped)"
 POSTPROCESS_NAMES = {"threshold": "threshold", "seed_threshold": "seed threshold", "min_size": "min size"}

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from napari.layers import Image, Labels
 
-from ..memory import too_large
+from napari_unet.engine.memory import too_large
 
 MAX_REGION = 4096  # largest side of a region exported from a lazy layer
 
@@ -24,7 +24,7 @@ def is_lazy(layer: Image | Labels) -> bool:
 
 def wants_blockwise(layer: Image, plane: tuple[int, ...] | None) -> bool:
     """Segment block by block: a lazy layer, or what would be segmented is too large for memory
-    (the CLI's rule, :func:`napari_unet.memory.too_large`)."""
+    (the CLI's rule, :func:`napari_unet.engine.memory.too_large`)."""
     if is_lazy(layer):
         return True
     shape = tuple(layer.data.shape)[: layer.ndim]  # without an RGB axis

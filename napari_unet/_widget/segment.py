@@ -12,15 +12,16 @@ from napari.layers import Image
 from napari.qt.threading import create_worker
 from qtpy.QtCore import QObject, QTimer, Signal
 
-from ..errors import Cancelled, NapariUnetError
-from ..inference import labels_for_image, predict
-from ..scale import postprocess_at_scale
-from .blockwise_run import BlockwiseRun
-from .labels import LabelsWriter, object_counts
-from .regions import wants_blockwise
-from .segment_options import SegmentOptions
-from .state import State, digest, ui_threads
-from .stepped_add import NEXT_TURN_MS
+from napari_unet._widget.blockwise_run import BlockwiseRun
+from napari_unet._widget.labels import LabelsWriter, object_counts
+from napari_unet._widget.regions import wants_blockwise
+from napari_unet._widget.segment_options import SegmentOptions
+from napari_unet._widget.state import State, digest, ui_threads
+from napari_unet._widget.stepped_add import NEXT_TURN_MS
+from napari_unet.engine.predict import predict
+from napari_unet.engine.scale import postprocess_at_scale
+from napari_unet.engine.segmentation import labels_for_image
+from napari_unet.errors import Cancelled, NapariUnetError
 
 
 class _Progress(QObject):

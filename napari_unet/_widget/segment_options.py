@@ -8,9 +8,9 @@ from typing import Any
 import torch
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, SpinBox
 
-from ..inference import DEFAULT_OVERLAP, DEFAULT_TILE
-from ..postprocess import PostprocessConfig
-from .state import State
+from napari_unet._widget.state import State
+from napari_unet.engine.postprocess import PostprocessConfig
+from napari_unet.engine.predict import DEFAULT_OVERLAP, DEFAULT_TILE
 
 DEVICES = ["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else []) + (
     ["mps"] if torch.backends.mps.is_available() else [])

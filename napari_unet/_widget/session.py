@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from qtpy.QtCore import QEvent, QObject, Signal
 
-from ..errors import NapariUnetError
-from ..runner import FineTuneRequest, FineTuneRunner
+from napari_unet.errors import NapariUnetError
+from napari_unet.training.runner import FineTuneRequest, FineTuneRunner
 
 if TYPE_CHECKING:
     import napari

@@ -20,10 +20,10 @@ import numpy as np
 import xxhash
 from qtpy.QtCore import QObject, Signal
 
-from ..atomic import atomic_path
-from ..inference import SegmentationModel
-from .notify import notify
-from .session import session_for
+from napari_unet._widget.notify import notify
+from napari_unet._widget.session import session_for
+from napari_unet.engine.model import SegmentationModel
+from napari_unet.io.atomic import atomic_path
 
 if TYPE_CHECKING:
     import napari

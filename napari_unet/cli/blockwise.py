@@ -1,0 +1,117 @@
+"""The CLI's blockwise path: ``napari-unet segment big.zarr --block 2048 --workers 2 [--scheduler URL]``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from napari_unet.blockwise.engine import DEFAULT_BLOCK, BlockwiseOptions, segment_many
+from napari_unet.engine.memory import too_large
+from napari_unet.errors import NapariUnetError
+from napari_unet.io.lazy import is_zarr_path, open_lazy, stem
+from napari_unet.models import load_model
+
+
+def add_arguments(parser: argparse.ArgumentParser, number: Callable[..., Callable[[str], int]]) -> None:
+    """The blockwise options of ``segment``; ``number(name, integer=True, low=..)`` makes checked types."""
+    parser.add_argument("--block", type=number("--block", integer=True, low=64, high=65536),
+                        help=f"segment block by block, blocks of this size (default {DEFAULT_BLOCK} when blockwise); "
+                        "output <name>_labels.zarr")
+    parser.add_argument("--halo", type=number("--halo", integer=True, low=0, high=8192),
+                        help="context around each block in pixels (default: receptive field or two nucleus diameters)")
+    parser.add_argument("--workers", type=number("--workers", integer=True, low=1, high=1024),
+                        help="local dask worker processes (default 1, in this process)")
+    parser.add_argument("--scheduler", help="address of an existing dask scheduler, e.g. tcp://host:8786")
+
+
+def wants_blockwise(args: argparse.Namespace) -> bool:
+    """Blockwise when asked (--block/--workers/--scheduler), or for zarr folders and very large TIFFs."""
+    if args.block or args.workers or args.scheduler:
+        return True
+    for path in map(Path, args.inputs):
+        if is_zarr_path(path):
+            return True
+        try:
+            image = open_lazy(path)
+        except NapariUnetError:
+            continue  # the in-memory path reports it
+        if too_large(image.shape):
+            return True  # very large, or would not fit in memory whole: blocks bound the memory instead
+    return False
+
+
+class BlockProgress:
+    """A one-line progress bar over blocks on stderr."""
+
+    def __init__(self, stream=sys.stderr) -> None:
+        self.stream, self.start, self.last = stream, time.monotonic(), -1
+
+    def __call__(self, done: int, total: int) -> None:
+        if done == self.last:
+            return
+        self.last = done
+        filled = int(30 * done / max(total, 1))
+        bar = "#" * filled + "-" * (30 - filled)
+        self.stream.write(f"\rblocks [{bar}] {done}/{total} {time.monotonic() - self.start:6.1f}s")
+        if done >= total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def run_blockwise(args: argparse.Namespace) -> int:
+    """Segment every input blockwise on one dask cluster; one line per image; exit status."""
+    # A Ctrl-C that lands inside one of dask's event-loop callbacks makes tornado log a traceback;
+    # the user gets the one-line "cancelled" instead (the cluster's real errors come back through
+    # the futures, not this logger).
+    logging.getLogger("tornado.application").setLevel(logging.CRITICAL)
+    try:
+        model = load_model(args.model, trust_code=args.trust_package_code)
+    except NapariUnetError as exc:
+        print(f"napari-unet: error: {exc}", file=sys.stderr)
+        return 1
+    chosen = {"threshold": args.threshold, "seed_threshold": args.seed_threshold}
+    post = replace(model.postprocess, **{k: v for k, v in chosen.items() if v is not None})
+    options = BlockwiseOptions(  # "auto": one scale per image, from a first pass over its centre
+        block=args.block or DEFAULT_BLOCK, halo=args.halo, tile=args.tile, overlap=args.overlap,
+        batch_size=args.batch_size, device=args.device, scale=args.scale, postprocess=post,
+        min_size=args.min_size,
+    )
+    out_dir = Path(args.out)
+    items, failures = [], 0
+    for path in map(Path, args.inputs):
+        try:
+            items.append((open_lazy(path, channel=args.channel), out_dir / f"{stem(path)}_labels.zarr"))
+        except NapariUnetError as exc:
+            print(f"napari-unet: error: {exc}", file=sys.stderr)
+            failures += 1
+    if not items:
+        return 1
+    start = time.monotonic()
+    try:
+        results = segment_many(
+            items, model, options=options, workers=args.workers, scheduler=args.scheduler,
+            overwrite=args.overwrite, progress=None if args.quiet else BlockProgress(),
+        )
+    except KeyboardInterrupt:
+        print("\nnapari-unet: cancelled; unfinished outputs were removed.", file=sys.stderr)
+        return 130
+    except NapariUnetError as exc:
+        print(f"napari-unet: error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - a cluster or storage failure: one sentence, not a traceback
+        print(f"napari-unet: error: blockwise segmentation failed ({type(exc).__name__}: {exc}).", file=sys.stderr)
+        return 2
+    for (image, _), r in zip(items, results):
+        if r.error is not None:
+            message = r.error if r.error.startswith(str(image.path)) else f"{image.path}: {r.error}"
+            print(f"napari-unet: error: {message}", file=sys.stderr)
+            failures += 1
+            continue
+        print(f"{image.path} -> {r.out}  ({sum(r.objects)} objects, {r.shape}, {r.blocks} blocks, "
+              f"scale {r.scale.scale:.2f} ({r.scale.how}), {time.monotonic() - start:.1f} s)")
+    return 1 if failures else 0

@@ -1,0 +1,155 @@
+"""Probabilities → uint32 instance labels (seeded watershed), cheap to re-run on stored probabilities."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import numpy as np
+from scipy import ndimage as ndi
+from skimage.segmentation import relabel_sequential, watershed
+
+from napari_unet.validate import LIMITS, check_limit, check_number
+
+
+@dataclass(frozen=True)
+class PostprocessConfig:
+    """Thresholds on the class probabilities and the smallest object kept (pixels)."""
+
+    threshold: float = 0.5  # foreground = P(interior) + P(boundary) above this
+    seed_threshold: float = 0.6  # seeds = connected regions of P(interior) above this
+    min_size: int = 30
+    min_seed_size: int = 4
+    # objects touching the plane's edge are partly outside it: kept from this size (None: min_size)
+    edge_min_size: int | None = None
+
+    def __post_init__(self) -> None:  # checked here so every path (API, CLI, checkpoint) refuses alike
+        sizes = ("min_size", "min_seed_size") + (("edge_min_size",) if self.edge_min_size is not None else ())
+        for name in ("threshold", "seed_threshold"):
+            object.__setattr__(self, name, check_limit(name.replace("_", " "), getattr(self, name)))
+        for name in sizes:  # every size has the limits of min size
+            object.__setattr__(self, name, check_number(name.replace("_", " "), getattr(self, name),
+                                                        **LIMITS["min size"]))
+
+    @property
+    def edge_size(self) -> int:
+        """The smallest object kept where it touches the plane's edge."""
+        return self.min_size if self.edge_min_size is None else min(self.edge_min_size, self.min_size)
+
+    def with_min_size(self, min_size: int) -> PostprocessConfig:
+        """This config with a min size the user set: it applies at the plane's edge too."""
+        return replace(self, min_size=min_size, edge_min_size=None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PostprocessConfig:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+def labels_from_probabilities(probs: np.ndarray, config: PostprocessConfig | None = None) -> np.ndarray:
+    """Instance labels for probabilities shaped ``(..., K, H, W)``; leading axes are planes.
+
+    With 3 classes (background, interior, boundary) touching nuclei are split by a watershed
+    from interior seeds; with 2 classes (background, foreground) by a distance-transform watershed.
+    """
+    config = config or PostprocessConfig()
+    lead = probs.shape[:-3]
+    flat = probs.reshape((-1, *probs.shape[-3:]))
+    out = np.zeros((flat.shape[0], *flat.shape[-2:]), dtype=np.uint32)
+    for i, p in enumerate(flat):
+        out[i] = _label_plane(p, config)
+    return out.reshape((*lead, *out.shape[-2:]))
+
+
+def _label_plane(p: np.ndarray, c: PostprocessConfig) -> np.ndarray:
+    if p.shape[0] < 2:
+        raise ValueError("post-processing needs at least 2 classes (background + foreground)")
+    foreground = (1.0 - p[0]) > c.threshold
+    if p.shape[0] >= 3:
+        interior = p[1]
+        seeds_mask = (interior > c.seed_threshold) & foreground
+        elevation = -interior
+    else:
+        dist = ndi.distance_transform_edt(foreground)
+        seeds_mask = dist > 0.5 * ndi.maximum_filter(dist, size=9)
+        seeds_mask &= foreground & (dist > 1)
+        elevation = -dist
+    seeds, _ = ndi.label(seeds_mask)
+    seeds = _drop_small(seeds, c.min_seed_size)
+    labels = watershed(elevation, seeds, mask=foreground)
+    orphans, n = ndi.label(foreground & (labels == 0))
+    if n:  # foreground without a seed is still an object
+        labels = np.where(orphans > 0, orphans + labels.max(), labels)
+    labels, _, _ = relabel_sequential(_drop_small(labels, c.min_size, c.edge_size))
+    return labels.astype(np.uint32, copy=False)
+
+
+def _drop_small(labels: np.ndarray, min_size: int, edge_size: int | None = None) -> np.ndarray:
+    """Zero out labelled objects smaller than ``min_size`` pixels (``edge_size`` for those that
+    touch the plane's edge)."""
+    if min_size <= 1 or not labels.any():
+        return labels
+    areas = np.bincount(labels.ravel())
+    small = areas < min_size
+    if edge_size is not None and edge_size < min_size:
+        edge = edge_ids(labels)
+        small[edge] = areas[edge] < edge_size
+    small[0] = False
+    return np.where(small[labels], 0, labels)
+
+
+def edge_ids(labels: np.ndarray) -> np.ndarray:
+    """The labels (0 included) present on the plane's first/last rows and columns."""
+    return np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+
+
+def median_object_area(labels: Sequence[np.ndarray]) -> float:
+    """Median pixel area of the labelled objects in ``labels`` (0 if there are none)."""
+    areas = [np.bincount(np.asarray(lab).ravel())[1:] for lab in labels]
+    areas = np.concatenate(areas) if areas else np.zeros(0)
+    areas = areas[areas > 0]
+    return float(np.median(areas)) if areas.size else 0.0
+
+
+def choose_postprocess(
+    probs: Sequence[np.ndarray],
+    truths: Sequence[np.ndarray],
+    base: PostprocessConfig | None = None,
+    masks: Sequence[np.ndarray | None] | None = None,
+    *,
+    thresholds: Sequence[float] = (0.5,),
+    seed_thresholds: Sequence[float] = (0.6, 0.8),
+    min_sizes: Sequence[int] = (),
+) -> tuple[PostprocessConfig, float]:
+    """Grid-search thresholds and minimum size on validation probabilities; returns the config
+    with the best pooled F1 at IoU 0.5 (ties keep the earlier, i.e. the base-like, setting).
+
+    The base's own values are always tried first; minimum sizes default to fractions of the
+    median object area of ``truths``.
+    """
+    from napari_unet.engine.metrics import pooled_f1
+
+    base = base or PostprocessConfig()
+    typical = median_object_area(truths)
+    sizes = min_sizes or [int(f * typical) for f in (0.05, 0.15, 0.3)]
+    masks = masks or [None] * len(truths)
+    best, best_f1 = base, -1.0
+    grid = itertools.product(
+        dict.fromkeys((base.threshold, *thresholds)),
+        dict.fromkeys((base.seed_threshold, *seed_thresholds)),
+        dict.fromkeys((base.min_size, *sizes)),
+    )
+    for thr, seed, size in grid:
+        config = replace(base, threshold=thr, seed_threshold=seed, min_size=size)
+        pairs = []
+        for p, gt, m in zip(probs, truths, masks):
+            pred = labels_from_probabilities(p, config)
+            pairs.append((gt, pred) if m is None else (np.where(m, gt, 0), np.where(m, pred, 0)))
+        f1 = pooled_f1(pairs)
+        if f1 > best_f1:
+            best, best_f1 = config, f1
+    return best, best_f1

@@ -1,0 +1,169 @@
+"""Tiled inference: image → class probabilities, and the automatic scale's first pass."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_unet.engine.device import resolve_device
+from napari_unet.engine.memory import check_fits, predict_bytes
+from napari_unet.engine.model import SegmentationModel
+from napari_unet.engine.planes import to_planes
+from napari_unet.engine.postprocess import labels_from_probabilities
+from napari_unet.engine.scale import (
+    DEAD_BAND,
+    MIN_OBJECTS,
+    PROBE_SIDE,
+    SCALE_RANGE,
+    ScaleChoice,
+    ScaleFn,
+    checked_scale,
+    inner_areas,
+    scale_for_area,
+    scale_from_pixel_size,
+)
+from napari_unet.engine.tiling import (
+    CancelFn,
+    ProgressFn,
+    count_tiles,
+    predict_plane,
+    resize_planes,
+    resize_probabilities,
+    tile_geometry,
+)
+from napari_unet.engine.tta import dihedral
+from napari_unet.validate import check_limit
+
+DEFAULT_TILE = 512
+
+
+DEFAULT_OVERLAP = 64  # 12.5% of the default tile: margins are cropped (overlap-tile), so this is seam-free
+
+
+def predict(
+    model: SegmentationModel,
+    image: np.ndarray,
+    *,
+    tile: int = DEFAULT_TILE,
+    overlap: int = DEFAULT_OVERLAP,
+    batch_size: int = 4,
+    device: str | torch.device = "auto",
+    scale: float | str = "auto",
+    pixel_size_um: float | None = None,
+    channel_axis: int | None = None,
+    channel: int | None = None,
+    tta: bool = False,
+    amp: bool | None = None,
+    compile: bool = False,
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
+    on_scale: ScaleFn | None = None,
+    keep_enlarged: bool = False,
+) -> np.ndarray:
+    """Class probabilities ``(*stack, K, H, W)`` float32 for ``image``, by tiled inference.
+
+    ``scale`` resizes the image before the network (e.g. 2.0 for nuclei half the trained size);
+    ``"auto"`` (default) chooses it (see :func:`napari_unet.engine.predict.choose_scale`: from
+    ``pixel_size_um`` (µm per image pixel) when the model's is known, else from a quick first
+    pass; 1.0 for models that record no training object size). ``on_scale(s)`` is told the scale used.
+    ``tta`` averages the probabilities over the 8 flips/rotations (8× the time).
+    ``amp`` (default: on for CUDA) runs the network in bfloat16 on CUDA only.
+    ``progress(done, total)`` is called after each batch of tiles; when ``cancel()`` returns
+    True the call raises :class:`~napari_unet.errors.Cancelled` before the next batch.
+    ``keep_enlarged``: when the scale enlarges the image, return the probabilities at that
+    enlarged size (for :func:`segment`, which separates small objects there).
+    """
+    planes = to_planes(image, model.config.in_channels, channel_axis=channel_axis, channel=channel)
+    tile = check_limit("tile", tile)
+    overlap = check_limit("overlap", overlap)
+    batch_size = check_limit("batch size", batch_size)
+    if scale == "auto":
+        scale = choose_scale(
+            model, image, pixel_size_um=pixel_size_um, channel_axis=channel_axis, channel=channel,
+            tile=tile, overlap=overlap, batch_size=batch_size, device=device, amp=amp, compile=compile,
+        ).scale
+    scale = checked_scale(scale)
+    dev = resolve_device(device)
+    amp = (dev.type == "cuda") if amp is None else (amp and dev.type == "cuda")
+    net = model.prepared(dev, compile=compile)
+    in_tile, out_tile, overlap, multiple = tile_geometry(model.net, tile, overlap)
+    h, w = planes.spatial_shape
+    work = (max(8, round(h * scale)), max(8, round(w * scale)))
+    size = work if keep_enlarged and scale > 1 else (h, w)
+    check_fits(
+        predict_bytes(planes.data.shape[0], planes.data.shape[1], model.config.out_classes, size, work),
+        f"Segmenting this {h}×{w} image ({planes.data.shape[0]} plane(s))",
+        "segment it blockwise (napari-unet segment --block 2048, or napari_unet.blockwise)",
+    )
+    if on_scale is not None:
+        on_scale(float(scale))
+    views = dihedral(8 if tta else 1)
+    per_plane = count_tiles(work, in_tile, out_tile, overlap, multiple) * len(views)
+    total = per_plane * planes.data.shape[0]
+    norm = model.normalization
+    out = np.empty((planes.data.shape[0], model.config.out_classes, *size), dtype=np.float32)
+    for i, plane in enumerate(planes.data):
+        x = norm.apply(plane)
+        if work != (h, w):
+            x = resize_planes(x, work)
+        p = np.zeros((model.config.out_classes, *x.shape[-2:]), dtype=np.float32)
+        for v, (forward, inverse) in enumerate(views):
+            p += inverse(predict_plane(
+                net, forward(x), in_tile=in_tile, out_tile=out_tile, overlap=overlap,
+                batch_size=max(1, batch_size), device=dev, multiple=multiple, amp=amp, progress=progress,
+                cancel=cancel, done_before=i * per_plane + v * per_plane // len(views), total=total,
+            ))
+        if len(views) > 1:
+            p /= len(views)
+        out[i] = resize_probabilities(p, size)
+    return out.reshape((*planes.stack_shape, *out.shape[1:]))
+
+
+def choose_scale(
+    model: Any,
+    image: np.ndarray,
+    *,
+    pixel_size_um: float | None = None,
+    channel_axis: int | None = None,
+    channel: int | None = None,
+    **predict_options: Any,
+) -> ScaleChoice:
+    """The scale ``"auto"`` means for ``image`` (a stack: its first plane) with ``model``.
+
+    Pixel sizes win when both are known; otherwise a first pass at scale 1 over a central crop
+    measures the median area of the objects that do not touch the crop's edge, and the scale
+    brings it to the model's ``info.object_area``. ``predict_options`` go to the first pass.
+    """
+    model_px = model.info.pixel_size_um
+    if pixel_size_um is not None and model_px:
+        return ScaleChoice(float(np.clip(scale_from_pixel_size(pixel_size_um, model_px), *SCALE_RANGE)), "pixel size")
+    target = model.info.object_area
+    if not target:
+        return ScaleChoice(1.0, "unknown")
+
+    planes = to_planes(image, model.config.in_channels, channel_axis=channel_axis, channel=channel)
+    plane = planes.data[0]  # (C, H, W)
+    predict_options = {k: v for k, v in predict_options.items() if k not in ("progress", "cancel", "tta")}
+    for side in (PROBE_SIDE, 2 * PROBE_SIDE):
+        crop = _central_crop(plane, side)
+        probs = predict(model, crop, scale=1.0, channel_axis=0, **predict_options)
+        post = replace(model.postprocess, min_size=max(4, model.postprocess.min_size // 16))
+        areas = inner_areas(labels_from_probabilities(probs, post))
+        if len(areas) >= MIN_OBJECTS or crop.shape[-2:] == plane.shape[-2:]:
+            break
+    if len(areas) < MIN_OBJECTS:
+        return ScaleChoice(1.0, "unknown", float(np.median(areas)) if len(areas) else None)
+    area = float(np.median(areas))
+    s = scale_for_area(area, target)
+    if abs(s - 1.0) < DEAD_BAND:
+        s = 1.0
+    return ScaleChoice(s, "object size", area)
+
+
+def _central_crop(plane: np.ndarray, side: int) -> np.ndarray:
+    h, w = plane.shape[-2:]
+    y0, x0 = max(0, (h - side) // 2), max(0, (w - side) // 2)
+    return plane[:, y0 : y0 + side, x0 : x0 + side]

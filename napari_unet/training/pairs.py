@@ -1,0 +1,302 @@
+"""Training-pairs folders: corrected labels exported from napari, read back for fine-tuning.
+
+Layout (documented in the README, "Training-pairs folder")::
+
+    PAIRS/images/<name>.tif     image plane as the user saw it (original dtype)
+    PAIRS/labels/<name>.tif     uint32 instance labels, 0 = background
+    PAIRS/reviewed/<name>.tif   optional uint8, nonzero = reviewed pixels (absent = all reviewed)
+    PAIRS/pairs.json            manifest, written last: a pair is listed only once complete
+
+Every manifest update happens under an exclusive lock on ``PAIRS/.napari-unet-pairs.lock``, so
+several napari windows or processes can export into one folder at once without losing pairs.
+Pair files that are not listed (a crash between the files and the manifest) are reported as
+orphans and re-listed by :func:`repair_pairs` (``napari-unet pairs repair PAIRS``).
+
+Cellpose-style folders (``X.tif`` beside ``X_masks.tif``) are read too.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tifffile
+
+from napari_unet.errors import InputError, NapariUnetError, os_error_sentence
+from napari_unet.io.atomic import atomic_path
+from napari_unet.io.locking import exclusive_lock
+from napari_unet.io.tiff import read_image
+
+FORMAT = "napari-unet-pairs"
+FORMAT_VERSION = 1
+MANIFEST = "pairs.json"
+LOCK_NAME = ".napari-unet-pairs.lock"
+LOCK_TIMEOUT = 30.0  # seconds to wait for another process's manifest update
+CONTEXT = 32  # pixels of context kept around an exported rectangle
+
+
+@dataclass
+class PairRecord:
+    """One manifest entry."""
+
+    name: str
+    source: str = ""
+    plane: list[int] = field(default_factory=list)
+    crop: list[int] | None = None  # [y0, x0, y1, x1] of the saved region in the source plane
+    time: str = ""
+    model: str = ""
+    edited_pixels: int | None = None
+    reviewed: bool = False  # a reviewed mask file exists
+
+
+@dataclass
+class Pair:
+    """A validated pair loaded into memory."""
+
+    name: str
+    image: np.ndarray  # (H, W) or (H, W, C) as saved
+    labels: np.ndarray  # (H, W) uint32
+    reviewed: np.ndarray | None  # (H, W) bool or None
+
+
+def _read_manifest(folder: Path) -> dict[str, Any]:
+    path = folder / MANIFEST
+    if not path.exists():
+        return {"format": FORMAT, "version": FORMAT_VERSION, "pairs": []}
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("pairs"), list):
+            raise ValueError("not a napari-unet pairs manifest")
+        if not isinstance(data.get("version"), int) or data["version"] > FORMAT_VERSION:
+            raise ValueError(f"pairs format version {data.get('version')!r} is newer than this napari-unet reads "
+                             f"({FORMAT_VERSION}); please upgrade napari-unet")
+    except OSError as exc:
+        raise InputError(os_error_sentence(exc, path)) from None
+    except ValueError as exc:
+        raise InputError(f"{path}: the pairs manifest is unreadable ({exc}).") from None
+    return data
+
+
+def _write_manifest(folder: Path, data: dict[str, Any]) -> None:
+    with atomic_path(folder / MANIFEST) as tmp:
+        tmp.write_text(json.dumps(data, indent=1))
+
+
+def _manifest_lock(folder: Path):
+    return exclusive_lock(folder / LOCK_NAME, timeout=LOCK_TIMEOUT, what=f"The pairs folder {folder}")
+
+
+def _write_new(path: Path, data: np.ndarray) -> None:
+    """Write atomically and never overwrite an existing file."""
+    with atomic_path(path, overwrite=False) as tmp:
+        tifffile.imwrite(tmp, data, compression="zlib")
+
+
+def _unique_name(folder: Path, source: str, plane: tuple[int, ...]) -> str:
+    stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(source or "image").stem)[:40]
+    where = "-".join(map(str, plane))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    while True:
+        name = f"{stem}{'-p' + where if where else ''}-{stamp}-{secrets.token_hex(2)}"
+        if not (folder / "images" / f"{name}.tif").exists():
+            return name
+
+
+def export_pair(
+    folder: Path | str,
+    image: np.ndarray,
+    labels: np.ndarray,
+    *,
+    rect: tuple[int, int, int, int] | None = None,
+    reviewed: np.ndarray | None = None,
+    source: str = "",
+    plane: tuple[int, ...] = (),
+    model: str = "",
+    edited_pixels: int | None = None,
+    origin: tuple[int, int] = (0, 0),
+) -> PairRecord:
+    """Write a new pair for one image plane and its corrected labels; return its manifest entry.
+
+    ``rect = (y0, x0, y1, x1)`` limits the reviewed region to a rectangle (the saved crop keeps
+    some context around it); ``reviewed`` gives an arbitrary reviewed mask instead. ``origin``:
+    where ``image[0, 0]`` lies in the source plane, when only a region of a large plane is given.
+    """
+    folder = Path(folder)
+    image, labels = np.asarray(image), np.asarray(labels)
+    if image.shape[:2] != labels.shape:
+        raise InputError(f"The image plane is {image.shape[:2]} but the labels are {labels.shape}.")
+    if not np.issubdtype(labels.dtype, np.integer) or labels.min(initial=0) < 0:
+        raise InputError("Labels must be non-negative integers.")
+    if not labels.any():
+        raise InputError("The labels are empty; paint some objects before exporting.")
+    crop = None
+    if rect is not None:
+        y0, x0, y1, x1 = (int(v) for v in rect)
+        y0, x0 = max(0, y0), max(0, x0)
+        y1, x1 = min(labels.shape[0], y1), min(labels.shape[1], x1)
+        if y1 - y0 < 8 or x1 - x0 < 8:
+            raise InputError("The rectangle is smaller than 8×8 pixels inside the image.")
+        cy0, cx0 = max(0, y0 - CONTEXT), max(0, x0 - CONTEXT)
+        cy1, cx1 = min(labels.shape[0], y1 + CONTEXT), min(labels.shape[1], x1 + CONTEXT)
+        mask = np.zeros(labels.shape, bool)
+        mask[y0:y1, x0:x1] = True
+        if reviewed is not None:
+            mask &= np.asarray(reviewed, bool)
+        image, labels, reviewed = image[cy0:cy1, cx0:cx1], labels[cy0:cy1, cx0:cx1], mask[cy0:cy1, cx0:cx1]
+        oy, ox = (int(v) for v in origin)
+        crop = [cy0 + oy, cx0 + ox, cy1 + oy, cx1 + ox]
+        if not labels[reviewed].any():
+            raise InputError("There are no labelled objects inside the rectangle.")
+    if reviewed is not None and np.asarray(reviewed).shape != labels.shape:
+        raise InputError("The reviewed mask does not have the shape of the labels.")
+
+    try:
+        for sub in ("images", "labels", "reviewed"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        name = _unique_name(folder, source, plane)
+        _write_new(folder / "images" / f"{name}.tif", image)
+        _write_new(folder / "labels" / f"{name}.tif", labels.astype(np.uint32))
+        if reviewed is not None:
+            _write_new(folder / "reviewed" / f"{name}.tif", np.asarray(reviewed).astype(np.uint8))
+        record = PairRecord(
+            name=name, source=source, plane=list(plane), crop=crop, time=time.strftime("%Y-%m-%dT%H:%M:%S"),
+            model=model, edited_pixels=edited_pixels, reviewed=reviewed is not None,
+        )
+        with _manifest_lock(folder):  # read-modify-write: another exporter may be doing the same
+            manifest = _read_manifest(folder)
+            manifest["pairs"].append(asdict(record))
+            _write_manifest(folder, manifest)
+    except OSError as exc:
+        raise InputError(f"Could not save the training pair: {os_error_sentence(exc)}") from None
+    return record
+
+
+def count_pairs(folder: Path | str) -> int:
+    """Number of pairs listed in a napari-unet pairs folder (0 if none yet)."""
+    folder = Path(folder)
+    try:
+        return len(_read_manifest(folder)["pairs"]) if folder.is_dir() else 0
+    except InputError:
+        return 0
+
+
+def _load_pair(name: str, image_path: Path, labels_path: Path, reviewed_path: Path | None) -> Pair:
+    image = read_image(image_path)
+    labels = read_image(labels_path)
+    if image.ndim == 3 and image.shape[-1] not in (3, 4) and image.shape[0] <= 4:
+        image = np.moveaxis(image, 0, -1)  # (C, H, W) → (H, W, C)
+    if labels.ndim != 2:
+        raise InputError(f"labels are {labels.ndim}D; one 2D plane is expected")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise InputError(f"labels have data type {labels.dtype}; integers are expected")
+    if image.shape[:2] != labels.shape:
+        raise InputError(f"image is {image.shape[:2]} but labels are {labels.shape}")
+    if not labels.any():
+        raise InputError("labels are empty")
+    reviewed = None
+    if reviewed_path is not None:
+        reviewed = read_image(reviewed_path) != 0
+        if reviewed.shape != labels.shape:
+            raise InputError(f"reviewed mask is {reviewed.shape} but labels are {labels.shape}")
+        if not (labels[reviewed] > 0).any():
+            raise InputError("no labelled object inside the reviewed region")
+    return Pair(name, image, labels.astype(np.uint32), reviewed)
+
+
+def _manifest_names(manifest: dict[str, Any]) -> list[str]:
+    return [p["name"] for p in manifest["pairs"] if isinstance(p, dict) and isinstance(p.get("name"), str)]
+
+
+def _listed_names(folder: Path) -> list[str]:
+    return _manifest_names(_read_manifest(folder))
+
+
+def find_orphans(folder: Path | str, listed: list[str] | None = None) -> list[str]:
+    """Names of pair files in ``images/`` or ``labels/`` that the manifest does not list
+    (``listed``: the manifest's names when the caller has already read them)."""
+    folder = Path(folder)
+    if not (folder / MANIFEST).exists():
+        return []
+    listed_set = set(_listed_names(folder) if listed is None else listed)
+    found = {p.stem for sub in ("images", "labels") for p in (folder / sub).glob("*.tif") if not p.name.startswith(".")}
+    return sorted(found - listed_set)
+
+
+def repair_pairs(folder: Path | str) -> tuple[list[str], list[tuple[str, str]]]:
+    """Re-list complete orphan pairs in the manifest; return (re-listed names, (name, reason) left out)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no such pairs folder.")
+    relisted, left = [], []
+    try:
+        with _manifest_lock(folder):
+            manifest = _read_manifest(folder)
+            for name in find_orphans(folder, _manifest_names(manifest)):
+                image_path, labels_path = folder / "images" / f"{name}.tif", folder / "labels" / f"{name}.tif"
+                rev = folder / "reviewed" / f"{name}.tif"
+                try:
+                    _load_pair(name, image_path, labels_path, rev if rev.exists() else None)
+                except (NapariUnetError, ValueError) as exc:
+                    left.append((name, _reason(exc, image_path, labels_path)))
+                    continue
+                record = PairRecord(name=name, source="(re-listed by repair)", reviewed=rev.exists(),
+                                    time=time.strftime("%Y-%m-%dT%H:%M:%S"))
+                manifest["pairs"].append(asdict(record))
+                relisted.append(name)
+            if relisted:
+                _write_manifest(folder, manifest)
+    except OSError as exc:
+        raise InputError(f"Could not repair {folder}: {os_error_sentence(exc)}") from None
+    return relisted, left
+
+
+def _reason(exc: Exception, image_path: Path, labels_path: Path) -> str:
+    """Why a pair cannot be used, without repeating its file paths."""
+    return str(exc).replace(f"{image_path}: ", "").replace(f"{labels_path}: ", "")
+
+
+def read_pairs(folder: Path | str) -> tuple[list[Pair], list[tuple[str, str]]]:
+    """Valid pairs of a folder, and ``(name, reason)`` for each pair skipped (also warned).
+
+    Unlisted pair files (orphans) are warned about too; ``repair_pairs`` re-lists complete ones.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no such pairs folder.")
+    candidates: list[tuple[str, Path, Path, Path | None]] = []
+    if (folder / MANIFEST).exists() or (folder / "images").is_dir():
+        if (folder / MANIFEST).exists():
+            names = _listed_names(folder)
+            orphans = find_orphans(folder, names)
+            if orphans:
+                warnings.warn(
+                    f"{len(orphans)} pair file(s) in {folder} are not listed in {MANIFEST} ({', '.join(orphans[:5])}"
+                    f"{', …' if len(orphans) > 5 else ''}); run 'napari-unet pairs repair {folder}' to re-list them.",
+                    stacklevel=2,
+                )
+        else:
+            names = sorted(p.stem for p in (folder / "images").glob("*.tif"))
+        for name in names:
+            rev = folder / "reviewed" / f"{name}.tif"
+            candidates.append((name, folder / "images" / f"{name}.tif", folder / "labels" / f"{name}.tif",
+                               rev if rev.exists() else None))
+    else:  # cellpose style: X.tif beside X_masks.tif
+        for mask in sorted(folder.glob("*_masks.tif*")):
+            stem = mask.name.split("_masks.tif")[0]
+            image = next((p for p in (folder / f"{stem}.tif", folder / f"{stem}.tiff") if p.exists()), None)
+            candidates.append((stem, image or folder / f"{stem}.tif", mask, None))
+    pairs, skipped = [], []
+    for name, image_path, labels_path, reviewed_path in candidates:
+        try:
+            pairs.append(_load_pair(name, image_path, labels_path, reviewed_path))
+        except (NapariUnetError, ValueError) as exc:
+            reason = _reason(exc, image_path, labels_path)
+            skipped.append((name, reason))
+            warnings.warn(f"Skipping pair {name!r}: {reason}", stacklevel=2)
+    return pairs, skipped
