@@ -34,6 +34,7 @@ test: $(STAMP) system-deps
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 demo: $(STAMP) system-deps
 	$(PY) scripts/demo.py

@@ -24,4 +24,5 @@ def load_model(path: Path | str | None = None, *, trust_code: bool = False) -> S
         from napari_unet.bioimageio.package import load_package
 
         return load_package(path, trust_code=trust_code)
-    return SegmentationModel.from_checkpoint(read_checkpoint(path), path)
+    return read_checkpoint(path).model(path)
+

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import tifffile
 import torch
 
 from napari_unet.engine.model import SegmentationModel
-from napari_unet.engine.network import UNetConfig, build_network
-from napari_unet.io.checkpoint import ModelInfo
 from napari_unet.models import load_model
-
-SAMPLES = Path(__file__).parent.parent / "sample_data"
+from tests.helpers import SAMPLES, make_tiny_model
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -46,22 +41,20 @@ def default_model() -> SegmentationModel:
     return load_model()
 
 
-def make_tiny_model(in_channels: int = 1, seed: int = 0, **config) -> SegmentationModel:
-    """A tiny U-Net (or UNet++ with ``architecture="unetpp"``) with random weights and non-trivial
-    BatchNorm statistics."""
-    torch.manual_seed(seed)
-    cfg = UNetConfig(in_channels=in_channels, out_classes=3, depth=3, base_width=4, **config)
-    net = build_network(cfg)
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 1.5)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.2, 0.2)
-    net.eval()
-    return SegmentationModel(net, ModelInfo(name="tiny"))
-
-
 @pytest.fixture
 def tiny_model() -> SegmentationModel:
     return make_tiny_model()
+
+
+_SLOW_FOLDERS = {"widget", "blockwise", "bioimageio"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``gui`` marks tests in a real napari window; ``slow`` marks whole folders of long tests (real
+    windows, dask clusters, bioimage.io validation) and single tests marked so, for ``-m "not slow"``."""
+    for item in items:
+        folder = item.path.parent.name
+        if folder == "widget":
+            item.add_marker(pytest.mark.gui)
+        if folder in _SLOW_FOLDERS:
+            item.add_marker(pytest.mark.slow)

@@ -188,7 +188,7 @@ def export_bioimageio(
     if out_zip.suffix.lower() != ".zip":
         raise InputError(f"{out_zip}: a bioimage.io package is a .zip file; name the output *.zip.")
     ckpt = read_checkpoint(model_path)
-    model = SegmentationModel.from_checkpoint(ckpt, Path(model_path))
+    model = ckpt.model(Path(model_path))
     if model.config.padding != "same":
         raise InputError(f"{model_path}: only models with 'same' padding can be exported to bioimage.io.")
     if model.config.in_channels != 1:

@@ -122,7 +122,7 @@ def _load_own(path: Path, rdf: dict[str, Any], ours: dict[str, Any]) -> Segmenta
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: the package's napari-unet config is invalid ({exc}).") from None
     state = _load_state_dict(path, _read_member(path, weights))
-    return SegmentationModel.from_checkpoint(Checkpoint(config, state, info), path)
+    return Checkpoint(config, state, info).model(path)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,11 +10,49 @@ from typing import Any
 
 import torch
 
+from napari_unet._version import __version__
 from napari_unet.engine.network import UNet, UNetConfig
 from napari_unet.engine.normalize import Normalization
 from napari_unet.engine.postprocess import PostprocessConfig
 from napari_unet.engine.prepare import prepare_for_inference
-from napari_unet.io.checkpoint import Checkpoint, ModelInfo
+
+DEFAULT_CLASSES = ("background", "nucleus interior", "nucleus boundary")
+
+
+@dataclass
+class ModelInfo:
+    """What a checkpoint says about its model besides the weights."""
+
+    name: str = "unnamed"
+    classes: list[str] = field(default_factory=lambda: list(DEFAULT_CLASSES))
+    normalization: dict[str, Any] = field(default_factory=lambda: Normalization().to_dict())
+    pixel_size_um: float | None = None
+    postprocess: dict[str, Any] = field(default_factory=lambda: PostprocessConfig().to_dict())
+    object_area: float | None = None  # median object area (px) of the training data at scale 1
+    provenance: dict[str, Any] = field(default_factory=dict)
+    version: str = __version__
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelInfo:
+        """Build from a dict, checking each known field's type (unknown fields are ignored)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"info must be a JSON object, not {type(data).__name__}")
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        for key, kinds in _INFO_TYPES.items():
+            if key in known and not isinstance(known[key], kinds):
+                raise ValueError(f"info field {key!r} has the wrong type ({type(known[key]).__name__})")
+        if not all(isinstance(c, str) for c in known.get("classes", [])):
+            raise ValueError("info field 'classes' must be a list of names")
+        px = known.get("pixel_size_um")
+        if px is not None and (isinstance(px, bool) or not math.isfinite(px) or px <= 0):
+            raise ValueError(f"pixel_size_um must be a positive number, not {px!r}")
+        return cls(**known)
+
+
+_INFO_TYPES: dict[str, type | tuple[type, ...]] = {
+    "name": str, "classes": list, "normalization": dict, "pixel_size_um": (int, float, type(None)),
+    "postprocess": dict, "provenance": dict, "version": str,
+}
 
 
 @dataclass
@@ -38,10 +77,6 @@ class SegmentationModel:
     def postprocess(self) -> PostprocessConfig:
         """The post-processing parameters chosen for this model on its validation data."""
         return PostprocessConfig.from_dict(self.info.postprocess)
-
-    @classmethod
-    def from_checkpoint(cls, ckpt: Checkpoint, path: Path | None = None) -> SegmentationModel:
-        return cls(ckpt.build(path or "<memory>"), ckpt.info, path)
 
     def prepared(self, device: torch.device, *, compile: bool = False) -> torch.nn.Module:
         """The inference-ready network on ``device`` (BatchNorm folded, channels_last)."""

@@ -8,9 +8,8 @@ The format is documented in the README ("Checkpoint format").
 from __future__ import annotations
 
 import json
-import math
 import pickle
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save
 
-from napari_unet._version import __version__
+from napari_unet.engine.model import ModelInfo, SegmentationModel
 from napari_unet.engine.network import UNet, UNetConfig, build_network
 from napari_unet.engine.normalize import Normalization
 from napari_unet.engine.postprocess import PostprocessConfig
@@ -27,43 +26,6 @@ from napari_unet.io.atomic import atomic_path
 
 FORMAT = "napari-unet-checkpoint"
 FORMAT_VERSION = 1
-DEFAULT_CLASSES = ("background", "nucleus interior", "nucleus boundary")
-
-
-@dataclass
-class ModelInfo:
-    """What a checkpoint says about its model besides the weights."""
-
-    name: str = "unnamed"
-    classes: list[str] = field(default_factory=lambda: list(DEFAULT_CLASSES))
-    normalization: dict[str, Any] = field(default_factory=lambda: Normalization().to_dict())
-    pixel_size_um: float | None = None
-    postprocess: dict[str, Any] = field(default_factory=lambda: PostprocessConfig().to_dict())
-    object_area: float | None = None  # median object area (px) of the training data at scale 1
-    provenance: dict[str, Any] = field(default_factory=dict)
-    version: str = __version__
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelInfo:
-        """Build from a dict, checking each known field's type (unknown fields are ignored)."""
-        if not isinstance(data, dict):
-            raise ValueError(f"info must be a JSON object, not {type(data).__name__}")
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        for key, kinds in _INFO_TYPES.items():
-            if key in known and not isinstance(known[key], kinds):
-                raise ValueError(f"info field {key!r} has the wrong type ({type(known[key]).__name__})")
-        if not all(isinstance(c, str) for c in known.get("classes", [])):
-            raise ValueError("info field 'classes' must be a list of names")
-        px = known.get("pixel_size_um")
-        if px is not None and (isinstance(px, bool) or not math.isfinite(px) or px <= 0):
-            raise ValueError(f"pixel_size_um must be a positive number, not {px!r}")
-        return cls(**known)
-
-
-_INFO_TYPES: dict[str, type | tuple[type, ...]] = {
-    "name": str, "classes": list, "normalization": dict, "pixel_size_um": (int, float, type(None)),
-    "postprocess": dict, "provenance": dict, "version": str,
-}
 MAX_PARAMETERS = 10**9  # a config asking for more is refused before anything is allocated
 
 
@@ -74,6 +36,10 @@ class Checkpoint:
     config: UNetConfig
     state_dict: dict[str, torch.Tensor]
     info: ModelInfo
+
+    def model(self, path: Path | None = None) -> SegmentationModel:
+        """The segmentation model this checkpoint describes (``path`` names it in messages)."""
+        return SegmentationModel(self.build(path or "<memory>"), self.info, path)
 
     def build(self, path: Path | str = "<memory>") -> UNet:
         """Rebuild the network; a mismatch between tensors and config is a CheckpointError.

@@ -9,8 +9,7 @@ import tifffile
 
 from napari_unet.cli.main import main
 from napari_unet.io.checkpoint import ModelInfo, save_checkpoint
-
-from .conftest import SAMPLES, make_tiny_model
+from tests.helpers import SAMPLES, make_tiny_model
 
 
 def test_segment_writes_labels_and_skips_bad_inputs(tmp_path, misc):

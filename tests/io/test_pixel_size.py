@@ -26,8 +26,7 @@ from napari_unet.io.pixel_size import (
     to_micrometres,
 )
 from napari_unet.models import default_model_path
-
-from .conftest import make_tiny_model
+from tests.helpers import make_tiny_model
 
 
 def test_units_and_ratio():

@@ -7,8 +7,7 @@ import torch
 from napari_unet import Cancelled, InputError, predict, segment
 from napari_unet.engine.prepare import fold_batchnorm, prepare_for_inference
 from napari_unet.engine.tiling import mirror_pad, plan_tiles
-
-from .conftest import make_tiny_model
+from tests.helpers import make_tiny_model
 
 
 def _untiled(model, image):

@@ -13,8 +13,7 @@ import torch
 
 from napari_unet.errors import CheckpointError
 from napari_unet.io.checkpoint import ModelInfo, read_checkpoint, save_checkpoint
-
-from .conftest import make_tiny_model
+from tests.helpers import make_tiny_model
 
 N_SAFETENSORS = 4000
 N_TORCH = 1500

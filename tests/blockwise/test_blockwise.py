@@ -22,8 +22,7 @@ from napari_unet.blockwise.engine import (
 )
 from napari_unet.engine.metrics import instance_scores
 from napari_unet.io.lazy import open_lazy
-
-from .conftest import make_tiny_model
+from tests.helpers import make_tiny_model
 
 
 def mosaic(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

@@ -22,8 +22,7 @@ from napari_unet.engine.predict import predict
 from napari_unet.errors import CheckpointError, InputError
 from napari_unet.io.checkpoint import ModelInfo, save_checkpoint
 from napari_unet.models import default_model_path
-
-from .conftest import SAMPLES, make_tiny_model
+from tests.helpers import SAMPLES, make_tiny_model
 
 pytest.importorskip("bioimageio.core")
 BIOIMAGEIO = Path(sys.executable).parent / "bioimageio"

@@ -18,8 +18,7 @@ from napari_unet.training.loop import Sample
 from napari_unet.training.pairs import export_pair
 from napari_unet.training.runner import LOCK_NAME, FineTuneBusy, FineTuneRequest, FineTuneRunner, FolderLock
 from napari_unet.training.versions import list_versions, models_dir_for
-
-from .conftest import make_tiny_model
+from tests.helpers import make_tiny_model
 
 FAST = ("--steps-per-epoch", "2", "--batch-size", "2", "--threads", "1")
 

@@ -9,8 +9,7 @@ import torch
 from napari_unet import CheckpointError, load_model, predict
 from napari_unet.engine.network import UNet, UNetConfig
 from napari_unet.io.checkpoint import ModelInfo, read_checkpoint, save_checkpoint
-
-from .conftest import make_tiny_model
+from tests.helpers import make_tiny_model
 
 
 def test_round_trip_keeps_weights_config_and_metadata(tmp_path, misc):

@@ -24,8 +24,7 @@ from napari_unet.io.checkpoint import ModelInfo, save_checkpoint
 from napari_unet.training.pairs import read_pairs
 from napari_unet.training.runner import FineTuneBusy, FineTuneRequest, FineTuneRunner
 from napari_unet.training.versions import list_versions, models_dir_for
-
-from .conftest import make_tiny_model
+from tests.helpers import make_tiny_model
 
 
 @pytest.fixture(autouse=True)

@@ -14,10 +14,9 @@ from napari_unet.engine.predict import choose_scale
 from napari_unet.engine.scale import postprocess_at_scale, scale_from_pixel_size
 from napari_unet.engine.tiling import resize_planes
 from napari_unet.engine.tta import dihedral
+from tests.helpers import make_tiny_model
 
-from .conftest import make_tiny_model
-
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent.parent / "data"
 
 
 def _resized(image, labels, factor):

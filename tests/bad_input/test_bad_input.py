@@ -28,8 +28,7 @@ from napari_unet.models import load_model
 from napari_unet.training.finetune import FineTuneOptions
 from napari_unet.training.pairs import MANIFEST, export_pair
 from napari_unet.training.runner import LOCK_NAME, FineTuneRequest, FineTuneRunner
-
-from .conftest import SAMPLES, make_tiny_model
+from tests.helpers import SAMPLES, make_tiny_model
 
 FAST = ["--quiet", "--tile", "128", "--overlap", "16", "--device", "cpu"]
 

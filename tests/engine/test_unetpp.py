@@ -13,8 +13,8 @@ from napari_unet.engine.network import UNetConfig, UNetPlusPlus, build_network
 from napari_unet.engine.prepare import fold_batchnorm
 from napari_unet.io.checkpoint import ModelInfo, read_checkpoint, save_checkpoint
 from napari_unet.training.pairs import export_pair
+from tests.helpers import make_tiny_model
 
-from .conftest import make_tiny_model
 from .test_inference import _untiled
 
 
