@@ -39,11 +39,6 @@ _DESCRIPTION_FILES = ("rdf.yaml", "bioimageio.yaml")
 _EPS = 1e-6
 
 
-def is_package(path: Path | str) -> bool:
-    """True for a ``.zip`` file (bioimage.io packages are zip files)."""
-    return Path(path).suffix.lower() == ".zip"
-
-
 def read_description(path: Path | str) -> dict[str, Any]:
     """The package's description (rdf.yaml / bioimageio.yaml) as a dict; YAML only, no code."""
     try:

@@ -7,7 +7,6 @@ Also writes the labels output: an OME-Zarr (NGFF 0.4, zarr format 2) labels imag
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -267,10 +266,3 @@ def create_labels_zarr(
         compressors=Blosc(cname="zstd", clevel=3, shuffle=Blosc.BITSHUFFLE),
         chunk_key_encoding={"name": "v2", "separator": "/"},
     )
-
-
-def labels_info(path: Path) -> dict[str, Any]:
-    """The napari-unet section of a labels zarr's metadata (JSON-safe)."""
-    import zarr
-
-    return json.loads(json.dumps(dict(zarr.open_group(str(path), mode="r").attrs).get(LABELS_FORMAT, {})))
