@@ -20,8 +20,7 @@ from napari_unet._widget.regions import wants_blockwise
 from napari_unet.blockwise.engine import BlockwiseOptions, segment_blockwise
 from napari_unet.engine.memory import too_large
 from napari_unet.training.pairs import read_pairs
-
-from .test_blockwise import mosaic, read_labels
+from tests.blockwise.test_blockwise import mosaic, read_labels
 
 
 @pytest.fixture(autouse=True)
