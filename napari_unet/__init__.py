@@ -5,6 +5,7 @@ Public API::
     model = load_model()            # the shipped nuclei model, or load_model("my.safetensors")
     probs = predict(model, image)   # (*stack, K, H, W) class probabilities
     labels = segment(image, model)  # (*stack, H, W) uint32 instance labels
+    result = segment_image(model, image)  # labels, probabilities, the scale and min size used
 """
 
 from napari_unet._version import __version__ as __version__
@@ -13,6 +14,7 @@ from napari_unet.engine.model import SegmentationModel
 from napari_unet.engine.postprocess import PostprocessConfig, labels_from_probabilities
 from napari_unet.engine.predict import choose_scale, predict
 from napari_unet.engine.scale import scale_from_pixel_size
+from napari_unet.engine.segmentation import Segmentation, segment_image
 from napari_unet.errors import Cancelled, CheckpointError, InputError, NapariUnetError
 from napari_unet.models import load_model
 from napari_unet.training.versions import list_versions
@@ -23,6 +25,7 @@ __all__ = [
     "InputError",
     "NapariUnetError",
     "PostprocessConfig",
+    "Segmentation",
     "SegmentationModel",
     "choose_scale",
     "labels_from_probabilities",
@@ -31,4 +34,5 @@ __all__ = [
     "predict",
     "scale_from_pixel_size",
     "segment",
+    "segment_image",
 ]

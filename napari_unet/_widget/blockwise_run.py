@@ -22,6 +22,7 @@ from napari_unet._widget.regions import level0
 from napari_unet._widget.state import Result, ui_threads
 from napari_unet._widget.stepped_add import add_in_steps
 from napari_unet.blockwise.engine import DEFAULT_BLOCK, BlockwiseOptions, BlockwiseResult, segment_blockwise
+from napari_unet.engine.segmentation import count_sentence
 from napari_unet.errors import Cancelled, os_error_sentence
 from napari_unet.io.lazy import open_lazy, stem
 
@@ -140,8 +141,7 @@ class BlockwiseRun:
         layer.events.paint.connect(edited)
         state.labels_written.emit(layer)
         counts = result.objects
-        text = (f"~{round(float(np.mean(counts)))} objects per plane, {len(counts)} planes" if len(counts) > 1
-                else f"{counts[0]} objects")
+        text = count_sentence(counts)
         text += f"; scale {result.scale.scale:.2f}" + (" (chosen automatically)" if result.scale.how != "given" else "")
         self.section.show_scale(result.scale.scale)
         self.section.summary.value = f"{image.name}: {text}"

@@ -4,6 +4,7 @@ re-labelled from stored probabilities (no network run) when post-processing valu
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -13,13 +14,10 @@ from napari.qt.threading import create_worker
 from napari_unet._widget.state import Result, State, digest
 from napari_unet._widget.stepped_add import add_in_steps
 from napari_unet.engine.postprocess import PostprocessConfig
-from napari_unet.engine.segmentation import instance_labels
+from napari_unet.engine.scale import postprocess_at_scale
+from napari_unet.engine.segmentation import count_sentence, instance_labels, object_counts
 
-
-def object_counts(labels: np.ndarray) -> list[int]:
-    """Objects per 2D plane (labels are numbered per plane, so a stack's maximum is no count)."""
-    planes = labels.reshape(-1, *labels.shape[-2:])
-    return [int(len(np.unique(p)) - (1 if (p == 0).any() else 0)) for p in planes]
+RelabelFn = Callable[[Labels, str, float, int], None]
 
 
 def with_plane(stack: np.ndarray, plane: tuple[int, ...], labels: np.ndarray) -> np.ndarray:
@@ -32,8 +30,11 @@ def with_plane(stack: np.ndarray, plane: tuple[int, ...], labels: np.ndarray) ->
 class LabelsWriter:
     """Writes segmentation results into labels layers and remembers where each came from."""
 
-    def __init__(self, state: State) -> None:
+    def __init__(self, state: State, on_relabel: RelabelFn | None = None) -> None:
+        """``on_relabel(layer, found, scale, min_size)`` is told each re-labelled layer's count
+        sentence and the scale and min size (image pixels) used."""
         self.state = state
+        self.on_relabel = on_relabel
         self.pending = 0  # re-labelling workers still running
         self._generation = 0
 
@@ -129,8 +130,8 @@ class LabelsWriter:
             if result.lazy:
                 self.state.message.emit(f"'{layer.name}' was segmented block by block; press Segment to apply "
                                         "new post-processing values to it.")
-            elif result.pending:
-                continue  # an empty layer still waiting for its first result
+            elif result.pending or result.probs is None:
+                continue  # an empty layer still waiting for its first result, or a class map
             elif self.unedited(layer):
                 jobs.append((layer, result.probs, result.scale, layer.data.shape[-2:]))
             elif layer in self.state.viewer.layers:
@@ -138,8 +139,13 @@ class LabelsWriter:
         if not jobs:
             return
 
-        def work() -> list[tuple[Labels, np.ndarray]]:
-            return [(layer, self.compact(instance_labels(p, shape, scale, config))) for layer, p, scale, shape in jobs]
+        def work() -> list[tuple[Labels, np.ndarray, str, float, int]]:
+            out = []
+            for layer, p, scale, shape in jobs:
+                labels = self.compact(instance_labels(p, shape, scale, config))
+                found = count_sentence(object_counts(labels))
+                out.append((layer, labels, found, scale, postprocess_at_scale(config, scale).min_size))
+            return out
 
         self.pending += 1
         worker = create_worker(work, _ignore_errors=True)
@@ -151,12 +157,14 @@ class LabelsWriter:
     def _relabel_finished(self) -> None:
         self.pending -= 1
 
-    def _apply(self, generation: int, out: list[tuple[Labels, Any]]) -> None:
+    def _apply(self, generation: int, out: list[tuple[Labels, Any, str, float, int]]) -> None:
         if generation != self._generation:
             return  # a newer request is on its way
-        for layer, labels in out:
+        for layer, labels, found, scale, min_size in out:
             result = self.state.result(layer)
             if result is None or not self.unedited(layer):
                 continue
             layer.data = labels if result.plane is None else with_plane(layer.data, result.plane, labels)
             result.written = digest(np.asarray(layer.data))
+            if self.on_relabel is not None:
+                self.on_relabel(layer, found, scale, min_size)

@@ -8,20 +8,19 @@ from typing import Any
 import numpy as np
 import torch
 from magicgui.widgets import Container, Label, ProgressBar, PushButton, create_widget
-from napari.layers import Image
+from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from qtpy.QtCore import QObject, QTimer, Signal
 
 from napari_unet._widget.blockwise_run import BlockwiseRun
-from napari_unet._widget.labels import LabelsWriter, object_counts
+from napari_unet._widget.labels import LabelsWriter
 from napari_unet._widget.regions import wants_blockwise
 from napari_unet._widget.segment_options import SegmentOptions
 from napari_unet._widget.state import State, digest, ui_threads
 from napari_unet._widget.stepped_add import NEXT_TURN_MS
-from napari_unet.engine.predict import predict
-from napari_unet.engine.scale import postprocess_at_scale
-from napari_unet.engine.segmentation import labels_for_image
+from napari_unet.engine.segmentation import Segmentation, segment_image
 from napari_unet.errors import Cancelled, NapariUnetError
+from napari_unet.io.pixel_size import layer_pixel_size
 
 
 class _Progress(QObject):
@@ -34,7 +33,7 @@ class SegmentSection(SegmentOptions):
 
     def __init__(self, state: State) -> None:
         super().__init__(state)
-        self.writer = LabelsWriter(state)
+        self.writer = LabelsWriter(state, on_relabel=self._relabelled)
         self.blockwise = BlockwiseRun(self)  # large or lazy (dask/zarr/multiscale) layers
         self.worker = None
         self.target: Image | None = None
@@ -78,23 +77,20 @@ class SegmentSection(SegmentOptions):
         post, options = self.postprocess(), dict(
             tile=self.tile.value, overlap=self.overlap.value, batch_size=self.batch.value, device=self.device.value,
             scale="auto" if self.auto_scale.value else self.scale.value, channel_axis=-1 if layer.rgb else None,
-            channel=self.channel.value)
+            channel=self.channel.value, pixel_size_um=layer_pixel_size(layer))
         self._cancel = cancel = threading.Event()
         torch.set_num_threads(ui_threads())
 
-        def work() -> tuple[np.ndarray, np.ndarray, list[int], str, float] | None:
+        def work() -> tuple[Segmentation, np.ndarray, str] | None:
             # torch leaves napari's main thread a core (ui_threads); the worker keeps its priority,
             # so a busy machine slows a click no more than it slows segment() itself
-            used: list[float] = []
             try:
-                probs = predict(model, image, progress=self._bridge.tick.emit, cancel=cancel.is_set,
-                                on_scale=used.append, keep_enlarged=True, **options)
+                result = segment_image(model, image, postprocess=post, progress=self._bridge.tick.emit,
+                                       cancel=cancel.is_set, **options)  # sizes follow the scale
             except Cancelled:
                 return None
-            labels = self.writer.compact(labels_for_image(probs, image, model, used[0], post,  # sizes follow the scale
-                                                          channel_axis=options["channel_axis"],
-                                                          channel=options["channel"]))
-            return probs, labels, object_counts(labels), digest(labels), used[0]  # all off the main thread
+            labels = self.writer.compact(result.labels)
+            return result, labels, digest(labels)  # all off the main thread
 
         self.target = layer
         self.run_btn.enabled, self.cancel_btn.enabled = False, True
@@ -153,18 +149,22 @@ class SegmentSection(SegmentOptions):
             return self.state.warn(f"The image '{image.name}' was removed, so its segmentation was dropped.")
         if out is None:
             return self._say("Segmentation cancelled; nothing was changed.")
-        probs, labels, counts, labels_digest, scale = out
+        result, labels, labels_digest = out
+        probs = None if result.semantic else result.probabilities  # class maps are not re-labelled
         layer = self.writer.write(image, plane, labels, probs, model_name, labels_digest if plane is None else None,
-                                  scale=scale)
-        if len(counts) > 1:
-            text = f"~{round(float(np.mean(counts)))} objects per plane, {len(counts)} planes"
-        else:
-            text = f"{counts[0]} objects"
-        self.show_scale(scale)
+                                  scale=result.scale.scale)
+        self.show_scale(result.scale.scale)
+        self._report(layer, result.summary(), result.scale.scale, result.min_size_used, "Segmented")
+
+    def _report(self, layer: Labels, found: str, scale: float, min_size: int | None, verb: str) -> None:
+        """The summary line and the status line: what was found and the numbers actually used."""
         how = "chosen automatically" if self.auto_scale.value else "as set"
-        used = f"scale {scale:.2f} ({how}), min size {postprocess_at_scale(self.postprocess(), scale).min_size} px"
-        self.summary.value = f"{image.name}: {text}; {used}"
-        self._say(f"Segmented {image.name}: {text} in layer '{layer.name}'; {used}.")
+        used = f"scale {scale:.2f} ({how})" + ("" if min_size is None else f", min size {min_size} px")
+        self.summary.value = f"{layer.name}: {found}; {used}"
+        self._say(f"{verb} '{layer.name}': {found}; {used}.")
+
+    def _relabelled(self, layer: Labels, found: str, scale: float, min_size: int) -> None:
+        self._report(layer, found, scale, min_size, "Re-labelled")
 
     def _say(self, message: str) -> None:
         """In the status line only: the result shows itself as a layer, and a pop-up over the canvas

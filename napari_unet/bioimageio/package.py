@@ -445,7 +445,6 @@ class PackageModel(SegmentationModel):
     """A foreign bioimage.io package run through napari-unet's tiling and post-processing."""
 
     preprocessing: PackagePreprocessing = field(default_factory=PackagePreprocessing)
-    semantic: bool = False
 
     @property
     def normalization(self) -> PackagePreprocessing:  # type: ignore[override]

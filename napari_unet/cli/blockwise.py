@@ -12,6 +12,7 @@ from pathlib import Path
 
 from napari_unet.blockwise.engine import DEFAULT_BLOCK, BlockwiseOptions, segment_many
 from napari_unet.engine.memory import too_large
+from napari_unet.engine.segmentation import count_sentence
 from napari_unet.errors import NapariUnetError
 from napari_unet.io.lazy import is_zarr_path, open_lazy, stem
 from napari_unet.models import load_model
@@ -112,6 +113,6 @@ def run_blockwise(args: argparse.Namespace) -> int:
             print(f"napari-unet: error: {message}", file=sys.stderr)
             failures += 1
             continue
-        print(f"{image.path} -> {r.out}  ({sum(r.objects)} objects, {r.shape}, {r.blocks} blocks, "
+        print(f"{image.path} -> {r.out}  ({count_sentence(r.objects)}, {r.shape}, {r.blocks} blocks, "
               f"scale {r.scale.scale:.2f} ({r.scale.how}), {time.monotonic() - start:.1f} s)")
     return 1 if failures else 0

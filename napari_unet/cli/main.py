@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import NoReturn
 
@@ -23,13 +24,12 @@ import numpy as np
 from napari_unet.cli.blockwise import add_arguments as add_blockwise_arguments
 from napari_unet.engine.device import DEVICES
 from napari_unet.engine.metrics import THRESHOLDS, instance_scores, pool_scores
-from napari_unet.engine.predict import DEFAULT_OVERLAP, DEFAULT_TILE, predict
-from napari_unet.engine.scale import SCALE_LIMITS, postprocess_at_scale
-from napari_unet.engine.segmentation import labels_for_image
+from napari_unet.engine.predict import DEFAULT_OVERLAP, DEFAULT_TILE
+from napari_unet.engine.scale import SCALE_LIMITS, ScaleChoice
+from napari_unet.engine.segmentation import count_sentence, segment_image
 from napari_unet.errors import InputError, InvalidParameter, NapariUnetError, os_error_sentence
 from napari_unet.io.image_files import read_image_file, write_labels_file
 from napari_unet.io.lazy import stem
-from napari_unet.io.pixel_size import auto_scale
 from napari_unet.io.tiff import read_image
 from napari_unet.models import load_model
 from napari_unet.validate import LIMITS, check_number
@@ -121,6 +121,12 @@ def _check_writable(folder: Path) -> str | None:
     return None
 
 
+def _note_scale(path: Path, choice: ScaleChoice, asked: float | str) -> None:
+    """Say how an automatic scale was chosen from pixel sizes (the scale itself is in the result line)."""
+    if asked == "auto" and choice.how == "pixel size":
+        print(f"napari-unet: {path}: {choice.describe()}.", file=sys.stderr)
+
+
 def cmd_segment(args: argparse.Namespace) -> int:
     from napari_unet.cli.blockwise import run_blockwise, wants_blockwise
 
@@ -150,27 +156,16 @@ def cmd_segment(args: argparse.Namespace) -> int:
             start = time.monotonic()
             try:
                 file = read_image_file(path, series=args.series)
-                if args.scale == "auto" and file.pixel_size_um and model.info.pixel_size_um:
-                    _, how = auto_scale(file.pixel_size_um, model.info.pixel_size_um)
-                    print(f"napari-unet: {path}: {how}.", file=sys.stderr)
                 channel_axis = args.channel_axis if args.channel_axis is not None else file.channel_axis
-                used: list[float] = []
-                probs = predict(
-                    model, file.data, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
-                    device=args.device, scale=args.scale, pixel_size_um=file.pixel_size_um, channel=args.channel,
-                    channel_axis=channel_axis, tta=args.tta, on_scale=used.append,
-                    keep_enlarged=not getattr(model, "semantic", False),
+                result = segment_image(
+                    model, file.data, postprocess=post, min_size=args.min_size, tile=args.tile, overlap=args.overlap,
+                    batch_size=args.batch_size, device=args.device, scale=args.scale,
+                    pixel_size_um=file.pixel_size_um, channel=args.channel, channel_axis=channel_axis, tta=args.tta,
+                    on_choice=partial(_note_scale, path, asked=args.scale),
                     progress=None if args.quiet else ProgressBar(path.name),
                 )
-                if getattr(model, "semantic", False):  # a package whose classes are not nuclei/boundary
-                    labels = probs.argmax(axis=-3).astype(np.uint32)
-                else:
-                    config, sizes = post, "model"  # the model's sizes are at training scale
-                    if args.min_size is not None:  # the user's is in image pixels, at the edge too
-                        config, sizes = postprocess_at_scale(post, used[0]).with_min_size(args.min_size), "image"
-                    labels = labels_for_image(probs, file.data, model, used[0], config, sizes=sizes,
-                                              channel_axis=channel_axis, channel=args.channel)
-                del probs
+                labels, counts, scale = result.labels, result.counts, result.scale.scale
+                del result  # the probabilities
                 write_labels_file(out, labels, axes=file.labels_axes, pixel_size_um=file.pixel_size_um,
                                   overwrite=args.overwrite)
             except FileExistsError:
@@ -189,11 +184,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
                 print(f"napari-unet: error: {message}", file=sys.stderr)
                 continue
             written += 1
-            planes = labels.reshape(-1, *labels.shape[-2:])
-            counts = [int(p.max()) for p in planes]  # labels are numbered 1..n per plane
-            found = (f"{counts[0]} objects" if len(counts) == 1 else
-                     f"~{round(sum(counts) / len(counts))} objects per plane, {len(counts)} planes")
-            _say(f"{path} -> {out}  ({found}, {labels.shape}, scale {used[0]:.2f}, {time.monotonic() - start:.1f} s)")
+            found = count_sentence(counts, "classes" if model.semantic else "objects")
+            _say(f"{path} -> {out}  ({found}, {labels.shape}, scale {scale:.2f}, {time.monotonic() - start:.1f} s)")
             if not any(counts):
                 print(f"napari-unet: note: {path}: no objects found; check the image, --threshold or the model.",
                       file=sys.stderr)

@@ -57,11 +57,15 @@ _INFO_TYPES: dict[str, type | tuple[type, ...]] = {
 
 @dataclass
 class SegmentationModel:
-    """A network with its metadata; prepared copies per device are cached."""
+    """A network with its metadata; prepared copies per device are cached.
+
+    ``semantic``: the classes are not nucleus/boundary probabilities (a foreign bioimage.io
+    package), so labels are the most likely class per pixel, not watershed objects."""
 
     net: UNet
     info: ModelInfo
     path: Path | None = None
+    semantic: bool = False
     _prepared: dict[str, torch.nn.Module] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -17,13 +18,12 @@ from napari_unet.engine.scale import (
     DEAD_BAND,
     MIN_OBJECTS,
     PROBE_SIDE,
-    SCALE_RANGE,
     ScaleChoice,
     ScaleFn,
     checked_scale,
     inner_areas,
+    pixel_size_choice,
     scale_for_area,
-    scale_from_pixel_size,
 )
 from napari_unet.engine.tiling import (
     CancelFn,
@@ -61,6 +61,7 @@ def predict(
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
     on_scale: ScaleFn | None = None,
+    on_choice: Callable[[ScaleChoice], None] | None = None,
     keep_enlarged: bool = False,
 ) -> np.ndarray:
     """Class probabilities ``(*stack, K, H, W)`` float32 for ``image``, by tiled inference.
@@ -68,7 +69,8 @@ def predict(
     ``scale`` resizes the image before the network (e.g. 2.0 for nuclei half the trained size);
     ``"auto"`` (default) chooses it (see :func:`napari_unet.engine.predict.choose_scale`: from
     ``pixel_size_um`` (µm per image pixel) when the model's is known, else from a quick first
-    pass; 1.0 for models that record no training object size). ``on_scale(s)`` is told the scale used.
+    pass; 1.0 for models that record no training object size). ``on_scale(s)`` is told the scale used,
+    ``on_choice(choice)`` the :class:`~napari_unet.engine.scale.ScaleChoice` (the scale and how it was chosen).
     ``tta`` averages the probabilities over the 8 flips/rotations (8× the time).
     ``amp`` (default: on for CUDA) runs the network in bfloat16 on CUDA only.
     ``progress(done, total)`` is called after each batch of tiles; when ``cancel()`` returns
@@ -81,11 +83,13 @@ def predict(
     overlap = check_limit("overlap", overlap)
     batch_size = check_limit("batch size", batch_size)
     if scale == "auto":
-        scale = choose_scale(
+        choice = choose_scale(
             model, image, pixel_size_um=pixel_size_um, channel_axis=channel_axis, channel=channel,
             tile=tile, overlap=overlap, batch_size=batch_size, device=device, amp=amp, compile=compile,
-        ).scale
-    scale = checked_scale(scale)
+        )
+    else:
+        choice = ScaleChoice(checked_scale(scale), "given")
+    scale = checked_scale(choice.scale)
     dev = resolve_device(device)
     amp = (dev.type == "cuda") if amp is None else (amp and dev.type == "cuda")
     net = model.prepared(dev, compile=compile)
@@ -100,6 +104,8 @@ def predict(
     )
     if on_scale is not None:
         on_scale(float(scale))
+    if on_choice is not None:
+        on_choice(choice)
     views = dihedral(8 if tta else 1)
     per_plane = count_tiles(work, in_tile, out_tile, overlap, multiple) * len(views)
     total = per_plane * planes.data.shape[0]
@@ -133,13 +139,13 @@ def choose_scale(
 ) -> ScaleChoice:
     """The scale ``"auto"`` means for ``image`` (a stack: its first plane) with ``model``.
 
-    Pixel sizes win when both are known; otherwise a first pass at scale 1 over a central crop
+    Pixel sizes win when both are known and plausible; otherwise a first pass at scale 1 over a central crop
     measures the median area of the objects that do not touch the crop's edge, and the scale
     brings it to the model's ``info.object_area``. ``predict_options`` go to the first pass.
     """
-    model_px = model.info.pixel_size_um
-    if pixel_size_um is not None and model_px:
-        return ScaleChoice(float(np.clip(scale_from_pixel_size(pixel_size_um, model_px), *SCALE_RANGE)), "pixel size")
+    by_pixels = pixel_size_choice(pixel_size_um, model.info.pixel_size_um)
+    if by_pixels is not None:
+        return by_pixels
     target = model.info.object_area
     if not target:
         return ScaleChoice(1.0, "unknown")

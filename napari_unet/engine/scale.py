@@ -37,6 +37,17 @@ class ScaleChoice:
     scale: float
     how: str
     measured_area: float | None = None  # median object area (px) found by the first pass
+    note: str = ""  # how, in words, when there is more to say than ``how``
+
+    def describe(self) -> str:
+        """One phrase for the user: ``"scale 0.5 from pixel sizes (image 0.325 µm, model 0.65 µm)"``."""
+        if self.note:
+            return self.note
+        if self.how == "object size" and self.measured_area is not None:
+            return f"scale {self.scale:.2f} from the objects' size (median {self.measured_area:.0f} px)"
+        if self.how == "unknown":
+            return f"scale {self.scale:.2f} (the objects' size could not be measured)"
+        return f"scale {self.scale:.2f} ({'as set' if self.how == 'given' else self.how})"
 
 
 def checked_scale(scale: Any) -> float:
@@ -55,6 +66,24 @@ def scale_from_pixel_size(image_pixel_um: float, model_pixel_um: float) -> float
     if not (image_pixel_um > 0 and model_pixel_um > 0 and np.isfinite(image_pixel_um * model_pixel_um)):
         raise InputError(f"Pixel sizes must be positive numbers, not {image_pixel_um} and {model_pixel_um}.")
     return float(image_pixel_um / model_pixel_um)
+
+
+def pixel_size_choice(image_um: float | None, model_um: float | None) -> ScaleChoice | None:
+    """The scale from pixel sizes, clamped to :data:`SCALE_RANGE`; None when either is unknown or
+    their ratio is outside :data:`SCALE_LIMITS` (metadata that cannot be right is treated as unknown)."""
+    if image_um is None or not model_um:
+        return None
+    try:
+        ratio = scale_from_pixel_size(image_um, model_um)
+    except InputError:
+        return None
+    if not SCALE_LIMITS[0] <= ratio <= SCALE_LIMITS[1]:
+        return None
+    scale = float(np.clip(ratio, *SCALE_RANGE))
+    note = f"scale {scale:.3g} from pixel sizes (image {image_um:g} µm, model {model_um:g} µm)"
+    if scale != ratio:
+        note += f"; their ratio {ratio:.3g} is beyond what auto chooses ({SCALE_RANGE[0]}–{SCALE_RANGE[1]:g})"
+    return ScaleChoice(scale, "pixel size", note=note)
 
 
 def scale_for_area(measured_area: float, model_area: float) -> float:

@@ -1,6 +1,12 @@
-"""Probabilities → instance labels at the image's size, whatever scale the network ran at."""
+"""One segmentation: image → probabilities → labels at the image's size, whatever scale the network
+ran at. :func:`segment_image` is the step the Python API, the command line and the dock all call;
+:func:`instance_labels` the post-processing step the blockwise engine and re-labelling share."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from skimage.segmentation import relabel_sequential
@@ -8,8 +14,96 @@ from skimage.segmentation import relabel_sequential
 from napari_unet.engine.model import SegmentationModel
 from napari_unet.engine.planes import to_planes
 from napari_unet.engine.postprocess import PostprocessConfig, labels_from_probabilities
-from napari_unet.engine.scale import postprocess_at_scale
+from napari_unet.engine.predict import predict
+from napari_unet.engine.scale import ScaleChoice, ScaleFn, postprocess_at_scale
 from napari_unet.engine.tiling import resize_probabilities
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """What one segmentation produced, and the numbers it actually used.
+
+    ``labels``: uint32 with the image's stack and spatial shape: objects numbered 1..N per plane,
+    or class indices for a ``semantic`` model. ``probabilities``: ``(*stack, K, h, w)`` at the
+    working size (enlarged when ``scale.scale > 1``). ``min_size_used``: the smallest object kept,
+    in image pixels (None for a semantic model)."""
+
+    labels: np.ndarray
+    probabilities: np.ndarray
+    scale: ScaleChoice
+    postprocess: PostprocessConfig | None
+    semantic: bool = False
+
+    @property
+    def min_size_used(self) -> int | None:
+        return None if self.postprocess is None else self.postprocess.min_size
+
+    @property
+    def counts(self) -> list[int]:
+        """Objects (or classes present, for a semantic model) per 2D plane."""
+        return object_counts(self.labels)
+
+    def summary(self) -> str:
+        """``"114 objects"``, ``"~12 objects per plane, 5 planes"`` (or classes, for a semantic model)."""
+        return count_sentence(self.counts, "classes" if self.semantic else "objects")
+
+
+def object_counts(labels: np.ndarray) -> list[int]:
+    """Distinct non-zero labels per 2D plane (labels are numbered per plane, so a stack's maximum is no count)."""
+    planes = labels.reshape(-1, *labels.shape[-2:])
+    return [int(len(np.unique(p)) - (1 if (p == 0).any() else 0)) for p in planes]
+
+
+def count_sentence(counts: list[int], what: str = "objects") -> str:
+    """The one way results are counted for the user: ``"114 objects"`` or ``"~12 objects per plane, 5 planes"``."""
+    if len(counts) == 1:
+        return f"{counts[0]} {what}"
+    return f"~{round(float(np.mean(counts))) if counts else 0} {what} per plane, {len(counts)} planes"
+
+
+def segment_image(
+    model: SegmentationModel,
+    image: np.ndarray,
+    *,
+    postprocess: PostprocessConfig | None = None,
+    sizes: str = "model",
+    min_size: int | None = None,
+    on_scale: ScaleFn | None = None,
+    on_choice: Callable[[ScaleChoice], None] | None = None,
+    **predict_options: Any,
+) -> Segmentation:
+    """Segment ``image``: :func:`~napari_unet.engine.predict.predict` then labels at the image's size.
+
+    Args:
+        model: the model; a ``semantic`` one gives class indices (argmax), others instance labels.
+        image: a plane or stack (see :func:`~napari_unet.engine.predict.predict` for channels).
+        postprocess: defaults to the model's own; its sizes are in the model's training-scale pixels
+            (``sizes="model"``: they follow the scale) or in image pixels (``sizes="image"``).
+        min_size: a min size in image pixels that replaces the config's (at the plane's edge too).
+        on_scale, on_choice: told the scale used (a float, and the ``ScaleChoice``: the scale and how).
+        predict_options: passed to ``predict`` (scale, tile, overlap, device, channel_axis, …).
+    """
+    choices: list[ScaleChoice] = []
+
+    def chosen(choice: ScaleChoice) -> None:
+        choices.append(choice)
+        if on_choice is not None:
+            on_choice(choice)
+
+    semantic = model.semantic
+    probs = predict(model, image, on_scale=on_scale, on_choice=chosen, keep_enlarged=not semantic, **predict_options)
+    choice = choices[0]
+    if semantic:
+        return Segmentation(probs.argmax(axis=-3).astype(np.uint32), probs, choice, None, semantic=True)
+    config = postprocess or model.postprocess
+    if min_size is not None:
+        if sizes == "model":
+            config, sizes = postprocess_at_scale(config, choice.scale), "image"
+        config = config.with_min_size(min_size)
+    used = config if sizes == "image" else postprocess_at_scale(config, choice.scale)
+    labels = labels_for_image(probs, image, model, choice.scale, config, sizes=sizes,
+                              channel_axis=predict_options.get("channel_axis"), channel=predict_options.get("channel"))
+    return Segmentation(labels, probs, choice, used)
 
 
 def instance_labels(probs: np.ndarray, shape: tuple[int, int], scale: float, config: PostprocessConfig, *,

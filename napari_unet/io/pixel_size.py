@@ -1,9 +1,8 @@
-"""Physical pixel sizes (µm) from image metadata, and the model scale they imply.
+"""Physical pixel sizes (µm) from image metadata and napari layers.
 
 Sources: OME-TIFF (``PhysicalSizeX``), ImageJ TIFF (``XResolution`` + ``unit``), OME-Zarr
 multiscales (``coordinateTransformations`` of the first dataset), a napari layer's ``scale``.
-When both the image and the model know their pixel size, the image is resized by their ratio
-before the network: an image at 0.325 µm/pixel for a model trained at 0.65 µm/pixel → scale 0.5.
+The scale they imply is :func:`napari_unet.engine.scale.pixel_size_choice`.
 """
 
 from __future__ import annotations
@@ -14,15 +13,12 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from napari_unet.errors import InputError
-
 _UM_PER_UNIT = {
     "um": 1.0, "µm": 1.0, "μm": 1.0, "\\u00b5m": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0,
     "micrometre": 1.0, "nm": 1e-3, "nanometer": 1e-3, "nanometre": 1e-3, "mm": 1e3, "millimeter": 1e3,
     "millimetre": 1e3, "cm": 1e4, "centimeter": 1e4, "m": 1e6, "meter": 1e6, "metre": 1e6, "å": 1e-4,
     "angstrom": 1e-4, "pm": 1e-6, "picometer": 1e-6,
 }
-MIN_SCALE, MAX_SCALE = 0.1, 10.0
 
 
 def to_micrometres(value: Any, unit: str | None) -> float | None:
@@ -111,25 +107,3 @@ def layer_pixel_size(layer: Any) -> float | None:
         if known is not None:
             return known
     return scale if scale != 1.0 and math.isfinite(scale) and scale > 0 else None
-
-
-def scale_from_pixel_sizes(image_um: float, model_um: float) -> float:
-    """The resize factor that brings an image at ``image_um`` µm/pixel to the model's ``model_um``."""
-    if not (image_um > 0 and model_um > 0 and math.isfinite(image_um) and math.isfinite(model_um)):
-        raise InputError(f"Pixel sizes must be positive numbers (image {image_um}, model {model_um}).")
-    scale = image_um / model_um
-    if not MIN_SCALE <= scale <= MAX_SCALE:
-        raise InputError(
-            f"The image's pixels ({image_um:g} µm) and the model's ({model_um:g} µm) differ by a factor "
-            f"{scale:.3g}, outside the supported scale {MIN_SCALE}–{MAX_SCALE}; is the metadata right?"
-        )
-    return scale
-
-
-def auto_scale(image_um: float | None, model_um: float | None) -> tuple[float | None, str]:
-    """The scale from pixel sizes and a sentence saying how it was chosen; None when either is unknown."""
-    if image_um is None or model_um is None:
-        missing = " and ".join(w for w, v in (("the image", image_um), ("the model", model_um)) if v is None)
-        return None, f"pixel size unknown for {missing}"
-    scale = scale_from_pixel_sizes(image_um, model_um)
-    return scale, f"scale {scale:.3g} from pixel sizes (image {image_um:g} µm, model {model_um:g} µm)"

@@ -15,16 +15,11 @@ from PIL import Image
 from napari_unet import load_model, segment
 from napari_unet.cli.main import main
 from napari_unet.engine.predict import predict
+from napari_unet.engine.scale import pixel_size_choice
 from napari_unet.errors import InputError
 from napari_unet.io.checkpoint import read_checkpoint, save_checkpoint
 from napari_unet.io.image_files import read_image_file, write_labels_file
-from napari_unet.io.pixel_size import (
-    auto_scale,
-    layer_pixel_size,
-    ome_zarr_pixel_size,
-    scale_from_pixel_sizes,
-    to_micrometres,
-)
+from napari_unet.io.pixel_size import layer_pixel_size, ome_zarr_pixel_size, to_micrometres
 from napari_unet.models import default_model_path
 from tests.helpers import make_tiny_model
 
@@ -33,10 +28,11 @@ def test_units_and_ratio():
     assert to_micrometres(325, "nm") == pytest.approx(0.325)
     assert to_micrometres(0.325, "micron") == 0.325
     assert to_micrometres(1, "pixel") is None and to_micrometres(-1, "µm") is None
-    assert scale_from_pixel_sizes(0.325, 0.65) == 0.5
-    assert auto_scale(None, 0.65) == (None, "pixel size unknown for the image")
-    with pytest.raises(InputError, match="outside the supported scale"):
-        scale_from_pixel_sizes(0.01, 0.65)
+    assert pixel_size_choice(0.325, 0.65).scale == 0.5
+    assert pixel_size_choice(None, 0.65) is None and pixel_size_choice(0.325, None) is None
+    assert pixel_size_choice(0.01, 0.65) is None  # a ratio no microscope gives: metadata treated as unknown
+    far = pixel_size_choice(0.1, 0.65)  # 0.15: plausible, but beyond what auto chooses
+    assert far.scale == 0.25 and "beyond what auto chooses" in far.describe()
 
 
 def test_ome_tiff_and_imagej_metadata(tmp_path, misc):

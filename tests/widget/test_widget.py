@@ -455,3 +455,50 @@ def test_notifications_show_names_literally(qtbot, make_napari_viewer):
 
     popup("nuclei_u2os_labels")
     assert popup("________") != popup("        ")  # the underscores are drawn (napari alone: both blank)
+
+
+def test_dock_shows_the_min_size_used_and_follows_a_relabel(qtbot, widget, misc):
+    """The summary and status line give the min size in image pixels at the chosen scale, and
+    change with every re-label (count and min size)."""
+    w = widget
+    w.seg.auto_scale.value, w.seg.scale.value = False, 1.6  # objects enlarged: the model's min size shrinks
+    _segment(qtbot, w)
+    layer = w.viewer.layers["misc labels"]
+    used = postprocess_at_scale(w.seg.postprocess(), 1.6).min_size
+    assert used < w.seg.min_size.value
+    n = len(np.unique(layer.data)) - 1
+    assert f"{n} objects; scale 1.60 (as set), min size {used} px" in w.seg.summary.value
+    assert f"{n} objects" in w.status.text()
+    areas = np.bincount(layer.data.ravel())[1:]
+    w.seg.min_size.value = round(float(np.median(areas[areas > 0])) * 1.6**2)  # about half the objects go
+    qtbot.waitUntil(lambda: w.seg.writer.pending == 0 and len(np.unique(layer.data)) - 1 < n, timeout=20_000)
+    m = len(np.unique(layer.data)) - 1
+    used = postprocess_at_scale(w.seg.postprocess(), 1.6).min_size
+    assert f"{m} objects; scale 1.60 (as set), min size {used} px" in w.seg.summary.value
+    assert f"Re-labelled 'misc labels': {m} objects" in w.status.text()
+
+
+@pytest.mark.slow
+def test_semantic_package_from_the_dock_gives_class_labels(qtbot, make_napari_viewer, tmp_path, misc):
+    """A bioimage.io package whose classes are not nuclei: the dock writes the class map, as segment() does,
+    and a post-processing change leaves it alone."""
+    pytest.importorskip("bioimageio.spec")
+    from tests.helpers import build_foreign_package
+
+    image = misc[:128, :160]
+    package = build_foreign_package(tmp_path / "pkg", image, torchscript=True, names=("apple", "pear"), softmax=True)
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="crop")
+    _, w = _dock(viewer)
+    assert w.models.select(package) and w.state.model.semantic
+    w.seg.tile.value, w.seg.overlap.value = 192, 0
+    _segment(qtbot, w)
+    qtbot.waitUntil(lambda: "crop labels" in viewer.layers, timeout=10_000)  # added in steps
+    layer = viewer.layers["crop labels"]
+    expected = segment(image, w.state.model, device="cpu", tile=192, overlap=0)
+    np.testing.assert_array_equal(layer.data, expected)
+    assert set(np.unique(layer.data)) <= {0, 1} and "classes" in w.seg.summary.value
+    w.seg.threshold.value = 0.9  # a nuclei post-processing value: no re-label of a class map
+    qtbot.wait(300)
+    assert w.seg.writer.pending == 0
+    np.testing.assert_array_equal(layer.data, expected)
