@@ -26,6 +26,7 @@ from qtpy.QtWidgets import (
 from napari_unet._widget.corrections import CorrectionsSection
 from napari_unet._widget.finetune import FinetuneSection
 from napari_unet._widget.model import ModelSection, warm_labels_layer
+from napari_unet._widget.review import ReviewSection
 from napari_unet._widget.segment import SegmentSection
 from napari_unet._widget.state import State
 
@@ -99,6 +100,7 @@ class UNetWidget(QWidget):
         self.models = ModelSection(state)
         self.seg = SegmentSection(state)
         self.corrections = CorrectionsSection(state, self.seg.writer)
+        self.review = ReviewSection(state, self.corrections, channel=lambda: self.seg.channel.value)
         self.ft = FinetuneSection(state, self.models, self.seg.device, resegment=self.seg.run)
         self.restore_btn = PushButton(text="Restore defaults", tooltip=(
             "Put every option back to its default (post-processing: the model's own values). "
@@ -107,8 +109,8 @@ class UNetWidget(QWidget):
 
         self.advanced = Section("Advanced options", self.seg.advanced.native, expanded=False)
         self.advanced.setToolTip("Tile, overlap, batch and device: rarely need changing.")
-        for container in (self.models.main, self.seg.main, self.seg.advanced, self.corrections.main, self.ft.top,
-                          self.ft.bottom):
+        for container in (self.models.main, self.seg.main, self.seg.advanced, self.corrections.main, self.review.main,
+                          self.ft.top, self.ft.bottom):
             _fit(container)
         body = QWidget()
         column = QVBoxLayout(body)
@@ -116,7 +118,7 @@ class UNetWidget(QWidget):
         self.sections = {
             "Model": Section("Model", self.models.main.native),
             "Segment": Section("Segment", self.seg.main.native, self.advanced),
-            "Corrections": Section("Corrections", self.corrections.main.native),
+            "Corrections": Section("Corrections", self.corrections.main.native, self.review.main.native),
             "Fine-tune": Section("Fine-tune", self.ft.top.native, self.ft.plot, self.ft.bottom.native),
         }
         for box in self.sections.values():
@@ -198,7 +200,7 @@ class UNetWidget(QWidget):
     def _closed(self) -> None:
         """napari removed the dock: stop our segmentation; the fine-tune belongs to the viewer,
         so ask whether it keeps running (reopen the panel to follow it) or stops now."""
-        for section in (self.seg, self.corrections, self.ft):
+        for section in (self.seg, self.corrections, self.review, self.ft):
             section.detach()
         if not self.ft.session.active:
             return

@@ -1,0 +1,65 @@
+"""Review in a real napari window: the doubt overlay, Next doubtful, Looks right, brush edits,
+and the export of only the reviewed objects."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_unet.training.pairs import read_pairs
+from tests.widget.test_widget import _config_dir, _dock, _segment  # noqa: F401 - the fixture is autouse
+
+
+@pytest.fixture
+def reviewed(qtbot, make_napari_viewer, tmp_path, u2os):
+    viewer = make_napari_viewer()
+    viewer.add_image(u2os, name="u2os")
+    _, w = _dock(viewer, tmp_path)
+    _segment(qtbot, w)
+    qtbot.waitUntil(lambda: "u2os labels" in viewer.layers, timeout=10_000)
+    w.review.find_btn.native.click()
+    qtbot.waitUntil(lambda: w.review.worker is None and w.review.review is not None, timeout=120_000)
+    return viewer, w
+
+
+def test_next_doubtful_looks_right_brush_and_sparse_export(qtbot, reviewed, tmp_path):
+    viewer, w = reviewed
+    r = w.review.review
+    labels = viewer.layers["u2os labels"]
+    overlay = viewer.layers["u2os labels doubt"]
+    assert len(overlay.data) == len(r.rows) > 0
+    assert [d.doubt for d in r.rows] == sorted((d.doubt for d in r.rows), reverse=True)
+    doubtful = sum(d.doubt >= 0.5 for d in r.rows)
+    assert w.review.count.value == f"0 reviewed · {doubtful} doubtful left"
+
+    objects = [i for i, d in enumerate(r.rows) if not d.missed][:3]
+    first = r.rows[objects[0]]
+    center_before = viewer.camera.center
+    while r.current != objects[0]:  # Next doubtful walks the ranking, most doubtful first
+        w.review.next_btn.native.click()
+    assert viewer.camera.center != center_before
+    world = labels.data_to_world(np.array(first.centroid))
+    np.testing.assert_allclose(viewer.camera.center[-2:], world[-2:], atol=1e-6)
+    assert labels.selected_label == first.id and viewer.layers.selection.active is labels
+    w.review.right_btn.native.click()  # Looks right: reviewed, and on to the next one
+    assert first.id in r.reviewed and r.current != objects[0]
+
+    second = r.rows[objects[1]]  # a brush edit reviews the object it touches
+    y, x = (int(round(c)) for c in second.centroid)
+    labels.selected_label = second.id
+    labels.paint((y, x - second.bbox[3] + second.bbox[1]), second.id)  # grow it leftwards a little
+    assert second.id in r.reviewed
+    assert w.review.count.value.startswith("2 reviewed · ")
+
+    overlay.visible = False  # the overlay can be hidden; the section keeps working
+    w.review.export_btn.native.click()
+    pairs, problems = read_pairs(tmp_path / "pairs")
+    assert not problems and len(pairs) == 1
+    pair = pairs[0]
+    kept = set(np.unique(pair.labels[pair.reviewed])) - {0}
+    assert len(kept) == 2  # only the two reviewed objects count
+    everything = set(np.unique(pair.labels)) - {0}
+    assert len(everything) > len(kept)  # other objects are in the crop but not reviewed
+    w.review.export_btn.native.click()  # nothing new: not exported twice
+    assert len(read_pairs(tmp_path / "pairs")[0]) == 1
+    assert "already exported" in w.status.text()
