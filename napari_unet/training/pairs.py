@@ -7,6 +7,10 @@ Layout (documented in the README, "Training-pairs folder")::
     PAIRS/reviewed/<name>.tif   optional uint8, nonzero = reviewed pixels (absent = all reviewed)
     PAIRS/pairs.json            manifest, written last: a pair is listed only once complete
 
+A pair of reviewed objects (:func:`export_reviewed_objects`) lists their label ids in its manifest
+entry (``object_ids``) with a fingerprint of the image plane (``image_key``): objects already
+exported from the same image are not exported again. Older manifests simply lack both fields.
+
 Every manifest update happens under an exclusive lock on ``PAIRS/.napari-unet-pairs.lock``, so
 several napari windows or processes can export into one folder at once without losing pairs.
 Pair files that are not listed (a crash between the files and the manifest) are reported as
@@ -17,6 +21,7 @@ Cellpose-style folders (``X.tif`` beside ``X_masks.tif``) are read too.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import time
@@ -27,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import tifffile
+from scipy import ndimage as ndi
 
 from napari_unet.errors import InputError, NapariUnetError, os_error_sentence
 from napari_unet.io.atomic import atomic_path
@@ -39,6 +45,7 @@ MANIFEST = "pairs.json"
 LOCK_NAME = ".napari-unet-pairs.lock"
 LOCK_TIMEOUT = 30.0  # seconds to wait for another process's manifest update
 CONTEXT = 32  # pixels of context kept around an exported rectangle
+RING = 3  # pixels of background around each reviewed object that count as reviewed
 
 
 @dataclass
@@ -53,6 +60,8 @@ class PairRecord:
     model: str = ""
     edited_pixels: int | None = None
     reviewed: bool = False  # a reviewed mask file exists
+    object_ids: list[int] | None = None  # the reviewed label ids of an object-wise export
+    image_key: str = ""  # fingerprint of the image plane the object ids belong to
 
 
 @dataclass
@@ -120,12 +129,15 @@ def export_pair(
     model: str = "",
     edited_pixels: int | None = None,
     origin: tuple[int, int] = (0, 0),
+    object_ids: list[int] | None = None,
+    image_key: str = "",
 ) -> PairRecord:
     """Write a new pair for one image plane and its corrected labels; return its manifest entry.
 
     ``rect = (y0, x0, y1, x1)`` limits the reviewed region to a rectangle (the saved crop keeps
     some context around it); ``reviewed`` gives an arbitrary reviewed mask instead. ``origin``:
     where ``image[0, 0]`` lies in the source plane, when only a region of a large plane is given.
+    ``object_ids`` and ``image_key`` are recorded as given (see :func:`export_reviewed_objects`).
     """
     folder = Path(folder)
     image, labels = np.asarray(image), np.asarray(labels)
@@ -167,6 +179,7 @@ def export_pair(
         record = PairRecord(
             name=name, source=source, plane=list(plane), crop=crop, time=time.strftime("%Y-%m-%dT%H:%M:%S"),
             model=model, edited_pixels=edited_pixels, reviewed=reviewed is not None,
+            object_ids=object_ids, image_key=image_key,
         )
         with _manifest_lock(folder):  # read-modify-write: another exporter may be doing the same
             manifest = _read_manifest(folder)
@@ -175,6 +188,68 @@ def export_pair(
     except OSError as exc:
         raise InputError(f"Could not save the training pair: {os_error_sentence(exc)}") from None
     return record
+
+
+def image_fingerprint(image: np.ndarray) -> str:
+    """A short fingerprint of an image plane's pixels, shape and type: which image objects came from."""
+    image = np.ascontiguousarray(image)
+    digest = hashlib.sha1(f"{image.shape}{image.dtype.str}".encode())
+    digest.update(memoryview(image).cast("B"))
+    return digest.hexdigest()[:20]
+
+
+def exported_object_ids(folder: Path | str, key: str) -> set[int]:
+    """The label ids already exported from the image with fingerprint ``key`` into ``folder``."""
+    folder = Path(folder)
+    if not (folder / MANIFEST).exists():
+        return set()
+    return {int(i) for p in _read_manifest(folder)["pairs"] if isinstance(p, dict) and p.get("image_key") == key
+            for i in (p.get("object_ids") or []) if isinstance(i, int)}
+
+
+def export_reviewed_objects(
+    folder: Path | str,
+    image: np.ndarray,
+    labels: np.ndarray,
+    reviewed_ids: list[int] | set[int] | np.ndarray,
+    touched: np.ndarray | None = None,
+    *,
+    ring: int = RING,
+    source: str = "",
+    plane: tuple[int, ...] = (),
+    model: str = "",
+    origin: tuple[int, int] = (0, 0),
+) -> PairRecord | None:
+    """Write a sparse pair: only the reviewed objects (and ``ring`` pixels of background around
+    them) and the background the user painted or erased (``touched``) count for training; the rest
+    of the plane is ignored by the loss. Objects already exported from this image are left out;
+    returns None (writing nothing) when none is left. The saved image is cropped to the reviewed
+    region with :data:`CONTEXT` pixels around it."""
+    image, labels = np.asarray(image), np.asarray(labels)
+    if image.shape[:2] != labels.shape:
+        raise InputError(f"The image plane is {image.shape[:2]} but the labels are {labels.shape}.")
+    if touched is not None and np.asarray(touched).shape != labels.shape:
+        raise InputError("The painted-pixels mask does not have the shape of the labels.")
+    key = image_fingerprint(image)
+    wanted = {int(i) for i in np.asarray(list(reviewed_ids)).ravel() if int(i) > 0}
+    present = wanted & set(np.unique(labels).tolist())
+    if not present:
+        raise InputError("None of the reviewed objects is in the labels.")
+    new = sorted(present - exported_object_ids(folder, key))
+    if not new:
+        return None
+    objects = np.isin(labels, new)
+    near = ndi.binary_dilation(objects, iterations=ring) if ring > 0 else objects
+    mask = objects | (near & (labels == 0))
+    if touched is not None:
+        mask |= np.asarray(touched, bool) & (labels == 0)
+    ys, xs = np.nonzero(mask)
+    y0, x0, y1, x1 = ys.min(), xs.min(), ys.max() + 1, xs.max() + 1
+    y0, x0 = max(0, min(y0, y1 - 8)), max(0, min(x0, x1 - 8))  # the rectangle is at least 8×8
+    y1, x1 = max(y1, y0 + 8), max(x1, x0 + 8)
+    edited = None if touched is None else int(np.count_nonzero(touched))
+    return export_pair(folder, image, labels, rect=(y0, x0, y1, x1), reviewed=mask, source=source, plane=plane,
+                       model=model, edited_pixels=edited, origin=origin, object_ids=new, image_key=key)
 
 
 def count_pairs(folder: Path | str) -> int:

@@ -1,0 +1,180 @@
+"""Does the doubt score point to the wrong objects? ROC AUC of ``review`` doubt for "this object
+is wrong" (no true object matched at IoU ≥ 0.5, or part of a merge/split), per image set, with
+the shipped model and its own segmentation.
+
+Sets: mnfinder training-data (the only set the weights are fitted on, ``--fit``), validation-data,
+shifted versions of validation-data (contrast-inverted + blurred; shrunk 0.35× with shot noise;
+crowded composites; dim with a cytoplasmic background) and the project's two samples. Also
+reports how many "possibly missed" candidates lie on a true nucleus that no object matched, and
+the review time on the U2OS sample against plain segmentation.
+
+    .venv/bin/python benchmarks/doubt_auc.py [--views 4] [--fit] [--cache DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import torch
+from scipy import ndimage as ndi
+from scipy.stats import rankdata
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+from make_crowded_proxy import build_proxy, shrink  # noqa: E402
+from mnfinder_data import load_split  # noqa: E402
+
+from napari_unet.api import segment  # noqa: E402
+from napari_unet.engine.metrics import overlaps, wrong_objects  # noqa: E402
+from napari_unet.engine.normalize import Normalization  # noqa: E402
+from napari_unet.engine.scale import postprocess_at_scale  # noqa: E402
+from napari_unet.models import load_model  # noqa: E402
+from napari_unet.training import review  # noqa: E402
+
+SAMPLES = ROOT / "sample_data"
+
+
+def _norm(image: np.ndarray) -> np.ndarray:
+    return Normalization().apply(np.asarray(image, np.float32)[None])[0]
+
+
+def inverted_blurred(image, labels, rng):
+    x = _norm(image)
+    return ndi.gaussian_filter(1.0 - x, 2.0), labels
+
+
+def shrunk_noisy(image, labels, rng):
+    x, lab = shrink(_norm(image), labels, 0.35)
+    return rng.poisson(np.clip(x, 0, None) * 20.0).astype(np.float32) / 20.0, lab
+
+
+def dim_cytoplasm(image, labels, rng):
+    x = _norm(image)
+    cells = ndi.binary_dilation(labels > 0, iterations=12)
+    cyto = 0.3 * ndi.gaussian_filter(cells.astype(np.float32), 4.0)
+    return (0.25 * x + cyto + 0.05 + rng.normal(0, 0.02, x.shape)).astype(np.float32), labels
+
+
+def image_sets() -> dict[str, list[tuple[str, np.ndarray, np.ndarray]]]:
+    val = load_split("validation-data")
+    sets = {"training-data": load_split("training-data"), "validation-data": val}
+    for shift in (inverted_blurred, shrunk_noisy, dim_cytoplasm):
+        rng = np.random.default_rng(0)
+        sets[f"val {shift.__name__}"] = [(n, *shift(im, lab, rng)) for n, im, lab in val]
+    sets["val crowded"] = [e for e in build_proxy() if e[0].endswith("_composite")]
+    sets["samples"] = [(n, tifffile.imread(SAMPLES / f"nuclei_{n}.tif"),
+                        tifffile.imread(SAMPLES / f"nuclei_{n}_labels.tif")) for n in ("u2os", "misc")]
+    return sets
+
+
+def predicted(model, image, views: int, cache: Path | None) -> review.Views:
+    """The model's views of one image (read from / written to ``cache`` when given)."""
+    if cache is not None and cache.exists():
+        d = np.load(cache)
+        return review.Views(d["probabilities"].astype(np.float32), d["labels"], list(d["view_labels"]),
+                            float(d["scale"]), postprocess_at_scale(model.postprocess, float(d["scale"])))
+    t = time.perf_counter()
+    v = review.predict_views(model, image, views=views, device="cpu")
+    print(f"    predicted in {time.perf_counter() - t:.1f} s", flush=True)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(cache, probabilities=v.probabilities.astype(np.float16), labels=v.labels,
+                 view_labels=np.stack(v.view_labels), scale=v.scale)
+    return v
+
+
+def measure(v: review.Views, gt: np.ndarray) -> dict[str, np.ndarray]:
+    """Features and truth of one image's objects, and its missed-candidate hits."""
+    ids, X, _ = review.object_features(v.labels, v)
+    wrong = np.isin(ids, wrong_objects(gt, v.labels))
+    areas = np.bincount(v.labels.ravel())[1:]
+    typical = float(np.median(areas[areas > 0])) if (areas > 0).sum() >= 3 else 500.0
+    cands = review.missed_candidates(v.labels, v, typical)
+    ov = overlaps(gt, v.labels)
+    found = set(ov.gt_ids[ov.iou >= 0.5].tolist())
+    hits = 0
+    for c in cands:
+        y, x = (int(round(c.centroid[0])), int(round(c.centroid[1])))
+        g = int(gt[y, x])
+        hits += bool(g and g not in found)
+    missed_total = len(set(np.unique(gt[gt > 0]).tolist()) - found)
+    return {"X": X, "wrong": wrong, "cand": np.array([len(cands), hits, missed_total])}
+
+
+def auc(score: np.ndarray, label: np.ndarray) -> float:
+    """ROC AUC by the rank-sum formula (ties count half)."""
+    pos, neg = label.sum(), (~label).sum()
+    if not pos or not neg:
+        return float("nan")
+    r = rankdata(score)
+    return float((r[label].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+
+def fit_logistic(X: np.ndarray, y: np.ndarray, l2: float = 1.0) -> tuple[float, np.ndarray]:
+    """L2-regularised logistic regression by Newton's method: (intercept, weights)."""
+    A = np.hstack([np.ones((len(X), 1)), X])
+    w = np.zeros(A.shape[1])
+    reg = np.full(A.shape[1], l2)
+    reg[0] = 0.0
+    for _ in range(50):
+        p = 1 / (1 + np.exp(-A @ w))
+        g = A.T @ (p - y) + reg * w
+        H = (A * (p * (1 - p))[:, None]).T @ A + np.diag(reg + 1e-9)
+        step = np.linalg.solve(H, g)
+        w -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return float(w[0]), w[1:]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--views", type=int, default=4)
+    ap.add_argument("--fit", action="store_true", help="fit the weights on training-data and print them")
+    ap.add_argument("--cache", default=None, help="folder for measured features (reused when present)")
+    ap.add_argument("--sets", default=None, help="comma-separated subset of sets")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    model = load_model()
+    sets = image_sets()
+    if args.sets:
+        sets = {k: v for k, v in sets.items() if k in args.sets.split(",")}
+    measured: dict[str, list[dict[str, np.ndarray]]] = {}
+    for set_name, items in sets.items():
+        measured[set_name] = []
+        for name, image, gt in items:
+            path = Path(args.cache) / f"{set_name}_{name}_{args.views}.npz".replace("/", "_").replace(" ", "_") \
+                if args.cache else None
+            m = measure(predicted(model, image, args.views, path), gt)
+            print(f"  {set_name} {name}: {len(m['wrong'])} objects, {m['wrong'].sum()} wrong", flush=True)
+            measured[set_name].append(m)
+    if args.fit and "training-data" in measured:
+        X = np.concatenate([m["X"] for m in measured["training-data"]])
+        y = np.concatenate([m["wrong"] for m in measured["training-data"]]).astype(float)
+        b, w = fit_logistic(X, y)
+        review.INTERCEPT, review.WEIGHTS = b, tuple(w)
+        print(f"INTERCEPT = {b:.3f}\nWEIGHTS = ({', '.join(f'{x:.3f}' for x in w)})")
+    print(f"\n{'set':26s} {'objects':>7s} {'wrong':>6s} {'AUC':>6s} {'AUC tta':>8s} {'cands':>6s} "
+          f"{'on missed':>9s} {'missed':>6s}")
+    for set_name, ms in measured.items():
+        X = np.concatenate([m["X"] for m in ms])
+        y = np.concatenate([m["wrong"] for m in ms]).astype(bool)
+        c = np.sum([m["cand"] for m in ms], axis=0)
+        print(f"{set_name:26s} {len(y):7d} {y.sum():6d} {auc(review.doubt_from_features(X), y):6.3f} "
+              f"{auc(X[:, 0], y):8.3f} {c[0]:6d} {c[1]:9d} {c[2]:6d}")
+    u2os = tifffile.imread(SAMPLES / "nuclei_u2os.tif")
+    for label, fn in (("segment", lambda: segment(u2os, model, device="cpu")),
+                      (f"review_table ({args.views} views)", lambda: review.review_table(
+                          model, u2os, views=args.views, device="cpu"))):
+        t = time.perf_counter()
+        fn()
+        print(f"U2OS sample, {label}: {time.perf_counter() - t:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,246 @@
+"""Objects worth correcting: a doubt score per labelled object, and the nuclei the labels likely miss.
+
+The score combines what inference already has: how much an object changes under flips/rotations
+(test-time augmentation), the class entropy inside it and on its rim, signs of two nuclei in one
+object (several interior seeds, a boundary line inside) or of one nucleus cut in two (a weak split
+line), faintness, and size/shape outliers against the image's own objects. Its weights are a tiny
+logistic regression fitted on mnfinder ``training-data`` by ``benchmarks/doubt_auc.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+from scipy import ndimage as ndi
+from skimage.measure import regionprops
+
+from napari_unet.engine.metrics import overlaps
+from napari_unet.engine.model import SegmentationModel
+from napari_unet.engine.planes import to_planes
+from napari_unet.engine.postprocess import PostprocessConfig
+from napari_unet.engine.predict import choose_scale, predict
+from napari_unet.engine.scale import checked_scale, postprocess_at_scale
+from napari_unet.engine.segmentation import instance_labels
+from napari_unet.engine.tiling import resize_probabilities
+from napari_unet.engine.tta import dihedral
+from napari_unet.errors import InputError
+
+FEATURES = (
+    "tta", "entropy_inside", "entropy_rim", "faint", "extra_seeds", "inner_boundary", "weak_split",
+    "area_high", "area_low", "solidity_low", "eccentricity_high",
+)
+# Fitted by benchmarks/doubt_auc.py on mnfinder training-data (see docs/review.md).
+INTERCEPT = -3.0
+WEIGHTS = (3.0, 2.0, 2.0, 2.0, 1.5, 1.5, 1.5, 0.5, 0.5, 0.5, 0.3)
+
+REASONS = {
+    "tta": "boundary unclear", "entropy_inside": "boundary unclear", "entropy_rim": "boundary unclear",
+    "faint": "faint", "extra_seeds": "may be two nuclei", "inner_boundary": "may be two nuclei",
+    "weak_split": "may be one nucleus cut in two", "area_high": "may be two nuclei", "area_low": "may be debris",
+    "solidity_low": "may be two nuclei", "eccentricity_high": "may be debris",
+}
+NO_NUCLEUS = "no nucleus seen here"
+MISSED = "possibly missed"
+Z_CLIP = 5.0
+
+
+@dataclass(frozen=True)
+class Doubt:
+    """One row of the review table: a labelled object (``missed=False``, ``id`` = its label) or a
+    likely missed nucleus (``missed=True``, ``id`` = candidate number)."""
+
+    id: int
+    missed: bool
+    centroid: tuple[float, float]  # (y, x) in image pixels
+    bbox: tuple[int, int, int, int]  # (y0, x0, y1, x1), end exclusive
+    area: int
+    doubt: float  # 0 (trusted) … 1 (worth checking)
+    reason: str
+
+
+@dataclass
+class Views:
+    """What the model says about one plane: class probabilities at the image's size (averaged over
+    the views), its own labels (first view), the labels of every view, and the scale used."""
+
+    probabilities: np.ndarray  # (K, H, W)
+    labels: np.ndarray  # (H, W) uint32
+    view_labels: list[np.ndarray]
+    scale: float
+    config: PostprocessConfig  # post-processing in image pixels
+
+
+def predict_views(
+    model: SegmentationModel,
+    image: np.ndarray,
+    *,
+    views: int = 4,
+    scale: float | str = "auto",
+    postprocess: PostprocessConfig | None = None,
+    probabilities: np.ndarray | None = None,
+    channel_axis: int | None = None,
+    channel: int | None = None,
+    **predict_options: Any,
+) -> Views:
+    """Predict one plane under ``views`` (1, 4 or 8) flips/rotations and label each view with the
+    engine's post-processing. ``probabilities`` (``predict(..., keep_enlarged=True)`` at this
+    ``scale``) stand for the first view and save its prediction."""
+    planes = to_planes(image, model.config.in_channels, channel_axis=channel_axis, channel=channel)
+    if planes.data.shape[0] != 1:
+        raise InputError("Review works on one plane at a time; pick a plane of the stack.")
+    x = planes.data[0]
+    shape = planes.spatial_shape
+    if scale == "auto":
+        scale = choose_scale(model, x, channel_axis=0, **predict_options).scale
+    scale = checked_scale(scale)
+    sizes = "model" if postprocess is None else "image"
+    config = postprocess or model.postprocess
+    image_config = config if sizes == "image" else postprocess_at_scale(config, scale)
+    mean, labels, view_labels = None, None, []
+    for v, (forward, inverse) in enumerate(dihedral(views)):
+        if v == 0 and probabilities is not None:
+            p = np.asarray(probabilities, dtype=np.float32)
+            if p.ndim != 3 or p.shape[0] != model.config.out_classes:
+                raise InputError(f"The probabilities are {p.shape}; one plane's (classes, Y, X) are expected.")
+        else:
+            p = inverse(predict(model, forward(x), scale=scale, channel_axis=0, keep_enlarged=True,
+                                **predict_options))
+        lab = instance_labels(p, shape, scale, config, sizes=sizes)
+        view_labels.append(lab)
+        labels = lab if labels is None else labels
+        p = resize_probabilities(p, shape)
+        mean = p.copy() if mean is None else mean + p
+    mean /= len(view_labels)
+    return Views(mean, labels, view_labels, scale, image_config)
+
+
+def doubt_image(probabilities: np.ndarray) -> np.ndarray:
+    """Per-pixel doubt for an overlay: the class entropy of ``(K, H, W)`` probabilities, 0 … 1."""
+    p = np.clip(np.asarray(probabilities, dtype=np.float32), 1e-6, 1.0)
+    return (-(p * np.log(p)).sum(axis=0) / np.log(p.shape[0])).astype(np.float32)
+
+
+def _robust_z(values: np.ndarray) -> np.ndarray:
+    if len(values) < 5:
+        return np.zeros_like(values)
+    med = np.median(values)
+    mad = 1.4826 * np.median(np.abs(values - med))
+    spread = max(mad, 0.05 * abs(med), 1e-6)
+    return np.clip((values - med) / spread, -Z_CLIP, Z_CLIP)
+
+
+def object_features(labels: np.ndarray, views: Views) -> tuple[np.ndarray, np.ndarray, list[Any]]:
+    """``(ids, X, regions)``: one row of :data:`FEATURES` per object of ``labels``."""
+    labels = np.asarray(labels)
+    regions = regionprops(labels.astype(np.int64))
+    ids = np.array([r.label for r in regions], dtype=np.int64)
+    X = np.zeros((len(ids), len(FEATURES)), dtype=np.float64)
+    if not len(ids):
+        return ids, X, regions
+    p = views.probabilities
+    fg, interior, boundary = 1.0 - p[0], p[1], p[min(2, p.shape[0] - 1)]
+    entropy = doubt_image(p)
+    best = np.zeros((len(views.view_labels), int(ids.max()) + 1))
+    for v, lab in enumerate(views.view_labels):
+        ov = overlaps(labels, lab)
+        np.maximum.at(best[v], ov.gt_ids.astype(np.int64), ov.iou)
+    X[:, 0] = 1.0 - best[:, ids].mean(axis=0)
+    seed_threshold, min_seed = views.config.seed_threshold, views.config.min_seed_size
+    square = np.ones((3, 3), bool)
+    h, w = labels.shape
+    for row, r in enumerate(regions):
+        y0, x0, y1, x1 = r.bbox
+        ys, xs = slice(max(0, y0 - 3), min(h, y1 + 3)), slice(max(0, x0 - 3), min(w, x1 + 3))
+        crop = labels[ys, xs]
+        m = crop == r.label
+        rim = ndi.binary_dilation(m, square, iterations=2) & ~ndi.binary_erosion(m, square)
+        inner = ndi.binary_erosion(m, square, iterations=2)
+        X[row, 1] = entropy[ys, xs][m].mean()
+        X[row, 2] = entropy[ys, xs][rim].mean()
+        X[row, 3] = 1.0 - fg[ys, xs][m].mean()
+        seeds, n = ndi.label((interior[ys, xs] > seed_threshold) & m)
+        n_seeds = int((np.bincount(seeds.ravel())[1:] >= min_seed).sum()) if n else 0
+        X[row, 4] = min(max(n_seeds - 1, 0), 2) / 2
+        # a split line inside: boundary pixels away from the rim, against the object's diameter
+        X[row, 5] = min(1.0, (boundary[ys, xs][inner] > 0.5).sum() / (2 * np.sqrt(r.area / np.pi)))
+        other = (crop != 0) & (crop != r.label)
+        contact = m & ndi.binary_dilation(other, square)
+        X[row, 6] = 1.0 - boundary[ys, xs][contact].mean() if contact.any() else 0.0
+    z_area = _robust_z(np.log([r.area for r in regions]))
+    z_solidity = _robust_z(np.array([r.solidity for r in regions]))
+    z_ecc = _robust_z(np.array([r.eccentricity for r in regions]))
+    X[:, 7], X[:, 8] = np.maximum(z_area, 0) / Z_CLIP, np.maximum(-z_area, 0) / Z_CLIP
+    X[:, 9], X[:, 10] = np.maximum(-z_solidity, 0) / Z_CLIP, np.maximum(z_ecc, 0) / Z_CLIP
+    return ids, X, regions
+
+
+def doubt_from_features(X: np.ndarray) -> np.ndarray:
+    """The doubt (0 … 1) of feature rows, by the fitted logistic formula."""
+    return 1.0 / (1.0 + np.exp(-(INTERCEPT + np.asarray(X) @ np.asarray(WEIGHTS))))
+
+
+def _reason(x: np.ndarray) -> str:
+    if x[3] > 0.75:
+        return NO_NUCLEUS
+    contributions = np.asarray(WEIGHTS) * x
+    return REASONS[FEATURES[int(np.argmax(contributions))]]
+
+
+def missed_candidates(labels: np.ndarray, views: Views, typical_area: float) -> list[Doubt]:
+    """Foreground blobs with no object (below the threshold of ``views.config``, or dropped as too
+    small): nuclei the labels may lack. ``typical_area`` is the usual nucleus area in image pixels."""
+    p = views.probabilities
+    fg, interior = 1.0 - p[0], p[1]
+    blobs = ndi.binary_opening((fg > views.config.threshold) & (np.asarray(labels) == 0), np.ones((3, 3), bool))
+    comp, n = ndi.label(blobs)
+    out = []
+    min_area = max(views.config.min_seed_size, 0.1 * typical_area)
+    for k, sl in enumerate(ndi.find_objects(comp), start=1):
+        m = comp[sl] == k
+        area = int(m.sum())
+        if area < min_area or interior[sl][m].max() < 0.5:
+            continue
+        doubt = float(fg[sl][m].mean() * min(1.0, area / (0.3 * typical_area)))
+        cy, cx = (c.mean() + s.start for c, s in zip(np.nonzero(m), sl))
+        out.append(Doubt(0, True, (float(cy), float(cx)), (sl[0].start, sl[1].start, sl[0].stop, sl[1].stop),
+                         area, doubt, MISSED))
+    out.sort(key=lambda d: -d.doubt)
+    return [replace(d, id=i) for i, d in enumerate(out, start=1)]
+
+
+def review_table(
+    model: SegmentationModel,
+    image: np.ndarray,
+    labels: np.ndarray | None = None,
+    *,
+    probabilities: np.ndarray | None = None,
+    scale: float | str = "auto",
+    views: int = 4,
+    postprocess: PostprocessConfig | None = None,
+    **predict_options: Any,
+) -> list[Doubt]:
+    """The objects of ``labels`` (default: the model's own segmentation) and the likely missed
+    nuclei, most doubtful first. ``views`` flips/rotations are predicted (1 = no augmentation,
+    fastest); ``probabilities`` from ``predict(..., keep_enlarged=True)`` at ``scale`` save one.
+    ``predict_options`` (device, tile, channel_axis, …) go to :func:`predict`."""
+    v = predict_views(model, image, views=views, scale=scale, postprocess=postprocess,
+                      probabilities=probabilities, **predict_options)
+    if labels is None:
+        labels = v.labels
+    labels = np.asarray(labels)
+    if labels.shape != v.labels.shape:
+        raise InputError(f"The labels are {labels.shape} but the image plane is {v.labels.shape}.")
+    ids, X, regions = object_features(labels, v)
+    doubts = doubt_from_features(X)
+    rows = [
+        Doubt(int(i), False, (float(r.centroid[0]), float(r.centroid[1])), tuple(int(b) for b in r.bbox),
+              int(r.area), float(d), _reason(x))
+        for i, r, d, x in zip(ids, regions, doubts, X)
+    ]
+    areas = [r.area for r in regions]
+    typical = float(np.median(areas)) if len(areas) >= 3 else float(model.info.object_area or 500) / v.scale**2
+    rows += missed_candidates(labels, v, typical)
+    rows.sort(key=lambda d: -d.doubt)
+    return rows
