@@ -17,6 +17,7 @@ import numpy as np
 from magicgui.widgets import Container, Label, PushButton
 from napari.layers import Image, Labels, Points
 from napari.qt.threading import create_worker
+from qtpy.QtCore import QTimer
 
 from napari_unet._widget.regions import MAX_REGION, is_lazy, plane_shape, read_region, visible_rect
 from napari_unet._widget.state import State, ui_threads
@@ -164,7 +165,7 @@ class ReviewSection:
             return self.state.warn("The layers were removed, so the review was dropped.")
         self._stop_following()
         self.review = Review(labels, image, plane, lplane, origin, img, lab.copy(), rows)
-        labels.events.paint.connect(self._painted)
+        labels.events.paint.connect(self._paint_event)
         self._draw()
         for w in (self.next_btn, self.right_btn, self.export_btn):
             w.enabled = True
@@ -173,7 +174,7 @@ class ReviewSection:
 
     def _stop_following(self) -> None:
         if self.review is not None:
-            self.review.labels.events.paint.disconnect(self._painted)
+            self.review.labels.events.paint.disconnect(self._paint_event)
 
     # -- the overlay ------------------------------------------------------------------------------
     def _draw(self) -> None:
@@ -238,14 +239,21 @@ class ReviewSection:
         self._show_count()
         self.next()
 
+    def _paint_event(self, *_: Any) -> None:
+        QTimer.singleShot(0, self._painted)  # napari emits the event before it writes the pixels
+
     def _painted(self, *_: Any) -> None:
         """A brush, fill or eraser edit: the objects it changed are reviewed, background it touched counts."""
         r = self.review
+        if r is None or r.labels not in self.state.viewer.layers:
+            return
         now = r.labels_now()
         changed = now != r.before
         if not changed.any():
             return
-        r.reviewed |= {int(i) for i in np.unique(now[changed]) if i}
+        present = set(np.unique(now).tolist())
+        edited = set(np.unique(now[changed]).tolist()) | (set(np.unique(r.before[changed]).tolist()) & present)
+        r.reviewed |= {int(i) for i in edited if i}  # painted, and partly erased or painted over
         cleared = changed & (now == 0)
         r.touched = cleared if r.touched is None else (r.touched | cleared)
         for i, d in enumerate(r.rows):  # a row whose object was painted over is reviewed too

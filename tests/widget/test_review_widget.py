@@ -44,11 +44,12 @@ def test_next_doubtful_looks_right_brush_and_sparse_export(qtbot, reviewed, tmp_
     w.review.right_btn.native.click()  # Looks right: reviewed, and on to the next one
     assert first.id in r.reviewed and r.current != objects[0]
 
-    second = r.rows[objects[1]]  # a brush edit reviews the object it touches
-    y, x = (int(round(c)) for c in second.centroid)
-    labels.selected_label = second.id
-    labels.paint((y, x - second.bbox[3] + second.bbox[1]), second.id)  # grow it leftwards a little
-    assert second.id in r.reviewed
+    second = max((d for d in r.rows if not d.missed and d.id != first.id), key=lambda d: d.area)
+    labels.brush_size = 5
+    labels.paint(tuple(int(round(c)) for c in second.centroid), 0)  # the eraser makes a hole in it
+    qtbot.waitUntil(lambda: second.id in r.reviewed, timeout=5000)
+    assert (labels.data == second.id).any()  # a brush edit reviews the object
+    assert r.touched is not None and r.touched.any()  # and the erased pixels count as background
     assert w.review.count.value.startswith("2 reviewed · ")
 
     overlay.visible = False  # the overlay can be hidden; the section keeps working
