@@ -8,13 +8,13 @@ before the network: an image at 0.325 µm/pixel for a model trained at 0.65 µm/
 
 from __future__ import annotations
 
-import json
 import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
 from napari_unet.errors import InputError
+from napari_unet.io.ome_zarr import group_attributes, read_multiscales
 
 _UM_PER_UNIT = {
     "um": 1.0, "µm": 1.0, "μm": 1.0, "\\u00b5m": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0,
@@ -65,35 +65,15 @@ def tiff_pixel_size(tif: Any, series: int = 0) -> float | None:
 
 
 def ome_zarr_pixel_size(path: Path | str) -> float | None:
-    """Pixel size (µm) along x of an OME-Zarr image (NGFF 0.4 ``.zattrs`` or 0.5 ``zarr.json``)."""
-    path = Path(path)
-    attrs: dict[str, Any] = {}
-    for name in ("zarr.json", ".zattrs"):
-        if (path / name).is_file():
-            try:
-                data = json.loads((path / name).read_text())
-            except (OSError, ValueError):
-                return None
-            attrs = data.get("attributes", data) if name == "zarr.json" else data
-            attrs = attrs.get("ome", attrs)
-            break
-    multiscales = attrs.get("multiscales") or []
-    if not multiscales:
+    """Pixel size (µm) along x of an OME-Zarr image (level 0); None when unknown, one sentence
+    (:class:`InputError`) when its multiscales metadata is malformed."""
+    attrs = group_attributes(path)
+    ms = read_multiscales(attrs, path) if attrs else None
+    if ms is None or "x" not in ms.names:
         return None
-    ms = multiscales[0]
-    axes = ms.get("axes") or []
-    names = [a.get("name") if isinstance(a, dict) else a for a in axes]
-    if "x" not in names:
-        return None
-    i = names.index("x")
-    unit = axes[i].get("unit") if isinstance(axes[i], dict) else None
-    scale = 1.0
-    transforms = (ms.get("datasets") or [{}])[0].get("coordinateTransformations", []) + ms.get(
-        "coordinateTransformations", [])
-    for t in transforms:
-        if t.get("type") == "scale" and len(t.get("scale", [])) == len(names):
-            scale *= float(t["scale"][i])
-    return to_micrometres(scale, unit)
+    i = ms.names.index("x")
+    scale = ms.level_scale(ms.levels[0])
+    return to_micrometres(scale[i] if scale is not None and len(scale) == len(ms.names) else 1.0, ms.units[i])
 
 
 def layer_pixel_size(layer: Any) -> float | None:
