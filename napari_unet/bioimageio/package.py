@@ -34,7 +34,7 @@ from napari_unet.engine.model import SegmentationModel
 from napari_unet.engine.network import UNetConfig
 from napari_unet.engine.normalize import Normalization
 from napari_unet.engine.postprocess import PostprocessConfig
-from napari_unet.errors import CheckpointError, InputError
+from napari_unet.errors import CheckpointError, InputError, first_line
 from napari_unet.io.checkpoint import Checkpoint, ModelInfo
 from napari_unet.io.pixel_size import to_micrometres
 
@@ -54,12 +54,6 @@ _METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile
 
 def _gib(n: int) -> str:
     return f"{n / (1 << 30):.3g} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.3g} MiB"
-
-
-def first_line(exc: BaseException, limit: int = 160) -> str:
-    """The first non-empty line of a library's error text, at most ``limit`` characters."""
-    line = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
-    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def check_zip(path: Path, z: zipfile.ZipFile) -> None:

@@ -17,6 +17,8 @@ import numpy as np
 from napari_unet.engine.planes import to_planes
 from napari_unet.errors import InputError
 from napari_unet.io.ome_zarr import Level, Multiscales, read_multiscales
+from napari_unet.io.pixel_size import plausible_pixel_size
+from napari_unet.io.tiff import open_tiff, plain_flags
 
 NGFF_VERSION = "0.4"
 LABELS_FORMAT = "napari-unet-labels"
@@ -52,7 +54,7 @@ class LazyImage:
         import tifffile
 
         series, level = (int(v) for v in (self.component or "0/0").split("/"))
-        store = tifffile.imread(self.path, aszarr=True, series=series, level=level)
+        store = tifffile.imread(self.path, aszarr=True, series=series, level=level, **plain_flags(self.path))
         return zarr.open_array(store, mode="r")
 
     # ----------------------------------------------------------------- the planes view
@@ -202,7 +204,10 @@ def _open_zarr(path: Path, channel_axis: int | None, channel: int | None, pixel_
 
 
 def _yx(scale: tuple[float, ...] | None) -> tuple[float, float] | None:
-    return (scale[-2], scale[-1]) if scale is not None and len(scale) >= 2 else None
+    """The y/x pixel size of a level, None when missing or implausible."""
+    if scale is None or len(scale) < 2 or None in map(plausible_pixel_size, scale[-2:]):
+        return None
+    return scale[-2], scale[-1]
 
 
 def _choose_level(ms: Multiscales, pixel_size: float | None) -> Level:
@@ -214,13 +219,12 @@ def _choose_level(ms: Multiscales, pixel_size: float | None) -> Level:
 
 
 def _open_tiff(path: Path, channel_axis: int | None, channel: int | None) -> LazyImage:
-    import tifffile
 
     logger = logging.getLogger("tifffile")
     level = logger.level
     logger.setLevel(logging.CRITICAL)
     try:
-        with tifffile.TiffFile(path) as tif:
+        with open_tiff(path) as tif:
             series = tif.series[0]
             shape, dtype = tuple(series.shape), str(series.dtype)
             if channel_axis is None and "C" in series.axes and series.axes.index("C") < len(shape) - 2:

@@ -23,6 +23,7 @@ _UM_PER_UNIT = {
     "angstrom": 1e-4, "pm": 1e-6, "picometer": 1e-6,
 }
 MIN_SCALE, MAX_SCALE = 0.1, 10.0
+PLAUSIBLE_PIXEL_UM = (1e-5, 1e5)  # 10 pm to 10 cm per pixel: outside, the metadata is wrong
 
 
 def to_micrometres(value: Any, unit: str | None) -> float | None:
@@ -73,7 +74,16 @@ def ome_zarr_pixel_size(path: Path | str) -> float | None:
         return None
     i = ms.names.index("x")
     scale = ms.level_scale(ms.levels[0])
-    return to_micrometres(scale[i] if scale is not None and len(scale) == len(ms.names) else 1.0, ms.units[i])
+    value = scale[i] if scale is not None and len(scale) == len(ms.names) else 1.0
+    return plausible_pixel_size(to_micrometres(value, ms.units[i]))
+
+
+def plausible_pixel_size(value: float | None) -> float | None:
+    """``value`` (µm) when it is a pixel size an image can have (:data:`PLAUSIBLE_PIXEL_UM`), else None
+    (``PhysicalSizeX = 1e-300`` is unknown, not a scale of 10^300)."""
+    if value is None or not math.isfinite(value) or not PLAUSIBLE_PIXEL_UM[0] <= value <= PLAUSIBLE_PIXEL_UM[1]:
+        return None
+    return float(value)
 
 
 def layer_pixel_size(layer: Any) -> float | None:
