@@ -114,19 +114,39 @@ def _unpack(path: Path, z: zipfile.ZipFile, name: str) -> bytes:
         raise CheckpointError(f"{path}: the package member {name} cannot be unpacked ({first_line(exc)}).") from None
 
 
-class _NoAliases(Exception):
+MAX_YAML_NODES = 100_000  # items of the description once its aliases are expanded (real ones: a few hundred)
+
+
+class _AliasBomb(Exception):
     pass
 
 
 def parse_yaml(text: bytes) -> Any:
-    """YAML data, refusing aliases (an alias bomb expands a few KiB into billions of
-    items); plain safe loading otherwise."""
+    """YAML data with a safe loader; aliases are allowed only while the expanded document stays
+    under :data:`MAX_YAML_NODES` items (an alias bomb expands a few KiB into billions)."""
     import yaml
 
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    for event in yaml.parse(text, Loader=loader):
-        if isinstance(event, yaml.AliasEvent):
-            raise _NoAliases
+    root = yaml.compose(text, Loader=loader)
+    sizes: dict[int, int] = {}
+
+    def expanded(node: Any) -> int:
+        key = id(node)
+        if key in sizes:
+            if sizes[key] < 0:  # an alias to an enclosing node: infinite
+                raise _AliasBomb
+            return sizes[key]
+        sizes[key] = -1
+        children = node.value if isinstance(node.value, list) else []
+        n = 1 + sum(expanded(c) for pair in children for c in (pair if isinstance(pair, tuple) else (pair,)))
+        if n > MAX_YAML_NODES:
+            raise _AliasBomb
+        sizes[key] = n
+        return n
+
+    if root is None:
+        return None
+    expanded(root)
     return yaml.load(text, Loader=loader)  # noqa: S506 - a safe loader
 
 
@@ -148,9 +168,9 @@ def read_description(path: Path | str) -> dict[str, Any]:
         text = _unpack(path, z, name)
     try:
         data = parse_yaml(text)
-    except _NoAliases:
-        raise CheckpointError(f"{path}: the package description uses YAML aliases, which napari-unet does not "
-                              "expand.") from None
+    except _AliasBomb:
+        raise CheckpointError(f"{path}: the package description expands to more than {MAX_YAML_NODES} items "
+                              "through YAML aliases (an alias bomb?).") from None
     except (yaml.YAMLError, UnicodeDecodeError, RecursionError):
         raise CheckpointError(f"{path}: the package description is not valid YAML.") from None
     if not isinstance(data, dict) or data.get("type") != "model":
