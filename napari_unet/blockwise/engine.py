@@ -304,7 +304,7 @@ def dask_client(workers: int | None = None, scheduler: str | None = None) -> Ite
         warnings.filterwarnings("ignore", message="Port .* is already in use")  # its HTTP server moves on
         cluster = LocalCluster(
             n_workers=n, threads_per_worker=1, processes=n > 1, dashboard_address=None,
-            silence_logs=logging.ERROR, memory_limit=0 if n == 1 else "auto",
+            silence_logs=logging.CRITICAL, memory_limit=0 if n == 1 else "auto",  # task errors: via futures
         )
     client = Client(cluster, set_as_default=False)  # other dask work in the process (napari's) stays local
     try:
@@ -568,7 +568,8 @@ def _drive(items, model, data, digest, options, client, overwrite, progress, can
 
     try:
         for source, out in items:
-            name = str(source) if isinstance(source, (str, Path)) else "<array>"
+            name = str(source) if isinstance(source, (str, Path)) else \
+                str(source.path) if isinstance(source, LazyImage) and source.path else "<array>"
             try:
                 run = _Run(source, Path(out), model, digest, options, threads, overwrite, name)
             except NapariUnetError as exc:
@@ -609,9 +610,12 @@ def _drive(items, model, data, digest, options, client, overwrite, progress, can
                     fail(run, f"{run.result.source}: {exc}")
                     continue
                 except Exception as exc:  # noqa: BLE001 - storage, memory, the network: this image fails
-                    reason = os_error_sentence(exc) if isinstance(exc, OSError) else \
-                        f"{type(exc).__name__}: {first_line(exc)}"
-                    fail(run, f"{run.result.source}: a block failed ({reason.rstrip('.')}).")
+                    if isinstance(exc, OSError):
+                        reason = os_error_sentence(exc, None if exc.filename is None else Path(exc.filename).name)
+                        reason = reason[0].lower() + reason[1:-1]
+                    else:
+                        reason = f"{type(exc).__name__}: {first_line(exc)}"
+                    fail(run, f"{run.result.source}: a block failed ({reason}).")
                     continue
                 done += 1
                 run.done += 1
