@@ -35,6 +35,13 @@ _OS_REASONS = {
 }
 
 
+def first_line(exc: BaseException, limit: int = 160) -> str:
+    """The first non-empty line of a library's error text (at most ``limit`` characters), for
+    quoting inside one sentence."""
+    line = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
 def os_error_sentence(exc: OSError, path: object = None) -> str:
     """One plain sentence for an OS error, naming the file and the reason (no traceback)."""
     where = path if path is not None else exc.filename

@@ -11,13 +11,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import io
+import lzma
 import math
 import sys
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,12 +34,120 @@ from napari_unet.engine.model import SegmentationModel
 from napari_unet.engine.network import UNetConfig
 from napari_unet.engine.normalize import Normalization
 from napari_unet.engine.postprocess import PostprocessConfig
-from napari_unet.errors import CheckpointError, InputError
+from napari_unet.errors import CheckpointError, InputError, first_line
 from napari_unet.io.checkpoint import Checkpoint, ModelInfo
 from napari_unet.io.pixel_size import to_micrometres
 
 _DESCRIPTION_FILES = ("rdf.yaml", "bioimageio.yaml")
 _EPS = 1e-6
+
+
+# Limits on what a package may hold, checked from the zip's directory before anything is read.
+MAX_DESCRIPTION_BYTES = 1 << 20  # rdf.yaml / bioimageio.yaml: real ones are a few KiB
+MAX_MEMBER_BYTES = 4 << 30  # any one file (weights included)
+MAX_TOTAL_BYTES = 8 << 30  # all files together
+MAX_RATIO = 100  # uncompressed / compressed size of a member (zeros deflate about 1000:1)
+RATIO_FREE_BYTES = 1 << 20  # members this small may compress better (text, empty tensors)
+MAX_MEMBERS = 10_000
+_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
+
+
+def _gib(n: int) -> str:
+    return f"{n / (1 << 30):.3g} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.3g} MiB"
+
+
+def check_zip(path: Path, z: zipfile.ZipFile) -> None:
+    """Refuse a package whose zip directory declares members too large, too compressed, encrypted
+    or in a compression this Python cannot read (nothing is decompressed)."""
+    infos = z.infolist()
+    if len(infos) > MAX_MEMBERS:
+        raise CheckpointError(f"{path}: the package holds {len(infos)} files, more than the limit of {MAX_MEMBERS}.")
+    total = 0
+    for info in infos:
+        name = info.filename
+        if info.flag_bits & 0x1:
+            raise CheckpointError(f"{path}: the package member {name} is encrypted; napari-unet reads no encrypted "
+                                  "packages.")
+        if info.compress_type not in _METHODS:
+            method = zipfile.compressor_names.get(info.compress_type, str(info.compress_type))
+            raise CheckpointError(f"{path}: the package member {name} uses the compression '{method}', which "
+                                  "napari-unet cannot read.")
+        limit = MAX_DESCRIPTION_BYTES if name.endswith(_DESCRIPTION_FILES) else MAX_MEMBER_BYTES
+        if info.file_size > limit:
+            raise CheckpointError(f"{path}: the package member {name} is {_gib(info.file_size)} uncompressed, more "
+                                  f"than the limit of {_gib(limit)}.")
+        if info.file_size > RATIO_FREE_BYTES and info.file_size > MAX_RATIO * max(info.compress_size, 1):
+            ratio = info.file_size / max(info.compress_size, 1)
+            raise CheckpointError(f"{path}: the package member {name} expands {ratio:.0f}-fold when unpacked, more "
+                                  f"than the limit of {MAX_RATIO}-fold (a zip bomb?).")
+        total += info.file_size
+    if total > MAX_TOTAL_BYTES:
+        raise CheckpointError(f"{path}: the package is {_gib(total)} uncompressed, more than the limit of "
+                              f"{_gib(MAX_TOTAL_BYTES)}.")
+
+
+def _open_zip(path: Path) -> zipfile.ZipFile:
+    """The package's zip, its directory checked by :func:`check_zip`."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such package file.")
+    try:
+        z = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise CheckpointError(f"{path}: not a readable zip file ({first_line(exc)}).") from None
+    try:
+        check_zip(path, z)
+    except BaseException:
+        z.close()
+        raise
+    return z
+
+
+def _unpack(path: Path, z: zipfile.ZipFile, name: str) -> bytes:
+    """One member's bytes (at most its declared, checked size); zip errors are one sentence."""
+    try:
+        with z.open(name) as member:
+            return member.read()
+    except KeyError:
+        raise CheckpointError(f"{path}: the package lists {name} but does not contain it.") from None
+    except (zipfile.BadZipFile, RuntimeError, NotImplementedError, EOFError, OSError, ValueError,
+            zlib.error, lzma.LZMAError) as exc:
+        raise CheckpointError(f"{path}: the package member {name} cannot be unpacked ({first_line(exc)}).") from None
+
+
+MAX_YAML_NODES = 100_000  # items of the description once its aliases are expanded (real ones: a few hundred)
+
+
+class _AliasBomb(Exception):
+    pass
+
+
+def parse_yaml(text: bytes) -> Any:
+    """YAML data with a safe loader; aliases are allowed only while the expanded document stays
+    under :data:`MAX_YAML_NODES` items (an alias bomb expands a few KiB into billions)."""
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    root = yaml.compose(text, Loader=loader)
+    sizes: dict[int, int] = {}
+
+    def expanded(node: Any) -> int:
+        key = id(node)
+        if key in sizes:
+            if sizes[key] < 0:  # an alias to an enclosing node: infinite
+                raise _AliasBomb
+            return sizes[key]
+        sizes[key] = -1
+        children = node.value if isinstance(node.value, list) else []
+        n = 1 + sum(expanded(c) for pair in children for c in (pair if isinstance(pair, tuple) else (pair,)))
+        if n > MAX_YAML_NODES:
+            raise _AliasBomb
+        sizes[key] = n
+        return n
+
+    if root is None:
+        return None
+    expanded(root)
+    return yaml.load(text, Loader=loader)  # noqa: S506 - a safe loader
 
 
 def read_description(path: Path | str) -> dict[str, Any]:
@@ -49,17 +160,18 @@ def read_description(path: Path | str) -> dict[str, Any]:
         ) from None
 
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such package file.")
+    with _open_zip(path) as z:
+        names = [n for n in z.namelist() if n.endswith(_DESCRIPTION_FILES) and "/" not in n.strip("/")]
+        if not names:
+            raise CheckpointError(f"{path}: a zip file, but not a bioimage.io package (no rdf.yaml inside).")
+        name = sorted(names, key=len)[0]
+        text = _unpack(path, z, name)
     try:
-        with zipfile.ZipFile(path) as z:
-            names = [n for n in z.namelist() if n.endswith(_DESCRIPTION_FILES) and "/" not in n.strip("/")]
-            if not names:
-                raise CheckpointError(f"{path}: a zip file, but not a bioimage.io package (no rdf.yaml inside).")
-            data = yaml.safe_load(z.read(sorted(names, key=len)[0]))
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise CheckpointError(f"{path}: not a readable zip file ({exc}).") from None
-    except yaml.YAMLError:
+        data = parse_yaml(text)
+    except _AliasBomb:
+        raise CheckpointError(f"{path}: the package description expands to more than {MAX_YAML_NODES} items "
+                              "through YAML aliases (an alias bomb?).") from None
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError):
         raise CheckpointError(f"{path}: the package description is not valid YAML.") from None
     if not isinstance(data, dict) or data.get("type") != "model":
         raise CheckpointError(f"{path}: the bioimage.io package does not describe a model.")
@@ -67,25 +179,35 @@ def read_description(path: Path | str) -> dict[str, Any]:
 
 
 def _read_member(path: Path, source: Any) -> bytes:
+    """The bytes of a file the description lists (``source`` and its ``sha256``, checked when given)."""
     name = str(source.get("source") if isinstance(source, dict) else source)
     if "://" in name:
         raise CheckpointError(f"{path}: the package points to {name} instead of including the file; "
                               "napari-unet downloads nothing.")
-    try:
-        with zipfile.ZipFile(path) as z:
-            return z.read(name.lstrip("./"))
-    except KeyError:
-        raise CheckpointError(f"{path}: the package lists {name} but does not contain it.") from None
+    with _open_zip(path) as z:
+        data = _unpack(path, z, name.lstrip("./"))
+    expected = source.get("sha256") if isinstance(source, dict) else None
+    if expected is not None and hashlib.sha256(data).hexdigest() != str(expected).strip().lower():
+        raise CheckpointError(f"{path}: the package member {name} does not match the sha256 its description "
+                              "records (changed or damaged); it was not used.")
+    return data
 
 
 def load_package(path: Path | str, *, trust_code: bool = False) -> SegmentationModel:
     """A :class:`SegmentationModel` for the bioimage.io package at ``path`` (see the module doc)."""
     path = Path(path)
     rdf = read_description(path)
-    ours = (rdf.get("config") or {}).get("napari_unet") or {}
-    if ours.get("format") == PACKAGE_FORMAT:
-        return _load_own(path, rdf, ours)
-    return _load_foreign(path, rdf, trust_code)
+    try:
+        config = rdf.get("config") or {}
+        ours = (config.get("napari_unet") if isinstance(config, dict) else None) or {}
+        if not isinstance(ours, dict):
+            raise TypeError("config.napari_unet is not a mapping")
+        if ours.get("format") == PACKAGE_FORMAT:
+            return _load_own(path, rdf, ours)
+        return _load_foreign(path, rdf, trust_code)
+    except (AttributeError, TypeError, KeyError, ValueError, IndexError) as exc:
+        # a description whose fields have the wrong types (the spec's validator is not run)
+        raise CheckpointError(f"{path}: the package description is malformed ({first_line(exc)}).") from None
 
 
 def _load_state_dict(path: Path, data: bytes) -> dict[str, torch.Tensor]:
@@ -252,9 +374,9 @@ class PackageNet(nn.Module):
     """
 
     def __init__(self, module: nn.Module, config: UNetConfig, *, min_side: int, step: int,
-                 post: list[tuple[str, dict[str, Any]]], mapping: str, picks: list[int]) -> None:
+                 post: list[tuple[str, dict[str, Any]]], mapping: str, picks: list[int], channels: int) -> None:
         super().__init__()
-        self.module, self.config = module, config
+        self.module, self.config, self.channels = module, config, channels
         self.min_side, self.step, self.post, self.mapping, self.picks = min_side, step, post, mapping, picks
 
     @property
@@ -271,10 +393,15 @@ class PackageNet(nn.Module):
         try:
             y = self.module(x.contiguous())
         except RuntimeError as exc:  # a graph that does not accept this tile
-            detail = (str(exc).strip().splitlines() or [""])[-1][:160]
+            detail = (str(exc).strip().splitlines() or [""])[-1][:160]  # TorchScript puts the cause last
             raise InputError(f"The package's network failed on a {tuple(x.shape)} tile ({detail}).") from None
         if isinstance(y, (tuple, list)):
             y = y[0]
+        expected = (x.shape[0], self.channels, *x.shape[-2:])
+        if not isinstance(y, torch.Tensor) or tuple(y.shape) != expected:
+            got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+            raise CheckpointError(f"The package's network returned {got} for a {tuple(x.shape)} tile where its "
+                                  f"description declares {expected}; its output was not used.")
         y = y.float()
         for name, kw in self.post:
             if name == "sigmoid":
@@ -357,7 +484,8 @@ def _load_foreign(path: Path, rdf: dict[str, Any], trust_code: bool) -> Segmenta
     step = math.lcm(step_y, step_x) if step_y and step_x else 0
     depth = max(1, min(7, int(math.log2(step)) + 1)) if step and step & (step - 1) == 0 else 1
     config = UNetConfig(in_channels=in_channels, out_classes=len(classes), depth=depth)
-    net = PackageNet(module, config, min_side=max(min_y, min_x), step=step, post=post, mapping=mapping, picks=picks)
+    net = PackageNet(module, config, min_side=max(min_y, min_x), step=step, post=post, mapping=mapping, picks=picks,
+                     channels=len(names))
     pixel = to_micrometres(spatial[-1].get("scale", 1.0), spatial[-1].get("unit"))
     info = ModelInfo(name=str(rdf.get("name", path.stem)), classes=classes, pixel_size_um=pixel,
                      provenance={"bioimageio_package": str(path), "description": rdf.get("description", "")})
@@ -392,13 +520,17 @@ def _foreign_module(path: Path, rdf: dict[str, Any], trust_code: bool) -> nn.Mod
         except CheckpointError:
             raise
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own kinds
-            raise CheckpointError(f"{path}: the package's ONNX weights could not be read ({exc}).") from None
+            raise CheckpointError(
+                f"{path}: the package's ONNX weights could not be read ({first_line(exc)})."
+            ) from None
     if weights.get("torchscript"):
         data = _read_member(path, weights["torchscript"])
         try:
             module = torch.jit.load(io.BytesIO(data), map_location="cpu")
         except Exception as exc:  # noqa: BLE001
-            raise CheckpointError(f"{path}: the package's torchscript weights could not be read ({exc}).") from None
+            raise CheckpointError(
+                f"{path}: the package's torchscript weights could not be read ({first_line(exc)})."
+            ) from None
         return module.eval()
     state_entry = weights.get("pytorch_state_dict")
     if not state_entry:
@@ -435,8 +567,9 @@ def _foreign_module(path: Path, rdf: dict[str, Any], trust_code: bool) -> nn.Mod
     except CheckpointError:
         raise
     except Exception as exc:  # noqa: BLE001 - trusted foreign code can fail in any way
-        raise CheckpointError(f"{path}: the package's architecture could not be built ({type(exc).__name__}: {exc}).") \
-            from None
+        raise CheckpointError(
+            f"{path}: the package's architecture could not be built ({type(exc).__name__}: {first_line(exc)})."
+        ) from None
     return net.eval()
 
 

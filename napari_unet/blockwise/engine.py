@@ -17,6 +17,7 @@ import hashlib
 import logging
 import math
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -41,11 +42,19 @@ from napari_unet.engine.predict import DEFAULT_OVERLAP, DEFAULT_TILE, choose_sca
 from napari_unet.engine.scale import PROBE_SIDE, ScaleChoice, checked_scale, postprocess_at_scale
 from napari_unet.engine.segmentation import instance_labels
 from napari_unet.engine.tiling import predict_plane, resize_planes, tile_geometry
-from napari_unet.errors import Cancelled, InputError, NapariUnetError
+from napari_unet.errors import (
+    Cancelled,
+    InputError,
+    InvalidParameter,
+    NapariUnetError,
+    first_line,
+    os_error_sentence,
+)
 from napari_unet.io.lazy import LazyImage, create_labels_zarr, open_lazy
 from napari_unet.models import load_model
 
 DEFAULT_BLOCK = 2048
+WORKERS_PER_CORE = 2  # the most local worker processes per CPU core
 OBJECT_HALO = 96  # about two nucleus diameters (sample nuclei: median 30 px, largest 59 px across)
 BAND = 8  # width of the face bands compared when stitching
 ProgressFn = Callable[[int, int], None]
@@ -225,24 +234,68 @@ def _relabel_block(settings: _Settings, plane: int, core: Rect, lut: np.ndarray)
 # --------------------------------------------------------------------------- the cluster
 
 
+def available_cores() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def max_workers() -> int:
+    """The most local worker processes: :data:`WORKERS_PER_CORE` per core (each runs the network
+    on one thread; more only share the same cores and multiply the memory)."""
+    return WORKERS_PER_CORE * available_cores()
+
+
+def check_workers(workers: int | None) -> int:
+    """``workers`` as a number of local processes (default 1), or one sentence when out of range."""
+    if workers is None:
+        return 1
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise InvalidParameter(f"The number of workers must be a whole number of at least 1, not {workers!r}.")
+    limit = max_workers()
+    if workers > limit:
+        raise InvalidParameter(
+            f"{workers} workers is more than this machine's {available_cores()} cores can run ({limit} at most, "
+            f"{WORKERS_PER_CORE} per core); for more, start a dask cluster and pass its --scheduler address."
+        )
+    return int(workers)
+
+
+_ADDRESS = re.compile(r"^(?:(?:tcp|tls|ucx|ws|wss)://)?(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)"
+                      r":(\d{1,5})/?$")
+
+
+def check_scheduler(address: str) -> str:
+    """A dask scheduler address (``tcp://host:port``, ``tls://…``, or ``host:port``), checked before
+    any connection; one sentence otherwise."""
+    match = _ADDRESS.match(address.strip()) if isinstance(address, str) else None
+    if match is None or not 0 < int(match.group(1)) < 65536:
+        raise InvalidParameter(f"{address!r} is not a dask scheduler address like tcp://host:8786.")
+    return address.strip()
+
+
 @contextmanager
 def dask_client(workers: int | None = None, scheduler: str | None = None) -> Iterator[Any]:
     """A ``distributed.Client``: to ``scheduler`` if given, else a local cluster of ``workers``
-    single-threaded processes (one worker: in this process, the least memory)."""
+    single-threaded processes (one worker: in this process, the least memory); at most
+    :func:`max_workers` local processes."""
     import dask
     from distributed import Client, LocalCluster
 
     if scheduler:
+        scheduler = check_scheduler(scheduler)
         try:
             client = Client(scheduler, timeout="20s", set_as_default=False)
-        except OSError as exc:
-            raise InputError(f"Could not reach the dask scheduler at {scheduler} ({exc}).") from None
+        except (OSError, ValueError) as exc:  # TimeoutError is an OSError
+            raise InputError(f"Could not reach the dask scheduler at {scheduler} ({first_line(exc)}).") from None
         try:
             yield client
         finally:
             client.close()
         return
-    n = max(1, workers or 1)
+    n = check_workers(workers)
     # dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in its workers, which fixes glibc's mmap
     # threshold at 128 KiB: every tile's activations are then mapped and unmapped afresh, and a
     # worker process ran the network 1.5x slower than the same thread in this process (4096² mosaic)
@@ -251,7 +304,7 @@ def dask_client(workers: int | None = None, scheduler: str | None = None) -> Ite
         warnings.filterwarnings("ignore", message="Port .* is already in use")  # its HTTP server moves on
         cluster = LocalCluster(
             n_workers=n, threads_per_worker=1, processes=n > 1, dashboard_address=None,
-            silence_logs=logging.ERROR, memory_limit=0 if n == 1 else "auto",
+            silence_logs=logging.CRITICAL, memory_limit=0 if n == 1 else "auto",  # task errors: via futures
         )
     client = Client(cluster, set_as_default=False)  # other dask work in the process (napari's) stays local
     try:
@@ -314,15 +367,19 @@ class _Run:
         halo = -(-max(halo, 0) // multiple) * multiple
         options = replace(options, block=block, halo=halo)
         self.part = out.parent / f".{out.name}.part-{uuid.uuid4().hex[:8]}"
-        out.parent.mkdir(parents=True, exist_ok=True)
         chunk = 1024 if block % 1024 == 0 else block
         self.shape = (*stack_shape, h, w)
-        create_labels_zarr(self.part, self.shape, chunk, source=name, extra={
-            "block": block, "halo": halo, "tile": options.tile, "overlap": options.overlap, "scale": options.scale,
-            "model": model.info.name, "postprocess": (options.postprocess or model.postprocess).to_dict(),
-        })
-        try:
+        try:  # a full disk, a bad plan or a signal: no part folder stays behind
+            out.parent.mkdir(parents=True, exist_ok=True)
+            create_labels_zarr(self.part, self.shape, chunk, source=name, extra={
+                "block": block, "halo": halo, "tile": options.tile, "overlap": options.overlap,
+                "scale": options.scale, "model": model.info.name,
+                "postprocess": (options.postprocess or model.postprocess).to_dict(),
+            })
             self._plan(image, model, options, threads, digest, stack_shape, h, w)
+        except OSError as exc:
+            self.discard()
+            raise InputError(os_error_sentence(exc, out)) from None
         except BaseException:
             self.discard()
             raise
@@ -390,8 +447,9 @@ class _Run:
         info["objects"] = self.result.objects
         root.attrs["napari-unet-labels"] = info
         if self.out.exists():
-            if not self.overwrite:
-                raise InputError(f"{self.out} appeared while segmenting; the result is left in {self.part}.")
+            if not self.overwrite:  # the caller discards the part: name only what stays
+                raise InputError(f"{self.out} appeared while segmenting (another run wrote it); it was kept and "
+                                 "this run's result discarded (pass --overwrite to replace it).")
             trash = self.out.parent / f".{self.out.name}.old-{uuid.uuid4().hex[:8]}"
             os.rename(self.out, trash)
             os.rename(self.part, self.out)
@@ -483,23 +541,12 @@ def segment_many(
 def _drive(items, model, data, digest, options, client, overwrite, progress, cancel) -> list[BlockwiseResult]:
     threads = {h: min(n, options.threads or n) for h, n in _threads_per_host(client).items()}
     model_future = client.scatter(data, broadcast=True, hash=False)
-    runs: list[_Run] = []
     results: list[BlockwiseResult] = []
-    for source, out in items:
-        name = str(source) if isinstance(source, (str, Path)) else "<array>"
-        try:
-            run = _Run(source, Path(out), model, digest, options, threads, overwrite, name)
-        except NapariUnetError as exc:
-            results.append(BlockwiseResult(name, Path(out), error=str(exc)))
-            continue
-        runs.append(run)
-        results.append(run.result)
-    total = 2 * sum(r.result.blocks for r in runs)
-    done = 0
+    active: list[_Run] = []
+    done = total = 0
     window = 2 * max(1, sum(client.nthreads().values()))
     in_flight: dict[Any, tuple[_Run, str]] = {}
     ready = threading.Event()
-    active = list(runs)
 
     def report() -> None:
         if progress is not None:
@@ -520,6 +567,17 @@ def _drive(items, model, data, digest, options, client, overwrite, progress, can
         active.remove(run)
 
     try:
+        for source, out in items:
+            name = str(source) if isinstance(source, (str, Path)) else \
+                str(source.path) if isinstance(source, LazyImage) and source.path else "<array>"
+            try:
+                run = _Run(source, Path(out), model, digest, options, threads, overwrite, name)
+            except NapariUnetError as exc:
+                results.append(BlockwiseResult(name, Path(out), error=str(exc)))
+                continue
+            active.append(run)
+            results.append(run.result)
+        total = 2 * sum(r.result.blocks for r in active)
         report()
         while active:
             for run in list(active):
@@ -551,8 +609,13 @@ def _drive(items, model, data, digest, options, client, overwrite, progress, can
                 except NapariUnetError as exc:
                     fail(run, f"{run.result.source}: {exc}")
                     continue
-                except (OSError, MemoryError, ValueError, RuntimeError) as exc:
-                    fail(run, f"{run.result.source}: a block failed ({type(exc).__name__}: {exc}).")
+                except Exception as exc:  # noqa: BLE001 - storage, memory, the network: this image fails
+                    if isinstance(exc, OSError):
+                        reason = os_error_sentence(exc, None if exc.filename is None else Path(exc.filename).name)
+                        reason = reason[0].lower() + reason[1:-1]
+                    else:
+                        reason = f"{type(exc).__name__}: {first_line(exc)}"
+                    fail(run, f"{run.result.source}: a block failed ({reason}).")
                     continue
                 done += 1
                 run.done += 1
@@ -567,7 +630,7 @@ def _drive(items, model, data, digest, options, client, overwrite, progress, can
                     try:
                         run.finish()
                     except (NapariUnetError, OSError) as exc:
-                        fail(run, str(exc))
+                        fail(run, os_error_sentence(exc, run.out) if isinstance(exc, OSError) else str(exc))
                         continue
                     active.remove(run)
             report()

@@ -3,17 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
-from napari_unet.blockwise.engine import DEFAULT_BLOCK, BlockwiseOptions, segment_many
+from napari_unet.blockwise.engine import (
+    DEFAULT_BLOCK,
+    WORKERS_PER_CORE,
+    BlockwiseOptions,
+    check_scheduler,
+    check_workers,
+    segment_many,
+)
 from napari_unet.engine.memory import too_large
 from napari_unet.engine.segmentation import count_sentence
-from napari_unet.errors import NapariUnetError
+from napari_unet.errors import InvalidParameter, NapariUnetError
 from napari_unet.io.lazy import is_zarr_path, open_lazy, stem
 from napari_unet.models import load_model
 
@@ -25,9 +38,71 @@ def add_arguments(parser: argparse.ArgumentParser, number: Callable[..., Callabl
                         "output <name>_labels.zarr")
     parser.add_argument("--halo", type=number("--halo", integer=True, low=0, high=8192),
                         help="context around each block in pixels (default: receptive field or two nucleus diameters)")
-    parser.add_argument("--workers", type=number("--workers", integer=True, low=1, high=1024),
-                        help="local dask worker processes (default 1, in this process)")
-    parser.add_argument("--scheduler", help="address of an existing dask scheduler, e.g. tcp://host:8786")
+    parser.add_argument("--workers", type=_checked(check_workers, number("--workers", integer=True, low=1)),
+                        help=f"local dask worker processes (default 1, in this process; at most {WORKERS_PER_CORE} "
+                        "per CPU core)")
+    parser.add_argument("--scheduler", type=_checked(check_scheduler),
+                        help="address of an existing dask scheduler, e.g. tcp://host:8786")
+
+
+def _checked(check: Callable[[Any], Any], parse: Callable[[str], Any] = str) -> Callable[[str], Any]:
+    """An argparse type: ``check(parse(text))``, its one sentence as argparse's message."""
+
+    def convert(text: str) -> Any:
+        try:
+            return check(parse(text))
+        except InvalidParameter as exc:
+            raise argparse.ArgumentTypeError(str(exc).rstrip(".")) from None
+
+    convert.__name__ = getattr(parse, "__name__", "value")
+    return convert
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (sent by ``timeout``, ``kill`` and batch schedulers), handled like Ctrl-C."""
+
+
+@contextmanager
+def terminate_like_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Terminated` (so outputs are cleaned up) instead of
+    killing the process; zarr's exit hook is quietened, as its I/O thread may be mid-write then."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    except KeyboardInterrupt:
+        _quiet_zarr_exit()
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _quiet_zarr_exit() -> None:
+    """zarr closes its event loop at exit; after an interrupt its I/O thread can still be running,
+    and Python would print 'Exception ignored in atexit callback … Cannot close a running event loop'."""
+    try:
+        from zarr.core import sync
+    except ImportError:  # pragma: no cover - another zarr layout
+        return
+    cleanup = getattr(sync, "cleanup_resources", None)
+    if cleanup is None:
+        return
+    logging.getLogger(sync.__name__).setLevel(logging.CRITICAL)
+
+    def quiet() -> None:
+        try:
+            cleanup()
+        except RuntimeError:
+            pass
+
+    atexit.unregister(cleanup)
+    atexit.register(quiet)
 
 
 def wants_blockwise(args: argparse.Namespace) -> bool:
@@ -38,10 +113,12 @@ def wants_blockwise(args: argparse.Namespace) -> bool:
         if is_zarr_path(path):
             return True
         try:
-            image = open_lazy(path)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the path that reads it warns
+                image = open_lazy(path)
         except NapariUnetError:
             continue  # the in-memory path reports it
-        if too_large(image.shape):
+        if len(image.shape) >= 2 and too_large(image.shape):  # fewer axes: the in-memory path says so
             return True  # very large, or would not fit in memory whole: blocks bound the memory instead
     return False
 
@@ -94,13 +171,15 @@ def run_blockwise(args: argparse.Namespace) -> int:
         return 1
     start = time.monotonic()
     try:
-        results = segment_many(
-            items, model, options=options, workers=args.workers, scheduler=args.scheduler,
-            overwrite=args.overwrite, progress=None if args.quiet else BlockProgress(),
-        )
-    except KeyboardInterrupt:
-        print("\nnapari-unet: cancelled; unfinished outputs were removed.", file=sys.stderr)
-        return 130
+        with terminate_like_interrupt():
+            results = segment_many(
+                items, model, options=options, workers=args.workers, scheduler=args.scheduler,
+                overwrite=args.overwrite, progress=None if args.quiet else BlockProgress(),
+            )
+    except KeyboardInterrupt as exc:
+        what = "terminated" if isinstance(exc, Terminated) else "cancelled"
+        print(f"\nnapari-unet: {what}; unfinished outputs were removed.", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
     except NapariUnetError as exc:
         print(f"napari-unet: error: {exc}", file=sys.stderr)
         return 1

@@ -38,6 +38,10 @@ from napari_unet.engine.tta import dihedral
 from napari_unet.validate import check_limit
 
 DEFAULT_TILE = 512
+# Nuclei are separated by background: a first-pass crop whose foreground covers more than this is
+# not nuclei (pure noise: 100%; the sample images: 7–14%)
+MAX_FOREGROUND = 0.9
+NO_NUCLEI = "no measurable nuclei"
 
 
 DEFAULT_OVERLAP = 64  # 12.5% of the default tile: margins are cropped (overlap-tile), so this is seam-free
@@ -140,8 +144,10 @@ def choose_scale(
     """The scale ``"auto"`` means for ``image`` (a stack: its first plane) with ``model``.
 
     Pixel sizes win when both are known and plausible; otherwise a first pass at scale 1 over a central crop
-    measures the median area of the objects that do not touch the crop's edge, and the scale
-    brings it to the model's ``info.object_area``. ``predict_options`` go to the first pass.
+    (at most two crops, 512² then 1024²) measures the median area of the objects that do not touch
+    the crop's edge, and the scale brings it to the model's ``info.object_area``. A crop that is
+    foreground almost everywhere holds no measurable nuclei: scale 1.0, ``how`` :data:`NO_NUCLEI`.
+    ``predict_options`` go to the first pass.
     """
     by_pixels = pixel_size_choice(pixel_size_um, model.info.pixel_size_um)
     if by_pixels is not None:
@@ -157,6 +163,10 @@ def choose_scale(
         crop = _central_crop(plane, side)
         probs = predict(model, crop, scale=1.0, channel_axis=0, **predict_options)
         post = replace(model.postprocess, min_size=max(4, model.postprocess.min_size // 16))
+        if float(np.mean(probs[0] < 1 - post.threshold)) > MAX_FOREGROUND:
+            # foreground nearly everywhere (noise, a texture): the "objects" are fragments of it, and
+            # their size would send the image to the largest scale for nothing
+            return ScaleChoice(1.0, NO_NUCLEI)
         areas = inner_areas(labels_from_probabilities(probs, post))
         if len(areas) >= MIN_OBJECTS or crop.shape[-2:] == plane.shape[-2:]:
             break

@@ -8,15 +8,15 @@ channels are equal is read as grey.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import tifffile
 
 from napari_unet.errors import InputError
-from napari_unet.io.pixel_size import tiff_pixel_size
-from napari_unet.io.tiff import read_image, write_tiff_atomic
+from napari_unet.io.pixel_size import plausible_pixel_size, tiff_pixel_size
+from napari_unet.io.tiff import open_tiff, read_image, write_tiff_atomic
 
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg")
 CHANNEL_AXES = "CS"  # tifffile's axis letters for channels and colour samples
@@ -51,11 +51,13 @@ def read_image_file(path: Path | str, *, series: int | None = None) -> ImageFile
     data = read_image(path, series=series)
     axes = pixel = None
     try:
-        with tifffile.TiffFile(path) as tif:
-            s = tif.series[series or 0]
-            if tif.is_ome or tif.is_imagej:
-                axes = s.axes if len(s.axes) == data.ndim else None
-            pixel = tiff_pixel_size(tif, series or 0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # read_image warned about unreadable metadata already
+            with open_tiff(path) as tif:
+                s = tif.series[series or 0]
+                if tif.is_ome or tif.is_imagej:
+                    axes = s.axes if len(s.axes) == data.ndim else None
+                pixel = plausible_pixel_size(tiff_pixel_size(tif, series or 0))
     except Exception:  # noqa: BLE001 - metadata is optional; the pixels were read fine
         pass
     return ImageFile(data, axes, pixel)
@@ -91,6 +93,7 @@ def write_labels_file(
     """Write labels as a TIFF; with known axes or pixel size as an OME-TIFF carrying them (and the
     TIFF resolution tags), so the labels overlay the image at the same physical size."""
     axes = axes if axes and len(axes) == labels.ndim and set(axes) <= set("TZYX") else None
+    pixel_size_um = plausible_pixel_size(pixel_size_um)  # an absurd one is not written (nor writable)
     if axes is None and pixel_size_um is None:
         return write_tiff_atomic(path, labels, overwrite=overwrite)
     metadata: dict[str, object] = {"axes": axes or ("ZYX"[-labels.ndim:] if labels.ndim <= 3 else None)}

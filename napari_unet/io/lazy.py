@@ -16,6 +16,9 @@ import numpy as np
 
 from napari_unet.engine.planes import to_planes
 from napari_unet.errors import InputError
+from napari_unet.io.ome_zarr import Level, Multiscales, read_multiscales
+from napari_unet.io.pixel_size import plausible_pixel_size
+from napari_unet.io.tiff import open_tiff, plain_flags
 
 NGFF_VERSION = "0.4"
 LABELS_FORMAT = "napari-unet-labels"
@@ -51,7 +54,7 @@ class LazyImage:
         import tifffile
 
         series, level = (int(v) for v in (self.component or "0/0").split("/"))
-        store = tifffile.imread(self.path, aszarr=True, series=series, level=level)
+        store = tifffile.imread(self.path, aszarr=True, series=series, level=level, **plain_flags(self.path))
         return zarr.open_array(store, mode="r")
 
     # ----------------------------------------------------------------- the planes view
@@ -175,52 +178,53 @@ def _open_zarr(path: Path, channel_axis: int | None, channel: int | None, pixel_
         raise InputError(f"{path}: not a readable zarr folder ({type(exc).__name__}).") from None
     component, size = "", None
     if isinstance(node, zarr.Group):
-        attrs = dict(node.attrs)
-        ome = attrs.get("ome", attrs)  # NGFF 0.5 nests the metadata under "ome"
-        multiscales = ome.get("multiscales")
-        if multiscales:
-            ms = multiscales[0]
-            names = [a["name"] if isinstance(a, dict) else a for a in ms.get("axes", [])]
-            types = [a.get("type") if isinstance(a, dict) else None for a in ms.get("axes", [])]
-            component, size = _choose_level(ms["datasets"], pixel_size)
+        ms = read_multiscales(dict(node.attrs), path)
+        if ms is not None:
+            level = _choose_level(ms, pixel_size)
+            component, size = level.path, _yx(ms.level_scale(level))
             if channel_axis is None:
-                channel_axis = next((i for i, (n, t) in enumerate(zip(names, types)) if t == "channel" or n == "c"),
-                                    None)
+                channel_axis = ms.channel_axis
         else:
             arrays = [name for name, _ in node.arrays()]
             if len(arrays) != 1:
                 raise InputError(f"{path}: a zarr group with {len(arrays)} arrays and no OME-Zarr metadata; "
                                  "point to one array folder inside it.")
             component = arrays[0]
-        array = node[component]
+        try:
+            array = node[component]
+        except Exception:  # noqa: BLE001 - zarr raises KeyError, FileNotFoundError, … for a missing array
+            raise InputError(f"{path}: the OME-Zarr metadata names the array {component!r}, which is missing.") \
+                from None
+        if not isinstance(array, zarr.Array):
+            raise InputError(f"{path}: {component!r} is a group, not an array.")
     else:
         array = node
     return LazyImage("zarr", tuple(array.shape), str(array.dtype), str(path), component,
                      channel_axis=channel_axis, channel=channel, pixel_size=size)
 
 
-def _choose_level(datasets: list[dict], pixel_size: float | None) -> tuple[str, tuple[float, float] | None]:
-    """The dataset path of level 0, or the one whose y/x scale is closest to ``pixel_size``."""
-    def scale(d: dict) -> tuple[float, float] | None:
-        for t in d.get("coordinateTransformations", []):
-            if t.get("type") == "scale":
-                return float(t["scale"][-2]), float(t["scale"][-1])
+def _yx(scale: tuple[float, ...] | None) -> tuple[float, float] | None:
+    """The y/x pixel size of a level, None when missing or implausible."""
+    if scale is None or len(scale) < 2 or None in map(plausible_pixel_size, scale[-2:]):
         return None
+    return scale[-2], scale[-1]
 
-    chosen = datasets[0]
-    if pixel_size is not None and all(scale(d) for d in datasets):
-        chosen = min(datasets, key=lambda d: abs(np.log(scale(d)[1] / pixel_size)))
-    return chosen["path"], scale(chosen)
+
+def _choose_level(ms: Multiscales, pixel_size: float | None) -> Level:
+    """Level 0, or the level whose x scale is closest to ``pixel_size``."""
+    scales = [_yx(ms.level_scale(level)) for level in ms.levels]
+    if pixel_size is None or not pixel_size > 0 or not all(scales):
+        return ms.levels[0]
+    return min(zip(ms.levels, scales), key=lambda ls: abs(np.log(ls[1][1] / pixel_size)))[0]
 
 
 def _open_tiff(path: Path, channel_axis: int | None, channel: int | None) -> LazyImage:
-    import tifffile
 
     logger = logging.getLogger("tifffile")
     level = logger.level
     logger.setLevel(logging.CRITICAL)
     try:
-        with tifffile.TiffFile(path) as tif:
+        with open_tiff(path) as tif:
             series = tif.series[0]
             shape, dtype = tuple(series.shape), str(series.dtype)
             if channel_axis is None and "C" in series.axes and series.axes.index("C") < len(shape) - 2:

@@ -7,11 +7,12 @@ The scale they imply is :func:`napari_unet.engine.scale.pixel_size_choice`.
 
 from __future__ import annotations
 
-import json
 import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
+
+from napari_unet.io.ome_zarr import group_attributes, read_multiscales
 
 _UM_PER_UNIT = {
     "um": 1.0, "µm": 1.0, "μm": 1.0, "\\u00b5m": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0,
@@ -19,6 +20,7 @@ _UM_PER_UNIT = {
     "millimetre": 1e3, "cm": 1e4, "centimeter": 1e4, "m": 1e6, "meter": 1e6, "metre": 1e6, "å": 1e-4,
     "angstrom": 1e-4, "pm": 1e-6, "picometer": 1e-6,
 }
+PLAUSIBLE_PIXEL_UM = (1e-5, 1e5)  # 10 pm to 10 cm per pixel: outside, the metadata is wrong
 
 
 def to_micrometres(value: Any, unit: str | None) -> float | None:
@@ -61,35 +63,24 @@ def tiff_pixel_size(tif: Any, series: int = 0) -> float | None:
 
 
 def ome_zarr_pixel_size(path: Path | str) -> float | None:
-    """Pixel size (µm) along x of an OME-Zarr image (NGFF 0.4 ``.zattrs`` or 0.5 ``zarr.json``)."""
-    path = Path(path)
-    attrs: dict[str, Any] = {}
-    for name in ("zarr.json", ".zattrs"):
-        if (path / name).is_file():
-            try:
-                data = json.loads((path / name).read_text())
-            except (OSError, ValueError):
-                return None
-            attrs = data.get("attributes", data) if name == "zarr.json" else data
-            attrs = attrs.get("ome", attrs)
-            break
-    multiscales = attrs.get("multiscales") or []
-    if not multiscales:
+    """Pixel size (µm) along x of an OME-Zarr image (level 0); None when unknown, one sentence
+    (:class:`InputError`) when its multiscales metadata is malformed."""
+    attrs = group_attributes(path)
+    ms = read_multiscales(attrs, path) if attrs else None
+    if ms is None or "x" not in ms.names:
         return None
-    ms = multiscales[0]
-    axes = ms.get("axes") or []
-    names = [a.get("name") if isinstance(a, dict) else a for a in axes]
-    if "x" not in names:
+    i = ms.names.index("x")
+    scale = ms.level_scale(ms.levels[0])
+    value = scale[i] if scale is not None and len(scale) == len(ms.names) else 1.0
+    return plausible_pixel_size(to_micrometres(value, ms.units[i]))
+
+
+def plausible_pixel_size(value: float | None) -> float | None:
+    """``value`` (µm) when it is a pixel size an image can have (:data:`PLAUSIBLE_PIXEL_UM`), else None
+    (``PhysicalSizeX = 1e-300`` is unknown, not a scale of 10^300)."""
+    if value is None or not math.isfinite(value) or not PLAUSIBLE_PIXEL_UM[0] <= value <= PLAUSIBLE_PIXEL_UM[1]:
         return None
-    i = names.index("x")
-    unit = axes[i].get("unit") if isinstance(axes[i], dict) else None
-    scale = 1.0
-    transforms = (ms.get("datasets") or [{}])[0].get("coordinateTransformations", []) + ms.get(
-        "coordinateTransformations", [])
-    for t in transforms:
-        if t.get("type") == "scale" and len(t.get("scale", [])) == len(names):
-            scale *= float(t["scale"][i])
-    return to_micrometres(scale, unit)
+    return float(value)
 
 
 def layer_pixel_size(layer: Any) -> float | None:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tifffile
 
-from napari_unet.errors import InputError, os_error_sentence
+from napari_unet.errors import InputError, first_line, os_error_sentence
 from napari_unet.io.atomic import atomic_path
 
 
@@ -30,6 +32,34 @@ _FILTER = _QuietInThisThread()
 logging.getLogger("tifffile").addFilter(_FILTER)
 
 
+_PLAIN = {"is_imagej": False, "is_ome": False}  # read the pages as stored, without the description's layout
+
+
+def open_tiff(path: Path | str, **kwargs: Any) -> tifffile.TiffFile:
+    """An open ``TiffFile`` whose series can be listed: when its ImageJ or OME description is
+    unreadable, the file is reopened ignoring that metadata (with a warning) so the pixels are read."""
+    tif = tifffile.TiffFile(path, **kwargs)
+    try:
+        tif.series  # noqa: B018 - parses the ImageJ/OME description
+        return tif
+    except Exception as exc:  # noqa: BLE001 - tifffile raises many kinds for a bad description
+        if not (tif.is_imagej or tif.is_ome):
+            tif.close()
+            raise
+        tif.close()
+        warnings.warn(f"{path}: its {'ImageJ' if tif.is_imagej else 'OME'} metadata is unreadable "
+                      f"({first_line(exc)}) and was ignored; the pixels are read as stored.", stacklevel=2)
+    return tifffile.TiffFile(path, **kwargs, **_PLAIN)
+
+
+def plain_flags(path: Path | str) -> dict[str, bool]:
+    """The ``TiffFile`` flags :func:`open_tiff` needed for ``path`` (empty when its metadata is fine)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        open_tiff(path).close()
+    return dict(_PLAIN) if caught else {}
+
+
 def read_image(path: Path | str, *, series: int | None = None) -> np.ndarray:
     """Read a TIFF into an array; a missing or unreadable file is an InputError.
 
@@ -42,7 +72,7 @@ def read_image(path: Path | str, *, series: int | None = None) -> np.ndarray:
         raise InputError(f"{path}: no such file.")
     _FILTER.local.quiet = True  # its warnings about broken files become our one sentence
     try:
-        with tifffile.TiffFile(path) as tif:
+        with open_tiff(path) as tif:
             n = len(tif.series)
             if n == 0:
                 raise InputError(f"{path}: not a readable TIFF image (no image data).")
