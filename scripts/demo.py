@@ -43,7 +43,7 @@ def _settle(seconds: float = 0.4) -> None:
         time.sleep(0.01)
 
 
-def gui(interactive: bool, screenshot: Path, finetune_seconds: int = 0) -> None:
+def gui(interactive: bool, screenshot: Path, finetune_seconds: int = 0, review: bool = False) -> None:
     import napari
 
     viewer = napari.Viewer(title="napari-unet demo", show=True)
@@ -66,9 +66,24 @@ def gui(interactive: bool, screenshot: Path, finetune_seconds: int = 0) -> None:
     n = len(np.unique(labels)) - 1
     print(f"clicked Segment: {n} nuclei in {seconds:.1f} s (click to labels, CPU threads: {os.cpu_count()})")
     print(f"screenshot saved to {screenshot}")
+    if review:
+        review_screenshot(viewer, widget, screenshot.with_name(screenshot.stem + "_review.png"))
     if finetune_seconds:
         finetune_screenshot(viewer, widget, screenshot.with_name(screenshot.stem + "_finetune.png"), finetune_seconds)
     viewer.close()
+
+
+def review_screenshot(viewer, widget, path: Path) -> None:
+    """Find doubtful objects, go to the most doubtful one, screenshot the overlay (docs)."""
+    widget.review.find_btn.native.click()
+    while widget.review.worker is not None or widget.review.review is None:
+        _settle(0.05)
+    widget.review.next_btn.native.click()
+    widget.scroll.ensureWidgetVisible(widget.review.main.native)
+    _settle()
+    viewer.screenshot(str(path), canvas_only=False)
+    print(f"review: {widget.review.count.value}; {widget.status.text()}")
+    print(f"screenshot saved to {path}")
 
 
 def finetune_screenshot(viewer, widget, path: Path, seconds: int) -> None:
@@ -102,6 +117,7 @@ def main() -> None:
     ap.add_argument("--headless", action="store_true", help="skip napari, segment from the command line")
     ap.add_argument("--finetune-seconds", type=int, default=0,
                     help="also fine-tune for this long and save a second screenshot (docs)")
+    ap.add_argument("--review", action="store_true", help="also find doubtful objects and save a screenshot (docs)")
     args = ap.parse_args()
     if args.headless:
         headless()
@@ -113,7 +129,8 @@ def main() -> None:
         from pyvirtualdisplay import Display
 
         with Display(visible=False, size=(1366, 768)):
-            gui(interactive=False, screenshot=args.screenshot, finetune_seconds=args.finetune_seconds)
+            gui(interactive=False, screenshot=args.screenshot, finetune_seconds=args.finetune_seconds,
+                review=args.review)
         return
     headless()
 

@@ -183,12 +183,12 @@ class ReviewSection:
         coords = np.array([[*r.lplane, d.centroid[0] + r.origin[0], d.centroid[1] + r.origin[1]] for d in r.rows],
                           float).reshape(-1, r.labels.ndim)
         colors = np.array([REVIEWED_COLOR if i in r.dismissed or (not d.missed and d.id in r.reviewed)
-                           else (*DOUBT_COLOR, 0.3 + 0.7 * d.doubt) for i, d in enumerate(r.rows)]).reshape(-1, 4)
-        sizes = np.array([2.2 * np.sqrt(max(d.area, 4)) for d in r.rows])
+                           else (*DOUBT_COLOR, max(0.1, d.doubt)) for i, d in enumerate(r.rows)]).reshape(-1, 4)
+        sizes = np.array([1.6 * np.sqrt(max(d.area, 16)) for d in r.rows])
         if self.overlay is None or self.overlay not in viewer.layers:
             self.overlay = viewer.add_points(
                 coords, name=f"{r.labels.name} doubt", size=sizes, face_color="transparent", border_color=colors,
-                border_width=0.12, scale=r.labels.scale, translate=r.labels.translate, opacity=0.9)
+                border_width=0.08, scale=r.labels.scale, translate=r.labels.translate, opacity=0.9)
             viewer.layers.selection.active = r.labels
         else:
             self.overlay.data = coords
@@ -216,9 +216,10 @@ class ReviewSection:
         data = np.array([*r.lplane, row.centroid[0] + r.origin[0], row.centroid[1] + r.origin[1]], float)
         world = np.asarray(r.labels.data_to_world(data))
         viewer.camera.center = tuple(world[-2:])
-        extent = max(y1 - y0, x1 - x0, 8) * float(np.max(np.abs(r.labels.scale[-2:])))
+        typical = float(np.median([np.sqrt(d.area) for d in r.rows]))  # a nucleus' side, roughly
+        extent = max(y1 - y0, x1 - x0, 2 * typical) * float(np.max(np.abs(r.labels.scale[-2:])))
         canvas = getattr(viewer, "_canvas_size", (600, 600))
-        viewer.camera.zoom = min(canvas) / (4 * extent)  # the object fills a quarter of the view
+        viewer.camera.zoom = min(canvas) / (5 * extent)  # the object with its neighbours around it
         r.labels.selected_label = int(np.max(r.labels_now())) + 1 if row.missed else row.id
         viewer.layers.selection.active = r.labels
 
