@@ -69,7 +69,8 @@ def test_workers_are_bounded_by_the_cores(tmp_path, capsys):
     assert time.perf_counter() - start < 2 and not (tmp_path / "o").exists()  # no cluster was started
 
 
-@pytest.mark.parametrize("address", ["not a url", "http://host:8786", "tcp://host", "tcp://host:99999", "tcp://:8786", "::"])
+@pytest.mark.parametrize("address", ["not a url", "http://host:8786", "tcp://host", "tcp://host:99999", "tcp://:8786",
+                                     "::"])
 def test_scheduler_addresses_are_checked_before_connecting(address, tmp_path, capsys):
     start = time.perf_counter()
     with pytest.raises(InvalidParameter, match="not a dask scheduler address"):
