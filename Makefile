@@ -1,4 +1,4 @@
-# napari-unet: `make demo` and `make test` do all set-up themselves (see README).
+# napari-unet-nuclei: `make demo` and `make test` do all set-up themselves (see README).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -15,6 +15,8 @@ SYSTEM_PACKAGES := xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0 lib
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q torch==2.13.0
+	@# an install made under the distribution's former name (napari-unet) would register the plugin twice
+	-$(PIP) uninstall -y -q napari-unet 2>/dev/null
 	$(PIP) install -q -e ".[napari,test,bioimageio]" "napari[$(shell echo $(QT) | tr A-Z a-z)]"
 	touch $(STAMP)
 

@@ -9,7 +9,7 @@ run. Also reported: wall time of the child (model loading, cluster start-up and 
 included), megapixels per second, the largest single process (``getrusage`` of the children),
 and the machine's load average before and after, since other jobs share the CPU.
 
-Cases (``--cases``, comma-separated; ``SIZE:KIND``): ``memory`` is today's in-memory path (the
+Cases (``--cases``, comma-separated; ``SIZE:KIND``): ``memory`` is the in-memory path (the
 zarr read into one numpy array, ``napari_unet.segment`` with the tile/overlap defaults, the labels
 written as a TIFF); ``bN`` runs ``segment_blockwise(zarr, out, workers=N)`` with ``--block``
 (default 2048) into a labels zarr, the cores shared among the N workers; ``bNtM`` the same with at

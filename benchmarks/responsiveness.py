@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> dict:
     viewer.window._qt_window.resize(1366, 768)
     viewer.add_image(sample, name="u2os")
     t0 = time.perf_counter()
-    _, w = viewer.window.add_plugin_dock_widget("napari-unet", "U-Net")
+    _, w = viewer.window.add_plugin_dock_widget("napari-unet-nuclei", "U-Net")
     _wait(app, lambda: w.models.warm_thread is None or not w.models.warm_thread.is_alive(), 120)
     results["dock_open_and_warm_up_s"] = round(time.perf_counter() - t0, 2)
 

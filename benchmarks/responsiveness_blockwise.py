@@ -35,7 +35,7 @@ def run(cache: Path) -> dict:
     viewer.window._qt_window.resize(1366, 768)
     viewer.add_image(da.stack([plane, plane[::-1], plane[:, ::-1]]), name="stack")
     os.environ["NAPARI_UNET_DATA_DIR"] = str(cache / "data")  # the labels zarr goes there
-    _, w = viewer.window.add_plugin_dock_widget("napari-unet", "U-Net")
+    _, w = viewer.window.add_plugin_dock_widget("napari-unet-nuclei", "U-Net")
     w.seg.blockwise.block, w.seg.device.value = 1024, "cpu"
     browse = QTimer()
     browse.timeout.connect(lambda: viewer.dims.set_current_step(0, (viewer.dims.current_step[0] + 1) % 3))

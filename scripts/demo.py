@@ -48,8 +48,8 @@ def gui(interactive: bool, screenshot: Path, finetune_seconds: int = 0, review: 
 
     viewer = napari.Viewer(title="napari-unet demo", show=True)
     viewer.window._qt_window.resize(1366, 768)  # a laptop screen; the dock takes its own width
-    viewer.open_sample("napari-unet", "nuclei_u2os")
-    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "U-Net")
+    viewer.open_sample("napari-unet-nuclei", "nuclei_u2os")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet-nuclei", "U-Net")
     if interactive:
         napari.run()
         return

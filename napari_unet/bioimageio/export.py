@@ -6,7 +6,7 @@ weights (graphs that run without Python source; ONNX when it exports cleanly) an
 own config under ``config.napari_unet`` (so napari-unet rebuilds its network without running
 anything from the package). Test tensors are computed from
 the shipped sample image with napari-unet's own ``predict``; nothing in the package refers to a
-URL. Needs the ``bioimageio`` extra (``pip install napari-unet[bioimageio]``).
+URL. Needs the ``bioimageio`` extra (``pip install napari-unet-nuclei[bioimageio]``).
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def _need_bioimageio() -> None:
     except ImportError:
         raise InputError(
             "Writing or reading bioimage.io packages needs the bioimageio extra: "
-            "pip install 'napari-unet[bioimageio]'."
+            "pip install 'napari-unet-nuclei[bioimageio]'."
         ) from None
 
 

@@ -156,7 +156,7 @@ def read_description(path: Path | str) -> dict[str, Any]:
         import yaml
     except ImportError:
         raise CheckpointError(
-            "Reading bioimage.io packages needs the bioimageio extra: pip install 'napari-unet[bioimageio]'."
+            "Reading bioimage.io packages needs the bioimageio extra: pip install 'napari-unet-nuclei[bioimageio]'."
         ) from None
 
     path = Path(path)
@@ -535,7 +535,7 @@ def _foreign_module(path: Path, rdf: dict[str, Any], trust_code: bool) -> nn.Mod
     state_entry = weights.get("pytorch_state_dict")
     if not state_entry:
         kinds = ", ".join(weights) or "none"
-        need = " (ONNX needs onnxruntime: pip install 'napari-unet[bioimageio]')" if weights.get("onnx") else ""
+        need = " (ONNX needs onnxruntime: pip install 'napari-unet-nuclei[bioimageio]')" if weights.get("onnx") else ""
         raise CheckpointError(
             f"{path}: napari-unet runs torchscript or ONNX (or its own) weights; this package has {kinds}{need}."
         )

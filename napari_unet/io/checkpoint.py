@@ -148,7 +148,7 @@ def _read_safetensors(path: Path) -> Checkpoint:
     if not version.isdigit() or int(version) > FORMAT_VERSION:
         raise CheckpointError(
             f"{path}: checkpoint format version {version!r} is newer than (or unknown to) this "
-            f"napari-unet, which reads up to {FORMAT_VERSION}; please upgrade napari-unet."
+            f"napari-unet, which reads up to {FORMAT_VERSION}; please upgrade napari-unet-nuclei."
         )
     try:
         config_dict = json.loads(header["config"])

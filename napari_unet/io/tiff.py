@@ -19,7 +19,7 @@ class _QuietInThisThread(logging.Filter):
     """Drops tifffile's log records emitted by a thread that is inside :func:`read_image`.
 
     A filter instead of changing the logger's level: the level is shared by all threads, so
-    concurrent reads used to leave it stuck at CRITICAL.
+    concurrent reads would leave it stuck at CRITICAL.
     """
 
     local = threading.local()

@@ -84,7 +84,7 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
             raise ValueError("not a napari-unet pairs manifest")
         if not isinstance(data.get("version"), int) or data["version"] > FORMAT_VERSION:
             raise ValueError(f"pairs format version {data.get('version')!r} is newer than this napari-unet reads "
-                             f"({FORMAT_VERSION}); please upgrade napari-unet")
+                             f"({FORMAT_VERSION}); please upgrade napari-unet-nuclei")
     except OSError as exc:
         raise InputError(os_error_sentence(exc, path)) from None
     except ValueError as exc:

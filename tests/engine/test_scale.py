@@ -37,7 +37,7 @@ def test_auto_scale_is_within_15_percent_of_the_right_one(default_model, u2os, u
 
 
 def test_shrunk_sample_segments_nearly_as_well_as_the_original(default_model, u2os, u2os_labels):
-    """The issue's target: a gap of at most 0.05 F1@0.5 (benchmarks/auto_scale.py: 0.007 with the
+    """The target: a gap of at most 0.05 F1@0.5 (benchmarks/auto_scale.py: 0.007 with the
     shipped model)."""
     small, small_lab = _resized(u2os, u2os_labels, 0.4)
     used = []

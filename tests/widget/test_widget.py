@@ -34,7 +34,7 @@ def _config_dir(tmp_path, monkeypatch):
 
 
 def _dock(viewer, tmp_path=None):
-    dock, w = viewer.window.add_plugin_dock_widget("napari-unet", "U-Net")
+    dock, w = viewer.window.add_plugin_dock_widget("napari-unet-nuclei", "U-Net")
     if tmp_path is not None:
         w.corrections.folder.value = tmp_path / "pairs"
     return dock, w
@@ -54,15 +54,16 @@ def _segment(qtbot, w, timeout=60_000):
 
 def test_manifest_validates_with_imports():
     npe2 = shutil.which("npe2") or str(Path(sys.executable).parent / "npe2")
-    proc = subprocess.run([npe2, "validate", "--imports", "napari-unet"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([npe2, "validate", "--imports", "napari-unet-nuclei"], capture_output=True, text=True,
+                          timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_manifest_contributes_widget_and_samples(make_napari_viewer):
     viewer = make_napari_viewer()
-    dock, widget = viewer.window.add_plugin_dock_widget("napari-unet", "U-Net")
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-unet-nuclei", "U-Net")
     assert isinstance(widget, UNetWidget)
-    viewer.open_sample("napari-unet", "nuclei_misc")
+    viewer.open_sample("napari-unet-nuclei", "nuclei_misc")
     assert viewer.layers[-1].data.shape == (512, 512)
     assert widget.seg.image.value is viewer.layers[-1]  # the typed picker follows the layer list
 

@@ -41,7 +41,7 @@ def big(u2os, tmp_path):
 
 
 def _dock(viewer, block):
-    _, w = viewer.window.add_plugin_dock_widget("napari-unet", "U-Net")
+    _, w = viewer.window.add_plugin_dock_widget("napari-unet-nuclei", "U-Net")
     w.seg.blockwise.block, w.seg.device.value = block, "cpu"
     return w
 
