@@ -299,6 +299,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             verdict = "better than" if event["improved"] else "NOT better than"
             print(f"done: validation F1 {event['f1']:.3f} vs base {event['base_f1']:.3f} ({verdict} the base); "
                   f"best weights in {event['path']}", flush=True)
+            if event.get("verdict"):
+                print(f"verdict: {event['verdict']}.", flush=True)
         elif event["event"] == "error":
             print(f"napari-unet: error: {event['message']}", file=sys.stderr, flush=True)
 

@@ -62,11 +62,13 @@ def transform_crop(
     """:func:`random_crop` before the intensity jitter, with the crop's magnification ``s``
     (objects are ``s`` times their size in ``image``)."""
     h, w = labels.shape
-    if foreground_bias and rng.random() < foreground_bias and labels.any():
-        step = 4 if labels[::4, ::4].any() else 1  # tiny objects can fall between the subsampled pixels
-        ys, xs = np.nonzero(labels[::step, ::step])
-        k = rng.integers(len(ys))
-        cy, cx = ys[k] * float(step), xs[k] * float(step)
+    # Crops are centred where the loss counts: on reviewed pixels (a labelled one with probability
+    # ``foreground_bias``), so a sparsely reviewed image does not yield crops of ignored pixels.
+    counted = labels if reviewed is None else np.where(reviewed > 0, labels, 0)
+    if foreground_bias and rng.random() < foreground_bias and counted.any():
+        cy, cx = _random_pixel(rng, counted)
+    elif reviewed is not None and reviewed.any():
+        cy, cx = _random_pixel(rng, reviewed)
     else:
         cy, cx = rng.uniform(0, h - 1), rng.uniform(0, w - 1)
     # magnification s > 1 enlarges objects: output pixel step in the source is 1 / s
@@ -88,6 +90,14 @@ def transform_crop(
     lab = ndi.map_coordinates(labels, coords, order=0, mode="mirror")
     rev = None if reviewed is None else ndi.map_coordinates(reviewed, coords, order=0, mode="mirror")
     return img, lab, rev, s
+
+
+def _random_pixel(rng: np.random.Generator, mask: np.ndarray) -> tuple[float, float]:
+    """A random nonzero pixel of ``mask`` (sampled on a 4-pixel grid unless that misses it)."""
+    step = 4 if mask[::4, ::4].any() else 1  # tiny objects can fall between the subsampled pixels
+    ys, xs = np.nonzero(mask[::step, ::step])
+    k = rng.integers(len(ys))
+    return ys[k] * float(step), xs[k] * float(step)
 
 
 def jitter_intensity(rng: np.random.Generator, img: np.ndarray, c: AugmentConfig) -> np.ndarray:

@@ -16,19 +16,37 @@ from typing import Any
 import numpy as np
 
 from napari_unet.engine.device import resolve_device
+from napari_unet.engine.metrics import pooled_f1
 from napari_unet.engine.model import SegmentationModel
 from napari_unet.engine.network import UNet, build_network
 from napari_unet.engine.planes import to_planes
-from napari_unet.engine.postprocess import choose_postprocess, median_object_area
+from napari_unet.engine.postprocess import (
+    PostprocessConfig,
+    choose_postprocess,
+    labels_from_probabilities,
+)
+from napari_unet.engine.scale import DEAD_BAND, scale_for_area
+from napari_unet.engine.tiling import resize_planes
 from napari_unet.errors import InputError
 from napari_unet.io.checkpoint import ModelInfo, save_checkpoint
 from napari_unet.models import load_model
 from napari_unet.training.loop import Sample, TrainConfig, train, validation_probabilities
 from napari_unet.training.pairs import Pair, read_pairs
+from napari_unet.training.replay import load_replay
+from napari_unet.training.verdict import (
+    MAX_FORGETTING,
+    TERRITORY_RADII,
+    ObjectCounts,
+    bootstrap_change,
+    object_counts,
+    reviewed_objects,
+    territories,
+    verdict_text,
+)
 from napari_unet.validate import check_limit, check_number
 
 EventFn = Callable[[dict[str, Any]], None]
-MIN_VAL_SIDE = 64
+CONTEXT = 32  # pixels of image kept around held-out territories in their validation crops
 PARENT_ENV = "NAPARI_UNET_PARENT_PID"  # set by the background runner: stop if that process is gone
 
 
@@ -52,6 +70,10 @@ class FineTuneOptions:
     crop_size: int = 256
     lr: float = 5e-4
     seed: int = 0
+    replay: bool = True  # mix the shipped model's training crops into every batch (when they suit the base)
+    replay_fraction: float = 0.5
+    l2sp: float = 0.0  # L2-SP penalty weight (pull towards the base weights); 0 = off
+    layers: str = "all"  # "all" (BatchNorm statistics frozen) or "decoder"
 
     def __post_init__(self) -> None:  # the API refuses what the CLI refuses
         self.epochs = check_limit("epochs", self.epochs)
@@ -62,6 +84,10 @@ class FineTuneOptions:
         self.batch_size = check_limit("batch size", self.batch_size)
         self.crop_size = check_number("crop size", self.crop_size, low=16, integer=True)
         self.lr = check_number("learning rate", self.lr, low=0, low_open=True)
+        self.replay_fraction = check_number("replay fraction", self.replay_fraction, low=0, high=0.9)
+        self.l2sp = check_number("L2-SP weight", self.l2sp, low=0)
+        if self.layers not in ("all", "decoder"):
+            raise InputError(f"Layers to train must be 'all' or 'decoder', not {self.layers!r}.")
 
 
 def _sample(pair: Pair, model: SegmentationModel) -> Sample:
@@ -71,28 +97,83 @@ def _sample(pair: Pair, model: SegmentationModel) -> Sample:
     return Sample(model.normalization.apply(planes.data[0]), pair.labels, pair.reviewed, pair.name)
 
 
-def split_samples(samples: list[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
-    """Hold out whole pairs for validation; with a single pair, hold out a strip of it instead."""
-    if len(samples) >= 2:
-        rng = np.random.default_rng(seed)
-        order = rng.permutation(len(samples))
-        n_val = min(len(samples) - 1, max(1, round(val_fraction * len(samples))))
-        return [samples[i] for i in order[n_val:]], [samples[i] for i in order[:n_val]]
-    s = samples[0]
-    h, w = s.labels.shape
-    frac = min(max(val_fraction, 0.2), 0.5)
-    axis = 0 if h >= w else 1
-    length = (h, w)[axis]
-    cut = length - max(MIN_VAL_SIDE, round(frac * length))
-    if cut < MIN_VAL_SIDE:
-        raise InputError("A single pair must be at least 128 pixels long to hold out validation crops.")
-    sl_train = (slice(None, cut), slice(None)) if axis == 0 else (slice(None), slice(None, cut))
-    sl_val = (slice(cut, None), slice(None)) if axis == 0 else (slice(None), slice(cut, None))
-    reviewed = np.ones((h, w), bool) if s.reviewed is None else s.reviewed.copy()
-    train_rev = np.zeros_like(reviewed)
-    train_rev[sl_train] = reviewed[sl_train]
-    val = Sample(s.image[(slice(None), *sl_val)], s.labels[sl_val], reviewed[sl_val], s.name + "[val]")
-    return [Sample(s.image, s.labels, train_rev, s.name)], [val]
+def _reviewed_areas(samples: list[Sample]) -> np.ndarray:
+    areas = [np.bincount(s.labels.ravel())[reviewed_objects(s.labels, s.reviewed)] for s in samples]
+    return np.concatenate(areas) if areas else np.zeros(0)
+
+
+def training_scale(samples: list[Sample], model: SegmentationModel) -> float:
+    """The scale that brings the reviewed objects to the size ``model`` was trained at (as
+    ``scale="auto"`` would, from their true areas); 1.0 when the model records no size."""
+    areas = _reviewed_areas(samples)
+    if not model.info.object_area or not len(areas):
+        return 1.0
+    s = scale_for_area(float(np.median(areas)), model.info.object_area)
+    return 1.0 if abs(s - 1.0) < DEAD_BAND else s
+
+
+def rescale_sample(s: Sample, scale: float) -> Sample:
+    """``s`` resized by ``scale`` (bilinear image, nearest labels and reviewed mask)."""
+    if scale == 1.0:
+        return s
+    size = (max(8, round(s.labels.shape[0] * scale)), max(8, round(s.labels.shape[1] * scale)))
+    labels = resize_planes(s.labels[None], size, nearest=True)[0].astype(np.uint32)
+    reviewed = None if s.reviewed is None else resize_planes(s.reviewed[None], size, nearest=True)[0] > 0.5
+    return Sample(resize_planes(s.image, size), labels, reviewed, s.name)
+
+
+@dataclass
+class HeldOut:
+    """Validation crops of held-out objects: each sample's ``reviewed`` is its territories' union."""
+
+    samples: list[Sample]
+    territories: list[np.ndarray]
+    n_objects: int
+
+
+def hold_out_objects(samples: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], HeldOut]:
+    """Hold out reviewed objects (not only whole pairs) with their territories for validation.
+
+    ``round(fraction · n)`` of the n reviewed objects, at least ``min(n // 3, 10)`` and one, and at
+    most n − 1, drawn at random across all pairs; their territories are removed from the training
+    pairs' reviewed masks (ignored by the loss) and cropped out as validation samples.
+    """
+    objects = [(k, i) for k, s in enumerate(samples) for i in reviewed_objects(s.labels, s.reviewed).tolist()]
+    n = len(objects)
+    if n < 2:
+        raise InputError("Fine-tuning needs at least 2 reviewed objects: some to learn from and some to check "
+                         "the result on.")
+    n_val = min(n - 1, max(1, round(fraction * n), min(n // 3, 10)))
+    rng = np.random.default_rng(seed)
+    held = [objects[j] for j in rng.permutation(n)[:n_val]]
+    radius = TERRITORY_RADII * float(np.sqrt(np.median(_reviewed_areas(samples)) / np.pi))
+    train_s, val_s, terrs = [], [], []
+    for k, s in enumerate(samples):
+        ids = np.array([i for kk, i in held if kk == k], dtype=s.labels.dtype)
+        if not len(ids):
+            train_s.append(s)
+            continue
+        terr = territories(s.labels, s.reviewed, ids, radius)
+        reviewed = (np.ones(s.labels.shape, bool) if s.reviewed is None else s.reviewed) & (terr == 0)
+        train_s.append(Sample(s.image, s.labels, reviewed, s.name))
+        ys, xs = np.nonzero(terr)
+        m = CONTEXT
+        sl = (slice(max(0, ys.min() - m), ys.max() + 1 + m), slice(max(0, xs.min() - m), xs.max() + 1 + m))
+        val_s.append(Sample(s.image[(slice(None), *sl)], s.labels[sl], terr[sl] > 0, s.name + "[held-out]"))
+        terrs.append(terr[sl])
+    return train_s, HeldOut(val_s, terrs, n_val)
+
+
+def _counts(probs: list[np.ndarray], held: HeldOut, post: PostprocessConfig) -> ObjectCounts:
+    return ObjectCounts.concat([
+        object_counts(s.labels, labels_from_probabilities(p, post), t)
+        for p, s, t in zip(probs, held.samples, held.territories)
+    ])
+
+
+def _replay_f1(net: UNet, samples: list[Sample], config: TrainConfig, device: Any, post: PostprocessConfig) -> float:
+    probs = validation_probabilities(net, samples, config, device)
+    return pooled_f1([(s.labels, labels_from_probabilities(p, post)) for s, p in zip(samples, probs)])
 
 
 def run_finetune(
@@ -100,7 +181,22 @@ def run_finetune(
 ) -> dict[str, Any]:
     """Fine-tune the base model on the pairs; save best weights atomically to ``options.out``.
 
+    Some reviewed objects are held out (:func:`hold_out_objects`); the pairs are resized so their
+    objects have the size the base was trained at (:func:`training_scale`), and that size is
+    recorded as the new model's ``object_area`` so ``scale="auto"`` chooses as the base did.
     Returns the ``done`` event (also emitted). Errors raise NapariUnetError for the caller to report.
+
+    ``done`` fields: ``improved`` (offer the new model: the held-out objects' F1 rose and the
+    replay F1 fell by at most 0.02), ``verdict`` (one sentence: the change ± its bootstrap
+    standard deviation, how many objects it rests on, and why not when not better), ``base_f1`` /
+    ``f1`` (F1 at IoU 0.5 on the held-out objects, each model with its post-processing tuned there),
+    ``delta_f1`` / ``delta_f1_sd``, ``validation_objects`` / ``validation_pairs`` (held-out objects
+    and the pairs they are in), ``train_objects``, ``replay_base_f1`` / ``replay_f1`` (the replay
+    validation crops, base with its own post-processing, new model with its new one; None without
+    replay), ``replay_objects``, ``train_scale`` (the pairs' resize factor) and ``object_area``,
+    ``postprocess``, ``best_epoch``, ``epochs``, ``steps``, ``path``, ``latest_path``,
+    ``stopped_early``, ``seconds``, ``seconds_per_epoch``. ``progress`` events' ``val_f1`` is the F1
+    on the held-out objects (it chooses the best epoch; the replay set is scored on that one).
     """
     start = time.monotonic()
     pairs, skipped = read_pairs(options.pairs)
@@ -118,7 +214,11 @@ def run_finetune(
         reasons = "; ".join(f"{n}: {r}" for n, r in skipped)
         raise InputError(f"No training pair in {options.pairs} fits the base model ({reasons}).")
     pairs = [p for p in pairs if p.name not in {n for n, _ in skipped}]
-    train_s, val_s = split_samples(samples, options.val_fraction, options.seed)
+    train_scale = training_scale(samples, base)
+    samples = [rescale_sample(s, train_scale) for s in samples]
+    object_area = round(float(np.median(_reviewed_areas(samples))), 1) or None
+    train_s, held = hold_out_objects(samples, options.val_fraction, options.seed)
+    replay_train, replay_val = load_replay(base) if options.replay else ([], [])
     device = resolve_device(options.device)
     out = Path(options.out)
     if base.path is not None and out.resolve() == Path(base.path).resolve():
@@ -130,27 +230,31 @@ def run_finetune(
         epochs=options.epochs, steps_per_epoch=options.steps_per_epoch, time_limit=options.time_limit,
         batch_size=options.batch_size, crop_size=crop, lr=options.lr, freeze_batchnorm=True,
         seed=options.seed, loss_points=max(2, options.steps_per_epoch // 2),  # a loss point every 2 steps
+        train_layers=options.layers, l2sp=options.l2sp,
+        replay_fraction=options.replay_fraction if replay_train else 0.0,
     )
+    n_train = int(len(_reviewed_areas(train_s)))
     emit({
         "event": "start", "pairs_used": [p.name for p in pairs],
         "pairs_skipped": [{"name": n, "reason": r} for n, r in skipped],
-        "train_samples": len(train_s), "val_samples": len(val_s), "device": str(device),
-        "base": str(base.path or "default"),
+        "train_samples": len(train_s), "val_samples": len(held.samples), "device": str(device),
+        "base": str(base.path or "default"), "train_objects": n_train, "validation_objects": held.n_objects,
+        "replay_samples": len(replay_train), "train_scale": round(train_scale, 3),
         "parameters": {"epochs": options.epochs, "time_limit": options.time_limit, "lr": options.lr,
-                       "batch_size": options.batch_size, "crop_size": crop, "val_fraction": options.val_fraction},
+                       "batch_size": options.batch_size, "crop_size": crop, "val_fraction": options.val_fraction,
+                       "replay_fraction": config.replay_fraction, "l2sp": options.l2sp, "layers": options.layers},
     })
     # Post-processing is part of how a model is used: the base is scored with post-processing
-    # chosen on the validation pairs, and so is the fine-tuned model at the end (same grid, same data).
-    truths, masks = [s.labels for s in val_s], [s.reviewed for s in val_s]
-    base_probs = validation_probabilities(base.net, val_s, config, device)
+    # chosen on the held-out objects, and so is the fine-tuned model at the end (same grid, same data).
+    truths, masks = [s.labels for s in held.samples], [s.reviewed for s in held.samples]
+    base_probs = validation_probabilities(base.net, held.samples, config, device)
     config.postprocess, base_f1 = choose_postprocess(base_probs, truths, base.postprocess, masks)
+    base_counts = _counts(base_probs, held, config.postprocess)
+    replay_base = _replay_f1(base.net, replay_val, config, device, base.postprocess) if replay_val else None
     base_name = base.info.name
     net = build_network(base.config)
     net.load_state_dict(base.net.state_dict())
-    state: dict[str, Any] = {"base_f1": round(base_f1, 4), "postprocess": config.postprocess,
-                             "val_objects": int(sum(len(np.unique(t[t > 0])) for t in truths)),
-                             # its training data at scale 1, so scale="auto" sizes objects as trained
-                             "object_area": round(median_object_area([s.labels for s in train_s]), 1) or None}
+    state: dict[str, Any] = {"base_f1": round(base_f1, 4), "postprocess": config.postprocess}
 
     def info(metrics: dict[str, Any]) -> ModelInfo:
         prov = {
@@ -159,13 +263,15 @@ def run_finetune(
             "pairs_used": len(pairs), "epochs": metrics["epoch"],
             "validation_f1": round(float(metrics["val_f1"]), 4),
             "base_validation_f1": state["base_f1"],
-            "validation_pairs": len(val_s), "validation_objects": state["val_objects"],
+            "validation_pairs": len(held.samples), "validation_objects": held.n_objects,
+            "train_scale": round(train_scale, 3),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
+        # object_area: the reviewed objects' median area at the scale they were trained at, so
+        # scale="auto" brings new images of the same kind to that size, as the base model did
         return ModelInfo(name=out.stem, classes=base.info.classes, normalization=base.info.normalization,
                          postprocess=state["postprocess"].to_dict(),
-                         pixel_size_um=base.info.pixel_size_um, provenance=prov,
-                         object_area=state["object_area"])
+                         pixel_size_um=base.info.pixel_size_um, provenance=prov, object_area=object_area)
 
     def save(which: Path, model: UNet, metrics: dict[str, Any], kind: str) -> None:
         save_checkpoint(which, model, info(metrics))
@@ -186,17 +292,28 @@ def run_finetune(
     def stop() -> bool:
         return parent_gone() or (should_stop is not None and should_stop())
 
-    result = train(net, train_s, val_s, config, device=device, on_event=on_event, on_best=on_best,
-                   should_stop=stop, save_initial=True)
-    new_probs = validation_probabilities(net, val_s, config, device)  # net holds the best weights
+    result = train(net, train_s, held.samples, config, device=device, on_event=on_event,
+                   on_best=on_best, should_stop=stop, save_initial=True, replay=replay_train)
+    new_probs = validation_probabilities(net, held.samples, config, device)  # net holds the best weights
     state["postprocess"], f1 = choose_postprocess(new_probs, truths, config.postprocess, masks)
+    new_counts = _counts(new_probs, held, state["postprocess"])
+    replay_new = _replay_f1(net, replay_val, config, device, state["postprocess"]) if replay_val else None
+    delta, spread = bootstrap_change(base_counts, new_counts, options.seed)
+    forgot = replay_base is not None and replay_base - replay_new > MAX_FORGETTING
+    improved = f1 > base_f1 and not forgot
+    replay_pair = None if replay_base is None else (replay_base, replay_new)
+    verdict = verdict_text(f1 - base_f1, spread, held.n_objects, replay_pair, improved)
     save(out, net, {"epoch": result.best_epoch, "val_f1": f1}, "best")
-    improved = f1 > base_f1
     done = {
-        "event": "done", "base_f1": base_f1, "f1": f1, "improved": bool(improved),
+        "event": "done", "base_f1": base_f1, "f1": f1, "improved": bool(improved), "verdict": verdict,
+        "delta_f1": round(f1 - base_f1, 4), "delta_f1_sd": None if not np.isfinite(spread) else round(spread, 4),
         "postprocess": state["postprocess"].to_dict(),
         "best_epoch": result.best_epoch, "epochs": len(result.history), "path": str(out),
-        "validation_pairs": len(val_s), "validation_objects": state["val_objects"],
+        "steps": result.history[-1]["step"] if result.history else 0,
+        "validation_pairs": len(held.samples), "validation_objects": held.n_objects, "train_objects": n_train,
+        "replay_base_f1": replay_base, "replay_f1": replay_new,
+        "replay_objects": int(sum(len(np.unique(s.labels)) - 1 for s in replay_val)),
+        "train_scale": round(train_scale, 3), "object_area": object_area,
         "latest_path": str(latest), "stopped_early": result.stopped_early,
         "seconds": round(time.monotonic() - start, 1),
         "seconds_per_epoch": round(result.seconds / max(1, len(result.history)), 2),

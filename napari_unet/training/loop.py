@@ -65,6 +65,9 @@ class TrainConfig:
     artefacts: float = 0.0  # probability that a crop gets imaging artefacts (augment.add_artefacts)
     low_resolution: float = 0.0  # probability that a crop is made coarser (augment.low_resolution)
     freeze_batchnorm: bool = False  # keep BN statistics fixed (fine-tuning on few images)
+    train_layers: str = "all"  # "all", or "decoder": the encoder's weights stay fixed
+    replay_fraction: float = 0.0  # share of each batch drawn from ``train(replay=...)`` samples
+    l2sp: float = 0.0  # weight of the L2-SP penalty: squared distance of the weights to the initial ones
     val_tile: int = 512
     val_overlap: int = 128
     loss_points: int = 2  # ``loss`` events per epoch (the running train loss between validations)
@@ -203,6 +206,16 @@ def evaluate(
     return float(np.mean(losses)), pooled_f1(pairs)
 
 
+def trainable_parameters(net: UNet, layers: str) -> list[torch.nn.Parameter]:
+    """The parameters a run trains: ``"all"``, or ``"decoder"`` (all but the encoder's, which are frozen)."""
+    if layers not in ("all", "decoder"):
+        raise ValueError(f"train_layers must be 'all' or 'decoder', not {layers!r}")
+    frozen = {id(p) for p in net.down.parameters()} if layers == "decoder" else set()
+    for p in net.parameters():
+        p.requires_grad_(id(p) not in frozen)
+    return [p for p in net.parameters() if id(p) not in frozen]
+
+
 def _set_train_mode(net: UNet, freeze_batchnorm: bool) -> None:
     net.train()
     if freeze_batchnorm:
@@ -222,6 +235,7 @@ def train(
     on_best: Callable[[UNet, dict[str, Any]], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     save_initial: bool = False,
+    replay: list[Sample] | None = None,
 ) -> TrainResult:
     """Train ``net`` in place; returns the best weights by validation F1 (then loss).
 
@@ -229,7 +243,9 @@ def train(
     ``loss`` dicts (``epoch`` fractional, e.g. 0.5: the mean train loss since the epoch began,
     ``config.loss_points`` per epoch); ``on_best(net_with_best_weights, metrics)`` is
     called whenever validation improves (and once before training if ``save_initial``);
-    ``should_stop()`` ends training after the current step.
+    ``should_stop()`` ends training after the current step. ``replay``: samples of the data the
+    network was trained on before, mixed into every batch (``config.replay_fraction``) so that a
+    fine-tune does not forget them.
     """
     if not train_samples:
         raise ValueError("no training samples")
@@ -238,7 +254,9 @@ def train(
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
     net.to(device)
-    opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    params = trainable_parameters(net, config.train_layers)
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0 if config.l2sp else config.weight_decay)
+    anchor = [p.detach().clone() for p in params] if config.l2sp else []
     total_steps = config.epochs * config.steps_per_epoch
     weights = np.array([s.labels.size for s in train_samples], dtype=float)
     weights /= weights.sum()
@@ -267,7 +285,7 @@ def train(
                 break
             for g in opt.param_groups:
                 g["lr"] = config.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac)))
-            xb, yb, wb = _batch(rng, train_samples, weights, config, net.tile_io(config.crop_size)[0], bank)
+            xb, yb, wb = _batch(rng, train_samples, weights, config, net.tile_io(config.crop_size)[0], bank, replay)
             heads = net.forward_all(xb.to(device))
             oh, ow = heads[0].shape[-2:]
             if (oh, ow) != yb.shape[-2:]:  # valid convolutions: targets of the output's centre
@@ -278,6 +296,8 @@ def train(
             loss = sum(
                 segmentation_loss(logits, yb, config.boundary_weight, config.dice_weight, wb) for logits in heads
             ) / len(heads)
+            if anchor:
+                loss = loss + config.l2sp * sum(((p - p0) ** 2).sum() for p, p0 in zip(params, anchor))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -334,11 +354,16 @@ def _batch(
     config: TrainConfig,
     size: int,
     bank: list[Nucleus],
+    replay: list[Sample] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """A batch of augmented crops, their class targets and (with the weight map) pixel weights."""
+    """A batch of augmented crops, their class targets and (with the weight map) pixel weights;
+    ``round(batch_size · replay_fraction)`` of the crops come from ``replay`` when given."""
     xs, ys, ws = [], [], []
-    for i in rng.choice(len(samples), size=config.batch_size, p=weights):
-        s = samples[i]
+    n_replay = min(config.batch_size - 1, round(config.batch_size * config.replay_fraction)) if replay else 0
+    chosen = [samples[i] for i in rng.choice(len(samples), size=config.batch_size - n_replay, p=weights)]
+    if n_replay:
+        chosen += [replay[i] for i in rng.choice(len(replay), size=n_replay)]
+    for s in chosen:
         rev = None if s.reviewed is None else s.reviewed.astype(np.uint8)
         img, lab, rev, mag = transform_crop(rng, s.image, s.labels, rev, size, config.augment)
         if bank and rng.random() < config.copy_paste:

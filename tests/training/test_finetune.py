@@ -13,8 +13,6 @@ import pytest
 
 from napari_unet import load_model
 from napari_unet.io.checkpoint import ModelInfo, save_checkpoint
-from napari_unet.training.finetune import split_samples
-from napari_unet.training.loop import Sample
 from napari_unet.training.pairs import export_pair
 from napari_unet.training.runner import LOCK_NAME, FineTuneBusy, FineTuneRequest, FineTuneRunner, FolderLock
 from napari_unet.training.versions import list_versions, models_dir_for
@@ -36,13 +34,6 @@ def tiny_ckpt(tmp_path):
     return save_checkpoint(tmp_path / "tiny.safetensors", make_tiny_model().net, ModelInfo(name="tiny"))
 
 
-def test_single_pair_is_split_into_train_and_held_out_strip(misc, misc_labels):
-    s = Sample(misc[None].astype("float32"), misc_labels)
-    train, val = split_samples([s], 0.2, 0)
-    assert val[0].labels.shape == (102, 512)
-    assert train[0].reviewed.sum() + val[0].labels.size == misc_labels.size
-
-
 def test_train_command_streams_json_and_gates(tmp_path, pairs_dir, tiny_ckpt):
     out = tmp_path / "models" / "ft.safetensors"
     proc = subprocess.run(
@@ -60,10 +51,10 @@ def test_train_command_streams_json_and_gates(tmp_path, pairs_dir, tiny_ckpt):
     assert len(start["pairs_used"]) == 2 and start["device"] == "cpu"
     base_point = next(e for e in events if e["event"] == "progress")
     assert base_point["epoch"] == 0 and base_point["val_f1"] == pytest.approx(done["base_f1"], abs=0.02)
-    assert done["validation_pairs"] == 1 and done["validation_objects"] > 0
+    assert done["validation_pairs"] >= 1 and done["validation_objects"] > 0 and done["verdict"]
     progress = next(e for e in events if e["event"] == "progress" and e["epoch"] == 1)
     assert {"epoch", "step", "train_loss", "val_loss", "val_f1", "elapsed", "eta"} <= set(progress)
-    assert done["improved"] == (done["f1"] > done["base_f1"])
+    assert done["improved"] == (done["f1"] > done["base_f1"] and done["replay_f1"] >= done["replay_base_f1"] - 0.02)
     model = load_model(out)
     assert model.info.provenance["base_model"] == "tiny"
     assert model.info.provenance["base_validation_f1"] == round(done["base_f1"], 4)

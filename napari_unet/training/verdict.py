@@ -1,0 +1,111 @@
+"""The fine-tune verdict: held-out reviewed objects, scored object by object, with a bootstrap.
+
+Some of the user's reviewed objects are held out of training, each with its *territory* (the
+reviewed pixels nearer to it than to any other labelled object, up to a few object radii), so
+false detections around it count too. Each territory gives (true positive, false positive, false
+negative) counts at IoU 0.5; F1 pools them, and the uncertainty of a change in F1 comes from
+resampling the held-out objects (a paired bootstrap: both models scored on the same draw).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from skimage.segmentation import expand_labels
+
+from napari_unet.engine.metrics import overlaps
+
+MIN_COVERED = 0.9  # an object counts as reviewed when this share of its pixels is reviewed
+TERRITORY_RADII = 3.0  # a held-out object's territory reaches this many object radii beyond it
+MAX_FORGETTING = 0.02  # largest replay F1 drop a fine-tune may cost and still be offered
+BOOTSTRAP = 1000
+
+
+def reviewed_objects(labels: np.ndarray, reviewed: np.ndarray | None) -> np.ndarray:
+    """Ids of the labelled objects whose pixels are (at least 90%) reviewed."""
+    ids, area = np.unique(labels, return_counts=True)
+    if reviewed is None:
+        return ids[ids > 0]
+    ids_r, area_r = np.unique(labels[reviewed], return_counts=True)
+    covered = dict(zip(ids_r.tolist(), area_r.tolist()))
+    keep = [i for i, a in zip(ids.tolist(), area.tolist()) if i > 0 and covered.get(i, 0) >= MIN_COVERED * a]
+    return np.array(keep, dtype=labels.dtype)
+
+
+def territories(labels: np.ndarray, reviewed: np.ndarray | None, held: np.ndarray, radius: float) -> np.ndarray:
+    """Label image of the held-out objects' territories (id = the object's id, 0 elsewhere)."""
+    grown = expand_labels(labels, distance=max(1, round(radius)))
+    out = np.where(np.isin(grown, held), grown, 0)
+    return out if reviewed is None else np.where(reviewed, out, 0)
+
+
+@dataclass
+class ObjectCounts:
+    """Per held-out object: true positive (0/1), false negative (0/1), false positives around it."""
+
+    tp: np.ndarray
+    fn: np.ndarray
+    fp: np.ndarray
+
+    def f1(self, index: np.ndarray | None = None) -> float:
+        """Pooled F1 over the objects (or a resample of them, ``index``)."""
+        tp, fn, fp = (a if index is None else a[index] for a in (self.tp, self.fn, self.fp))
+        denom = 2 * tp.sum() + fn.sum() + fp.sum()
+        return float(2 * tp.sum() / denom) if denom else 1.0
+
+    @staticmethod
+    def concat(parts: list[ObjectCounts]) -> ObjectCounts:
+        return ObjectCounts(*(np.concatenate([getattr(p, k) for p in parts] or [np.zeros(0, int)])
+                              for k in ("tp", "fn", "fp")))
+
+
+def object_counts(truth: np.ndarray, pred: np.ndarray, territory: np.ndarray) -> ObjectCounts:
+    """Score ``pred`` against ``truth`` in each territory of ``territory`` (ids = object ids)."""
+    ids = np.unique(territory)
+    ids = ids[ids > 0]
+    inside = territory > 0
+    gt = np.where(inside, truth, 0)
+    pr = np.where(inside, pred, 0)
+    ov = overlaps(gt, pr)
+    hit = ov.iou >= 0.5
+    matched_gt, matched_pr = set(ov.gt_ids[hit].tolist()), set(ov.pred_ids[hit].tolist())
+    tp = np.array([int(i in matched_gt) for i in ids.tolist()], dtype=int)
+    # each unmatched predicted object is a false positive of the territory holding most of it
+    fp = np.zeros(len(ids), dtype=int)
+    where = {t: k for k, t in enumerate(ids.tolist())}
+    m = pr > 0
+    keys, counts = np.unique(np.stack([pr[m], territory[m]]), axis=1, return_counts=True)
+    best: dict[int, tuple[int, int]] = {}
+    for (p, t), c in zip(keys.T.tolist(), counts.tolist()):
+        if p not in matched_pr and c > best.get(p, (0, 0))[0]:
+            best[p] = (c, t)
+    for _, t in best.values():
+        fp[where[t]] += 1
+    return ObjectCounts(tp, 1 - tp, fp)
+
+
+def bootstrap_change(before: ObjectCounts, after: ObjectCounts, seed: int = 0) -> tuple[float, float]:
+    """``(F1 after − F1 before, its bootstrap standard deviation)`` over resampled objects."""
+    n = len(before.tp)
+    delta = after.f1() - before.f1()
+    if n < 2:
+        return delta, float("nan")
+    rng = np.random.default_rng(seed)
+    draws = [after.f1(i) - before.f1(i) for i in rng.integers(0, n, size=(BOOTSTRAP, n))]
+    return delta, float(np.std(draws))
+
+
+def verdict_text(delta: float, spread: float, n_objects: int, replay: tuple[float, float] | None,
+                 improved: bool) -> str:
+    """The verdict in words: the change on the user's held-out objects (± its uncertainty, on how many),
+    the replay F1 before → after, and why the model is not better when it is not."""
+    pm = "" if not np.isfinite(spread) else f" ± {spread:.2f}"
+    change = f"{delta:+.2f}{pm} F1 on {n_objects} held-out object{'s' if n_objects != 1 else ''}"
+    forgot = replay is not None and replay[0] - replay[1] > MAX_FORGETTING
+    kept = "" if replay is None else f", replay F1 {replay[0]:.2f} → {replay[1]:.2f}"
+    if improved:
+        return f"{change}{kept}"
+    if forgot:
+        return f"forgot: replay F1 {replay[0]:.2f} → {replay[1]:.2f} ({change})"
+    return f"no gain on your objects: {change}{kept}"

@@ -1,0 +1,103 @@
+"""The fine-tune verdict: held-out objects, replay (no forgetting), crops on reviewed pixels, scale."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from napari_unet import load_model
+from napari_unet.engine.predict import choose_scale
+from napari_unet.training.augment import AugmentConfig, transform_crop
+from napari_unet.training.finetune import FineTuneOptions, hold_out_objects, run_finetune
+from napari_unet.training.loop import Sample
+from napari_unet.training.pairs import export_pair
+from napari_unet.training.verdict import bootstrap_change, object_counts, reviewed_objects, verdict_text
+
+
+def _discs(shape, centres, r=6):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    labels = np.zeros(shape, np.uint32)
+    for i, (y, x) in enumerate(centres, start=1):
+        labels[(yy - y) ** 2 + (xx - x) ** 2 <= r * r] = i
+    return labels
+
+
+def test_crops_land_on_reviewed_pixels():
+    labels = _discs((768, 768), [(y, x) for y in range(32, 768, 64) for x in range(32, 768, 64)], r=12)
+    reviewed = np.zeros(labels.shape, np.uint8)
+    reviewed[400:440, 600:640] = 1  # one corrected nucleus in a large image: 0.3% of it
+    image = labels[None].astype(np.float32)
+    rng = np.random.default_rng(0)
+    crops = [transform_crop(rng, image, labels, reviewed, 64, AugmentConfig()) for _ in range(20)]
+    assert all(rev.any() for _, _, rev, _ in crops)
+    assert np.mean([rev.mean() for _, _, rev, _ in crops]) > 0.1
+
+
+def test_verdict_counts_objects_and_false_detections_around_them():
+    truth = _discs((100, 200), [(20, 20), (20, 60), (20, 100), (20, 140), (20, 180)])
+    pred = truth.copy()
+    pred[truth == 4] = 0  # missed
+    pred[truth == 5] = 0
+    pred[60:66, 100:106] = 9  # a false detection nearest to object 3
+    territory = np.where(np.isin(truth, [1, 2, 3, 4, 5]), truth, 0)
+    territory[40:100, 80:120] = 3
+    counts = object_counts(truth, pred, territory)
+    assert counts.tp.tolist() == [1, 1, 1, 0, 0] and counts.fp.tolist() == [0, 0, 1, 0, 0]
+    assert counts.f1() == pytest.approx(6 / (6 + 2 + 1))
+    delta, spread = bootstrap_change(counts, object_counts(truth, truth, territory))
+    assert delta == pytest.approx(1 - 6 / 9) and 0 < spread < delta
+    text = verdict_text(delta, spread, 5, (0.93, 0.88), improved=False)
+    assert "5 held-out objects" in text and "±" in text and "forgot" in text and "0.93 → 0.88" in text
+
+
+def test_objects_are_held_out_with_their_territory():
+    labels = _discs((128, 256), [(y, x) for y in (20, 60, 100) for x in range(20, 256, 40)])
+    reviewed = labels > 0  # sparse: only the objects themselves, and one object left half-reviewed
+    reviewed[90:111, 90:101] = False
+    assert len(reviewed_objects(labels, reviewed)) == labels.max() - 1
+    sample = Sample(np.zeros((1, *labels.shape), np.float32), labels, ndi.binary_dilation(reviewed, iterations=3))
+    train, held = hold_out_objects([sample], 0.2, seed=0)
+    n = len(reviewed_objects(labels, sample.reviewed))
+    assert held.n_objects == max(round(0.2 * n), n // 3) == sum(len(np.unique(t)) - 1 for t in held.territories)
+    # the held-out objects and their surroundings are not trained on
+    assert not (train[0].reviewed & ~sample.reviewed).any()
+    assert sample.reviewed.sum() - train[0].reviewed.sum() == sum(int((t > 0).sum()) for t in held.territories)
+
+
+@pytest.mark.slow
+def test_a_pair_set_that_contradicts_the_model_is_not_offered(tmp_path, u2os, u2os_labels):
+    """Nuclei painted as background on a normal image: the fine-tune must not be offered as better."""
+    crop = (slice(0, 384), slice(0, 384))
+    labels = u2os_labels[crop].copy()
+    keep = np.unique(labels[labels > 0])[:3]
+    labels[~np.isin(labels, keep)] = 0  # every other nucleus "corrected" to background, all reviewed
+    export_pair(tmp_path / "pairs", u2os[crop], labels)
+    done = run_finetune(
+        FineTuneOptions(pairs=tmp_path / "pairs", out=tmp_path / "ft.safetensors", epochs=2, steps_per_epoch=8,
+                        batch_size=4, crop_size=128, lr=2e-3, device="cpu"),
+        lambda e: None,
+    )
+    assert not done["improved"]
+    assert done["verdict"].startswith(("forgot", "no gain")) and "held-out object" in done["verdict"]
+    assert done["replay_base_f1"] > 0.8  # the replay set was scored
+
+
+@pytest.mark.slow
+def test_auto_scale_after_fine_tuning_stays_with_the_base_choice(tmp_path, u2os, u2os_labels):
+    """Nuclei 1.6× the trained size: the fine-tuned model must choose about the base model's scale."""
+    image = ndi.zoom(u2os, 1.6, order=1)
+    labels = ndi.zoom(u2os_labels, 1.6, order=0)
+    export_pair(tmp_path / "pairs", image[:560, :640], labels[:560, :640])
+    base = load_model()
+    nxt = image[640:]
+    before = choose_scale(base, nxt, device="cpu")
+    done = run_finetune(
+        FineTuneOptions(pairs=tmp_path / "pairs", out=tmp_path / "ft.safetensors", epochs=1, steps_per_epoch=4,
+                        batch_size=2, crop_size=128, device="cpu"),
+        lambda e: None,
+    )
+    after = choose_scale(load_model(tmp_path / "ft.safetensors"), nxt, device="cpu")
+    assert before.how == after.how == "object size" and before.scale < 0.8
+    assert abs(after.scale / before.scale - 1) <= 0.15
+    assert done["object_area"] == pytest.approx(base.info.object_area, rel=0.25)
