@@ -64,3 +64,23 @@ def test_next_doubtful_looks_right_brush_and_sparse_export(qtbot, reviewed, tmp_
     w.review.export_btn.native.click()  # nothing new: not exported twice
     assert len(read_pairs(tmp_path / "pairs")[0]) == 1
     assert "already exported" in w.status.text()
+
+
+def test_finetune_from_ten_reviewed_objects_gives_an_honest_verdict(qtbot, reviewed, tmp_path):
+    viewer, w = reviewed
+    r = w.review.review
+    w.review.next_btn.native.click()
+    while len(r.reviewed) < 10:
+        w.review.right_btn.native.click()  # Looks right, then on to the next one
+    w.review.export_btn.native.click()
+    assert w.corrections.count.value == "1 pair in the folder"
+    w.ft.epochs.value = 2
+    w.ft.extra_args = ("--steps-per-epoch", "2", "--batch-size", "2")
+    w.ft.start_btn.native.click()
+    qtbot.waitUntil(lambda: not w.ft.session.active, timeout=240_000)
+    done = w.ft.session.last_done
+    assert done is not None, w.ft.status.value
+    assert "held-out object" in done["verdict"] and done["verdict"] in w.ft.status.value  # what it rests on
+    assert w.ft.use_btn.enabled == done["improved"]
+    if not done["improved"]:
+        assert "keeping the current model" in w.ft.status.value
