@@ -66,7 +66,7 @@ def test_workers_are_bounded_by_the_cores(tmp_path, capsys):
     code = cli(["segment", tmp_path / "img.tif", "--workers", "1000", "--out", tmp_path / "o"])
     err = capsys.readouterr().err
     assert code == 2 and "1000 workers is more than" in err and len(err.strip().splitlines()) == 1
-    assert time.perf_counter() - start < 2 and not (tmp_path / "o").exists()  # no cluster was started
+    assert time.perf_counter() - start < 10 and not (tmp_path / "o").exists()  # no cluster was started
 
 
 @pytest.mark.parametrize("address", ["not a url", "http://host:8786", "tcp://host", "tcp://host:99999", "tcp://:8786",
@@ -79,7 +79,7 @@ def test_scheduler_addresses_are_checked_before_connecting(address, tmp_path, ca
     code = cli(["segment", tmp_path / "img.tif", "--scheduler", address, "--out", tmp_path / "o"])
     err = capsys.readouterr().err
     assert code == 2 and "not a dask scheduler address" in err and "Traceback" not in err
-    assert time.perf_counter() - start < 2
+    assert time.perf_counter() - start < 10  # refused up front: a connection attempt waits 20 s
 
 
 def test_valid_scheduler_addresses_pass():
