@@ -66,7 +66,7 @@ def test_workers_are_bounded_by_the_cores(tmp_path, capsys):
     code = cli(["segment", tmp_path / "img.tif", "--workers", "1000", "--out", tmp_path / "o"])
     err = capsys.readouterr().err
     assert code == 2 and "1000 workers is more than" in err and len(err.strip().splitlines()) == 1
-    assert time.perf_counter() - start < 2 and not (tmp_path / "o").exists()  # no cluster was started
+    assert time.perf_counter() - start < 10 and not (tmp_path / "o").exists()  # no cluster was started
 
 
 @pytest.mark.parametrize("address", ["not a url", "http://host:8786", "tcp://host", "tcp://host:99999", "tcp://:8786",
@@ -79,7 +79,7 @@ def test_scheduler_addresses_are_checked_before_connecting(address, tmp_path, ca
     code = cli(["segment", tmp_path / "img.tif", "--scheduler", address, "--out", tmp_path / "o"])
     err = capsys.readouterr().err
     assert code == 2 and "not a dask scheduler address" in err and "Traceback" not in err
-    assert time.perf_counter() - start < 2
+    assert time.perf_counter() - start < 10  # refused up front: a connection attempt waits 20 s
 
 
 def test_valid_scheduler_addresses_pass():
@@ -124,7 +124,9 @@ def _run_cli(args, **kwargs):
 
 
 @pytest.mark.slow
-def test_sigterm_during_a_blockwise_run_exits_143_and_leaves_nothing(tmp_path, u2os, tiny_ckpt):
+@pytest.mark.parametrize("sig, code, word", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "cancelled")])
+def test_a_signal_during_a_blockwise_run_exits_cleanly_and_leaves_nothing(tmp_path, u2os, tiny_ckpt, sig, code, word):
+    """SIGTERM (timeout, kill, SLURM) like Ctrl-C: the part folder is removed, no atexit noise."""
     image = tmp_path / "big.tif"
     tifffile.imwrite(image, np.tile(u2os, (2, 2)))
     out = tmp_path / "out"
@@ -138,11 +140,11 @@ def test_sigterm_during_a_blockwise_run_exits_143_and_leaves_nothing(tmp_path, u
         time.sleep(0.05)
     assert "blocks [" in "".join(buf), "".join(buf)
     time.sleep(1.0)  # some blocks written into the part folder
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(60) == 143
+    proc.send_signal(sig)
+    assert proc.wait(60) == code
     reader.join(10)
     err = "".join(buf)
-    assert "terminated; unfinished outputs were removed" in err
+    assert f"{word}; unfinished outputs were removed" in err
     assert "Traceback" not in err and "Exception ignored" not in err
     assert not out.exists() or list(out.iterdir()) == []
 
