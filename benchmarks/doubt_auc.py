@@ -58,8 +58,8 @@ def shrunk_noisy(image, labels, rng):
 def dim_cytoplasm(image, labels, rng):
     x = _norm(image)
     cells = ndi.binary_dilation(labels > 0, iterations=12)
-    cyto = 0.3 * ndi.gaussian_filter(cells.astype(np.float32), 4.0)
-    return (0.25 * x + cyto + 0.05 + rng.normal(0, 0.02, x.shape)).astype(np.float32), labels
+    cyto = 0.12 * ndi.gaussian_filter(cells.astype(np.float32), 4.0)
+    return (0.35 * x + cyto + 0.05 + rng.normal(0, 0.02, x.shape)).astype(np.float32), labels
 
 
 def image_sets() -> dict[str, list[tuple[str, np.ndarray, np.ndarray]]]:

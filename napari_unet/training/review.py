@@ -4,7 +4,7 @@ The score combines what inference already has: how much an object changes under 
 (test-time augmentation), the class entropy inside it and on its rim, signs of two nuclei in one
 object (several interior seeds, a boundary line inside) or of one nucleus cut in two (a weak split
 line), faintness, and size/shape outliers against the image's own objects. Its weights are a tiny
-logistic regression fitted on mnfinder ``training-data`` by ``benchmarks/doubt_auc.py``.
+logistic regression fitted on mnfinder ``training-data`` by ``benchmarks/doubt_auc.py`` (docs/review.md).
 """
 
 from __future__ import annotations
@@ -28,19 +28,19 @@ from napari_unet.engine.tta import dihedral
 from napari_unet.errors import InputError
 
 FEATURES = (
-    "disagree", "tta", "entropy_inside", "entropy_rim", "faint", "extra_seeds", "inner_boundary", "weak_split",
-    "area_high", "area_low", "solidity_low", "eccentricity_high",
+    "disagree", "tta", "tta_worst", "entropy_inside", "entropy_rim", "faint", "extra_seeds", "inner_boundary",
+    "weak_split", "area_high", "area_low", "solidity_low", "eccentricity_high",
 )
 # Fitted by benchmarks/doubt_auc.py on mnfinder training-data, except "disagree" (how far an
 # object is from the model's own; always 0 when the labels are the model's, so it cannot be fitted
 # there): fixed so that an object the model does not see at all gets a doubt above 0.95.
-INTERCEPT = -4.583
-WEIGHTS = (8.0, 0.222, 0.267, 0.176, -0.025, 0.510, 1.312, 2.239, 3.168, 1.225, 2.726, 0.546)
+INTERCEPT = -5.134
+WEIGHTS = (8.0, 0.636, 0.663, 0.612, 0.485, 0.175, 0.095, 2.169, 2.921, 4.418, 1.432, 3.914, 1.502)
 DISAGREE_REASON = "differs from the model's objects"
 
 REASONS = {
-    "disagree": DISAGREE_REASON, "tta": "boundary unclear", "entropy_inside": "boundary unclear",
-    "entropy_rim": "boundary unclear",
+    "disagree": DISAGREE_REASON, "tta": "boundary unclear", "tta_worst": "boundary unclear",
+    "entropy_inside": "boundary unclear", "entropy_rim": "boundary unclear",
     "faint": "faint", "extra_seeds": "may be two nuclei", "inner_boundary": "may be two nuclei",
     "weak_split": "may be one nucleus cut in two", "area_high": "may be two nuclei", "area_low": "may be debris",
     "solidity_low": "may be two nuclei", "eccentricity_high": "may be debris",
@@ -154,6 +154,7 @@ def object_features(labels: np.ndarray, views: Views) -> tuple[np.ndarray, np.nd
     X[:, col["disagree"]] = 1.0 - best[0, ids]  # the labels against the model's own (first view)
     if len(best) > 1:  # against the flipped/rotated views
         X[:, col["tta"]] = 1.0 - best[1:, ids].mean(axis=0)
+        X[:, col["tta_worst"]] = 1.0 - best[1:, ids].min(axis=0)
     seed_threshold, min_seed = views.config.seed_threshold, views.config.min_seed_size
     square = np.ones((3, 3), bool)
     h, w = labels.shape
