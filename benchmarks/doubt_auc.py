@@ -6,7 +6,8 @@ Sets: mnfinder training-data (the only set the weights are fitted on, ``--fit``)
 shifted versions of validation-data (contrast-inverted + blurred; shrunk 0.35× with shot noise;
 crowded composites; dim with a cytoplasmic background) and the project's two samples. Also
 reports how many "possibly missed" candidates lie on a true nucleus that no object matched, and
-the review time on the U2OS sample against plain segmentation.
+the review time on the U2OS sample against plain segmentation. Each image is segmented at the scale
+its true nuclei call for.
 
     .venv/bin/python benchmarks/doubt_auc.py [--views 4] [--fit] [--cache DIR]
 """
@@ -32,7 +33,8 @@ from mnfinder_data import load_split  # noqa: E402
 from napari_unet.api import segment  # noqa: E402
 from napari_unet.engine.metrics import overlaps, wrong_objects  # noqa: E402
 from napari_unet.engine.normalize import Normalization  # noqa: E402
-from napari_unet.engine.scale import postprocess_at_scale  # noqa: E402
+from napari_unet.engine.postprocess import median_object_area  # noqa: E402
+from napari_unet.engine.scale import DEAD_BAND, postprocess_at_scale, scale_for_area  # noqa: E402
 from napari_unet.models import load_model  # noqa: E402
 from napari_unet.training import review  # noqa: E402
 
@@ -56,36 +58,44 @@ def shrunk_noisy(image, labels, rng):
 def dim_cytoplasm(image, labels, rng):
     x = _norm(image)
     cells = ndi.binary_dilation(labels > 0, iterations=12)
-    cyto = 0.3 * ndi.gaussian_filter(cells.astype(np.float32), 4.0)
-    return (0.25 * x + cyto + 0.05 + rng.normal(0, 0.02, x.shape)).astype(np.float32), labels
+    cyto = 0.12 * ndi.gaussian_filter(cells.astype(np.float32), 4.0)
+    return (0.35 * x + cyto + 0.05 + rng.normal(0, 0.02, x.shape)).astype(np.float32), labels
 
 
 def image_sets() -> dict[str, list[tuple[str, np.ndarray, np.ndarray]]]:
     val = load_split("validation-data")
-    sets = {"training-data": load_split("training-data"), "validation-data": val}
+    sets = {"validation-data": val}
     for shift in (inverted_blurred, shrunk_noisy, dim_cytoplasm):
         rng = np.random.default_rng(0)
         sets[f"val {shift.__name__}"] = [(n, *shift(im, lab, rng)) for n, im, lab in val]
     sets["val crowded"] = [e for e in build_proxy() if e[0].endswith("_composite")]
     sets["samples"] = [(n, tifffile.imread(SAMPLES / f"nuclei_{n}.tif"),
                         tifffile.imread(SAMPLES / f"nuclei_{n}_labels.tif")) for n in ("u2os", "misc")]
+    sets["training-data"] = load_split("training-data")
     return sets
 
 
-def predicted(model, image, views: int, cache: Path | None) -> review.Views:
-    """The model's views of one image (read from / written to ``cache`` when given)."""
+def predicted(model, image, views: int, cache: Path | None, scale: float) -> review.Views:
+    """The model's views of one image at ``scale`` (read from / written to ``cache`` when given)."""
     if cache is not None and cache.exists():
         d = np.load(cache)
         return review.Views(d["probabilities"].astype(np.float32), d["labels"], list(d["view_labels"]),
                             float(d["scale"]), postprocess_at_scale(model.postprocess, float(d["scale"])))
     t = time.perf_counter()
-    v = review.predict_views(model, image, views=views, device="cpu")
+    v = review.predict_views(model, image, views=views, device="cpu", scale=scale)
     print(f"    predicted in {time.perf_counter() - t:.1f} s", flush=True)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.savez(cache, probabilities=v.probabilities.astype(np.float16), labels=v.labels,
                  view_labels=np.stack(v.view_labels), scale=v.scale)
     return v
+
+
+def right_scale(model, gt: np.ndarray) -> float:
+    """The scale the true nuclei call for, as a user who knows them would set it (the doubt is
+    measured here, not the automatic scale, which shifted images can fool)."""
+    s = scale_for_area(median_object_area([gt]), model.info.object_area)
+    return 1.0 if abs(s - 1.0) < DEAD_BAND else s
 
 
 def measure(v: review.Views, gt: np.ndarray) -> dict[str, np.ndarray]:
@@ -138,6 +148,7 @@ def main() -> None:
     ap.add_argument("--fit", action="store_true", help="fit the weights on training-data and print them")
     ap.add_argument("--cache", default=None, help="folder for measured features (reused when present)")
     ap.add_argument("--sets", default=None, help="comma-separated subset of sets")
+    ap.add_argument("--cached-only", action="store_true", help="only the images whose views are cached")
     args = ap.parse_args()
     torch.set_num_threads(1)
     model = load_model()
@@ -150,13 +161,19 @@ def main() -> None:
         for name, image, gt in items:
             path = Path(args.cache) / f"{set_name}_{name}_{args.views}.npz".replace("/", "_").replace(" ", "_") \
                 if args.cache else None
-            m = measure(predicted(model, image, args.views, path), gt)
+            if args.cached_only and not (path and path.exists()):
+                continue
+            m = measure(predicted(model, image, args.views, path, right_scale(model, gt)), gt)
             print(f"  {set_name} {name}: {len(m['wrong'])} objects, {m['wrong'].sum()} wrong", flush=True)
             measured[set_name].append(m)
     if args.fit and "training-data" in measured:
         X = np.concatenate([m["X"] for m in measured["training-data"]])
         y = np.concatenate([m["wrong"] for m in measured["training-data"]]).astype(float)
-        b, w = fit_logistic(X, y)
+        fixed = review.FEATURES.index("disagree")  # always 0 on the model's own labels: kept as set
+        free = [k for k in range(X.shape[1]) if k != fixed]
+        b, w_free = fit_logistic(X[:, free], y)
+        w = np.array(review.WEIGHTS, dtype=float)
+        w[free] = w_free
         review.INTERCEPT, review.WEIGHTS = b, tuple(w)
         print(f"INTERCEPT = {b:.3f}\nWEIGHTS = ({', '.join(f'{x:.3f}' for x in w)})")
     print(f"\n{'set':26s} {'objects':>7s} {'wrong':>6s} {'AUC':>6s} {'AUC tta':>8s} {'cands':>6s} "
@@ -166,7 +183,9 @@ def main() -> None:
         y = np.concatenate([m["wrong"] for m in ms]).astype(bool)
         c = np.sum([m["cand"] for m in ms], axis=0)
         print(f"{set_name:26s} {len(y):7d} {y.sum():6d} {auc(review.doubt_from_features(X), y):6.3f} "
-              f"{auc(X[:, 0], y):8.3f} {c[0]:6d} {c[1]:9d} {c[2]:6d}")
+              f"{auc(X[:, review.FEATURES.index('tta')], y):8.3f} {c[0]:6d} {c[1]:9d} {c[2]:6d}")
+    if args.cached_only:
+        return
     u2os = tifffile.imread(SAMPLES / "nuclei_u2os.tif")
     for label, fn in (("segment", lambda: segment(u2os, model, device="cpu")),
                       (f"review_table ({args.views} views)", lambda: review.review_table(

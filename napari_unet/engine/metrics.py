@@ -165,8 +165,9 @@ def class_scores(gt_classes: np.ndarray, pred_classes: np.ndarray, n_classes: in
 
 def wrong_objects(gt: np.ndarray, pred: np.ndarray, min_iou: float = 0.5, part: float = 0.25) -> np.ndarray:
     """The ids of the predicted objects of one plane that are wrong: matched to no true object at
-    IoU ≥ ``min_iou``, or part of a merge (covering ≥ ``part`` of two or more true objects) or of a
-    split (one of two or more covering ≥ ``part`` of one true object each)."""
+    IoU ≥ ``min_iou``, or part of a merge (covering ≥ ``part`` of two or more true objects that
+    are each at least a tenth of the prediction: a speck swallowed by a nucleus is no merge) or of
+    a split (one of two or more covering ≥ ``part`` of one true object each)."""
     gt, pred = np.asarray(gt), np.asarray(pred)
     ov = overlaps(gt, pred)
     g_area = np.bincount(gt.ravel().astype(np.int64))
@@ -174,7 +175,8 @@ def wrong_objects(gt: np.ndarray, pred: np.ndarray, min_iou: float = 0.5, part: 
     ga, pa = g_area[ov.gt_ids.astype(np.int64)], p_area[ov.pred_ids.astype(np.int64)]
     inter = ov.iou * (ga + pa) / (1 + ov.iou)
     big = inter >= part * ga  # the predicted object holds a good part of the true one
-    merges = np.bincount(ov.pred_ids[big].astype(np.int64), minlength=len(p_area))
+    sizable = big & (ga >= 0.1 * pa)
+    merges = np.bincount(ov.pred_ids[sizable].astype(np.int64), minlength=len(p_area))
     splits = np.bincount(ov.gt_ids[big].astype(np.int64), minlength=len(g_area))
     ids = np.flatnonzero(p_area)
     ids = ids[ids > 0]

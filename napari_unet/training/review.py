@@ -4,7 +4,7 @@ The score combines what inference already has: how much an object changes under 
 (test-time augmentation), the class entropy inside it and on its rim, signs of two nuclei in one
 object (several interior seeds, a boundary line inside) or of one nucleus cut in two (a weak split
 line), faintness, and size/shape outliers against the image's own objects. Its weights are a tiny
-logistic regression fitted on mnfinder ``training-data`` by ``benchmarks/doubt_auc.py``.
+logistic regression fitted on mnfinder ``training-data`` by ``benchmarks/doubt_auc.py`` (docs/review.md).
 """
 
 from __future__ import annotations
@@ -28,15 +28,19 @@ from napari_unet.engine.tta import dihedral
 from napari_unet.errors import InputError
 
 FEATURES = (
-    "tta", "entropy_inside", "entropy_rim", "faint", "extra_seeds", "inner_boundary", "weak_split",
-    "area_high", "area_low", "solidity_low", "eccentricity_high",
+    "disagree", "tta", "tta_worst", "entropy_inside", "entropy_rim", "faint", "extra_seeds", "inner_boundary",
+    "weak_split", "area_high", "area_low", "solidity_low", "eccentricity_high",
 )
-# Fitted by benchmarks/doubt_auc.py on mnfinder training-data (see docs/review.md).
-INTERCEPT = -3.0
-WEIGHTS = (3.0, 2.0, 2.0, 2.0, 1.5, 1.5, 1.5, 0.5, 0.5, 0.5, 0.3)
+# Fitted by benchmarks/doubt_auc.py on mnfinder training-data, except "disagree" (how far an
+# object is from the model's own; always 0 when the labels are the model's, so it cannot be fitted
+# there): fixed so that an object the model does not see at all gets a doubt above 0.95.
+INTERCEPT = -5.134
+WEIGHTS = (8.0, 0.636, 0.663, 0.612, 0.485, 0.175, 0.095, 2.169, 2.921, 4.418, 1.432, 3.914, 1.502)
+DISAGREE_REASON = "differs from the model's objects"
 
 REASONS = {
-    "tta": "boundary unclear", "entropy_inside": "boundary unclear", "entropy_rim": "boundary unclear",
+    "disagree": DISAGREE_REASON, "tta": "boundary unclear", "tta_worst": "boundary unclear",
+    "entropy_inside": "boundary unclear", "entropy_rim": "boundary unclear",
     "faint": "faint", "extra_seeds": "may be two nuclei", "inner_boundary": "may be two nuclei",
     "weak_split": "may be one nucleus cut in two", "area_high": "may be two nuclei", "area_low": "may be debris",
     "solidity_low": "may be two nuclei", "eccentricity_high": "may be debris",
@@ -139,6 +143,7 @@ def object_features(labels: np.ndarray, views: Views) -> tuple[np.ndarray, np.nd
     X = np.zeros((len(ids), len(FEATURES)), dtype=np.float64)
     if not len(ids):
         return ids, X, regions
+    col = {name: k for k, name in enumerate(FEATURES)}
     p = views.probabilities
     fg, interior, boundary = 1.0 - p[0], p[1], p[min(2, p.shape[0] - 1)]
     entropy = doubt_image(p)
@@ -146,7 +151,10 @@ def object_features(labels: np.ndarray, views: Views) -> tuple[np.ndarray, np.nd
     for v, lab in enumerate(views.view_labels):
         ov = overlaps(labels, lab)
         np.maximum.at(best[v], ov.gt_ids.astype(np.int64), ov.iou)
-    X[:, 0] = 1.0 - best[:, ids].mean(axis=0)
+    X[:, col["disagree"]] = 1.0 - best[0, ids]  # the labels against the model's own (first view)
+    if len(best) > 1:  # against the flipped/rotated views
+        X[:, col["tta"]] = 1.0 - best[1:, ids].mean(axis=0)
+        X[:, col["tta_worst"]] = 1.0 - best[1:, ids].min(axis=0)
     seed_threshold, min_seed = views.config.seed_threshold, views.config.min_seed_size
     square = np.ones((3, 3), bool)
     h, w = labels.shape
@@ -157,22 +165,23 @@ def object_features(labels: np.ndarray, views: Views) -> tuple[np.ndarray, np.nd
         m = crop == r.label
         rim = ndi.binary_dilation(m, square, iterations=2) & ~ndi.binary_erosion(m, square)
         inner = ndi.binary_erosion(m, square, iterations=2)
-        X[row, 1] = entropy[ys, xs][m].mean()
-        X[row, 2] = entropy[ys, xs][rim].mean()
-        X[row, 3] = 1.0 - fg[ys, xs][m].mean()
+        X[row, col["entropy_inside"]] = entropy[ys, xs][m].mean()
+        X[row, col["entropy_rim"]] = entropy[ys, xs][rim].mean()
+        X[row, col["faint"]] = 1.0 - fg[ys, xs][m].mean()
         seeds, n = ndi.label((interior[ys, xs] > seed_threshold) & m)
         n_seeds = int((np.bincount(seeds.ravel())[1:] >= min_seed).sum()) if n else 0
-        X[row, 4] = min(max(n_seeds - 1, 0), 2) / 2
+        X[row, col["extra_seeds"]] = min(max(n_seeds - 1, 0), 2) / 2
         # a split line inside: boundary pixels away from the rim, against the object's diameter
-        X[row, 5] = min(1.0, (boundary[ys, xs][inner] > 0.5).sum() / (2 * np.sqrt(r.area / np.pi)))
-        other = (crop != 0) & (crop != r.label)
-        contact = m & ndi.binary_dilation(other, square)
-        X[row, 6] = 1.0 - boundary[ys, xs][contact].mean() if contact.any() else 0.0
+        line = (boundary[ys, xs][inner] > 0.5).sum()
+        X[row, col["inner_boundary"]] = min(1.0, line / (2 * np.sqrt(r.area / np.pi)))
+        contact = m & ndi.binary_dilation((crop != 0) & (crop != r.label), square)
+        X[row, col["weak_split"]] = 1.0 - boundary[ys, xs][contact].mean() if contact.any() else 0.0
     z_area = _robust_z(np.log([r.area for r in regions]))
     z_solidity = _robust_z(np.array([r.solidity for r in regions]))
     z_ecc = _robust_z(np.array([r.eccentricity for r in regions]))
-    X[:, 7], X[:, 8] = np.maximum(z_area, 0) / Z_CLIP, np.maximum(-z_area, 0) / Z_CLIP
-    X[:, 9], X[:, 10] = np.maximum(-z_solidity, 0) / Z_CLIP, np.maximum(z_ecc, 0) / Z_CLIP
+    X[:, col["area_high"]], X[:, col["area_low"]] = np.maximum(z_area, 0) / Z_CLIP, np.maximum(-z_area, 0) / Z_CLIP
+    X[:, col["solidity_low"]] = np.maximum(-z_solidity, 0) / Z_CLIP
+    X[:, col["eccentricity_high"]] = np.maximum(z_ecc, 0) / Z_CLIP
     return ids, X, regions
 
 
@@ -182,9 +191,13 @@ def doubt_from_features(X: np.ndarray) -> np.ndarray:
 
 
 def _reason(x: np.ndarray) -> str:
-    if x[3] > 0.75:
+    """The words for the strongest sign; disagreement with the model only when nothing else shows."""
+    if x[FEATURES.index("faint")] > 0.75:
         return NO_NUCLEUS
     contributions = np.asarray(WEIGHTS) * x
+    contributions[0] = 0.0
+    if contributions.max() < 0.5 and x[0] > 0.3:
+        return DISAGREE_REASON
     return REASONS[FEATURES[int(np.argmax(contributions))]]
 
 

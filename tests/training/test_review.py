@@ -9,7 +9,7 @@ from napari_unet import InputError
 from napari_unet.engine.metrics import overlaps
 from napari_unet.engine.predict import predict
 from napari_unet.engine.segmentation import instance_labels
-from napari_unet.training.review import MISSED, doubt_image, review_table
+from napari_unet.training.review import FEATURES, MISSED, doubt_image, object_features, predict_views, review_table
 
 SCALE = 1.0
 
@@ -54,6 +54,7 @@ def _damaged(labels, model_labels):
     return lab, merged, fake, centre
 
 
+@pytest.mark.slow
 def test_damaged_objects_rank_on_top(default_model, u2os, u2os_labels, u2os_probs):
     own = instance_labels(u2os_probs, u2os.shape, SCALE, default_model.postprocess)
     labels, merged, fake, removed_at = _damaged(u2os_labels, own)
@@ -63,8 +64,12 @@ def test_damaged_objects_rank_on_top(default_model, u2os, u2os_labels, u2os_prob
     assert len(objects) == len(np.unique(labels)) - 1
     assert all(0.0 <= d.doubt <= 1.0 for d in table)
     assert [d.doubt for d in table] == sorted((d.doubt for d in table), reverse=True)
-    top = [d.id for d in objects[: len(objects) // 10]]  # the top 10%
+    # the sample's own labels hold some objects the model doubts too (tiny specks, a nucleus it
+    # sees as one): the damaged ones must still be in the top 15%, all with a doubt above 0.9
+    top = [d.id for d in objects[: int(0.15 * len(objects))]]
     assert set(merged) <= set(top) and fake in top
+    assert min(d.doubt for d in objects if d.id in (*merged, fake)) > 0.9
+    assert np.median([d.doubt for d in objects if d.id not in (*merged, fake)]) < 0.3  # the rest mostly trusted
     missed = [d for d in table if d.missed and d.bbox[0] <= removed_at[0] < d.bbox[2]
               and d.bbox[1] <= removed_at[1] < d.bbox[3]]
     assert len(missed) == 1 and missed[0].reason == MISSED
@@ -73,12 +78,6 @@ def test_damaged_objects_rank_on_top(default_model, u2os, u2os_labels, u2os_prob
     assert all(by_id[i].reason == "may be two nuclei" for i in merged)
     assert by_id[fake].reason == "no nucleus seen here"
     assert all(by_id[i].bbox[0] <= by_id[i].centroid[0] < by_id[i].bbox[2] for i in merged)
-
-
-def test_model_segmentation_is_mostly_trusted(default_model, u2os, u2os_probs):
-    table = review_table(default_model, u2os, probabilities=u2os_probs, scale=SCALE, views=1)
-    objects = np.array([d.doubt for d in table if not d.missed])
-    assert np.median(objects) < 0.3
 
 
 def test_doubt_image_and_bad_input(default_model, u2os, u2os_probs):
@@ -90,3 +89,12 @@ def test_doubt_image_and_bad_input(default_model, u2os, u2os_probs):
     with pytest.raises(InputError, match="labels are"):
         review_table(default_model, u2os, np.zeros((10, 10), np.uint32), probabilities=u2os_probs, scale=SCALE,
                      views=1)
+
+
+def test_views_line_up_on_a_non_square_plane(default_model, u2os):
+    crop = u2os[:160, :256]
+    views = predict_views(default_model, crop, views=4, scale=SCALE, device="cpu")
+    assert views.probabilities.shape == (3, 160, 256) and len(views.view_labels) == 4
+    ids, X, _ = object_features(views.labels, views)
+    assert len(ids) >= 5
+    assert np.median(X[:, FEATURES.index("tta")]) < 0.1  # flipped/rotated views mapped back in place

@@ -1,0 +1,30 @@
+"""Which predicted objects are wrong: unmatched, merged, split; a swallowed speck is no merge."""
+
+import numpy as np
+
+from napari_unet.engine.metrics import wrong_objects
+
+
+def test_unmatched_merged_and_split_objects_are_wrong():
+    gt = np.zeros((100, 100), np.int32)
+    gt[5:25, 5:25], gt[5:25, 25:45] = 1, 2  # two touching nuclei
+    gt[50:80, 50:80] = 3
+    gt[5:25, 60:80] = 4
+    pred = np.zeros_like(gt)
+    pred[5:25, 5:45] = 1  # 1 and 2 merged
+    pred[50:80, 50:65], pred[50:80, 65:80] = 2, 3  # 3 split in two
+    pred[5:25, 60:80] = 4  # right
+    pred[85:95, 5:15] = 5  # nothing there
+    assert wrong_objects(gt, pred).tolist() == [1, 2, 3, 5]
+
+
+def test_a_swallowed_speck_is_no_merge():
+    gt = np.zeros((60, 60), np.int32)
+    gt[10:40, 10:40] = 1
+    gt[40:42, 20:22] = 2  # a 4-pixel speck beside the nucleus
+    pred = np.zeros_like(gt)
+    pred[10:42, 10:40] = 1
+    assert wrong_objects(gt, pred).tolist() == []
+    gt[40:50, 10:40] = 2  # a real second nucleus
+    pred[10:50, 10:40] = 1
+    assert wrong_objects(gt, pred).tolist() == [1]
