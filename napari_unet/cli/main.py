@@ -21,6 +21,7 @@ from typing import NoReturn
 
 import numpy as np
 
+from napari_unet.cli.blockwise import Terminated, terminate_like_interrupt
 from napari_unet.cli.blockwise import add_arguments as add_blockwise_arguments
 from napari_unet.engine.device import DEVICES
 from napari_unet.engine.metrics import THRESHOLDS, instance_scores, pool_scores
@@ -189,9 +190,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
             if not any(counts):
                 print(f"napari-unet: note: {path}: no objects found; check the image, --threshold or the model.",
                       file=sys.stderr)
-    except KeyboardInterrupt:
-        print(f"\nnapari-unet: Interrupted; {written} of {len(inputs)} outputs written.", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        how = "Terminated" if isinstance(exc, Terminated) else "Interrupted"
+        print(f"\nnapari-unet: {how}; {written} of {len(inputs)} outputs written.", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
     return 1 if failures else 0
 
 
@@ -482,10 +484,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; every failure is one sentence on stderr and a non-zero exit code."""
     try:
         args = build_parser().parse_args(argv)
-        return args.func(args)
-    except KeyboardInterrupt:
-        print("\nnapari-unet: Interrupted.", file=sys.stderr)
-        return 130
+        with terminate_like_interrupt():  # SIGTERM (timeout, kill, batch systems) ends like Ctrl-C
+            return args.func(args)
+    except KeyboardInterrupt as exc:
+        print(f"\nnapari-unet: {'Terminated' if isinstance(exc, Terminated) else 'Interrupted'}.", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
     except BrokenPipeError:
         _silence_stdout()
         return 0

@@ -61,3 +61,28 @@ def test_evaluate_prints_metrics_and_json(capsys):
     assert main(["evaluate", gt]) == 1
     assert main(["evaluate", gt, str(SAMPLES / "nuclei_u2os_labels.tif")]) == 1
     assert "shape" in capsys.readouterr().err
+
+
+def test_sigterm_ends_a_segment_run_like_ctrl_c(tmp_path, misc):
+    """SIGTERM (timeout, kill, batch systems) mid-run: exit 143, one line, only complete outputs."""
+    import signal
+    import time
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(8):
+        tifffile.imwrite(folder / f"img{i}.tif", misc)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "napari_unet", "segment", str(folder), "--out", str(out),
+                             "--device", "cpu", "--quiet", "--scale", "1"], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("*_labels.tif")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "Terminated" in err and "Traceback" not in err
+    written = sorted(out.iterdir())
+    assert 1 <= len(written) < 8 and all(p.name.endswith("_labels.tif") for p in written)  # no partial files
+    for p in written:
+        assert tifffile.imread(p).shape == misc.shape
