@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -9,6 +10,7 @@ import numpy as np
 from napari_unet.engine.model import SegmentationModel
 from napari_unet.engine.postprocess import PostprocessConfig
 from napari_unet.engine.segmentation import segment_image
+from napari_unet.errors import NapariUnetWarning
 from napari_unet.models import load_model
 
 
@@ -26,9 +28,16 @@ def segment(
         model: defaults to the shipped nuclei model.
         postprocess: defaults to the model's own parameters, whose sizes (in training-scale
             pixels) follow the scale used; a given ``postprocess`` is in image pixels.
-        options: passed to :func:`~napari_unet.engine.predict.predict` (``scale="auto"`` by
-            default, ``tile``, ``device``, ``tta``, ``on_scale``, …).
+        options: ``stain`` (``"fluorescence"``, ``"dark nuclei"``, ``"hematoxylin"``) and the options of
+            :func:`~napari_unet.engine.predict.predict` (``scale="auto"`` by default, ``tile``, ``device``,
+            ``tta``, ``on_scale``, …).
+
+    Warns with :class:`~napari_unet.errors.NapariUnetWarning` (one sentence) when the image does not
+    look like the model's training images (a bright background, a colour image, most of it labelled).
     """
     model = model or load_model()
-    return segment_image(model, image, postprocess=postprocess, sizes="model" if postprocess is None else "image",
-                         **options).labels
+    result = segment_image(model, image, postprocess=postprocess, sizes="model" if postprocess is None else "image",
+                           **options)
+    if result.warning is not None:
+        warnings.warn(result.warning, NapariUnetWarning, stacklevel=2)
+    return result.labels

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import Container, PushButton
-from qtpy.QtCore import QEvent, QSize, Qt
+from qtpy.QtCore import QEvent, QSize, Qt, QTimer
 from qtpy.QtWidgets import (
     QComboBox,
     QFrame,
@@ -198,17 +198,33 @@ class UNetWidget(QWidget):
         return super().event(ev)
 
     def _closed(self) -> None:
-        """napari removed the dock: stop our segmentation; the fine-tune belongs to the viewer,
-        so ask whether it keeps running (reopen the panel to follow it) or stops now."""
+        """napari removed the dock: stop our segmentation; the fine-tune belongs to the viewer, so
+        ask whether it keeps running (reopen the panel to follow it), stops now, or the dock comes back."""
+        if self.ft.session.active:
+            answer = ask_on_close()
+            if answer == "cancel":  # put the dock back as it was, sections still attached
+                QTimer.singleShot(0, lambda: self.viewer.window.add_dock_widget(self, name="U-Net", area="right"))
+                return
+            if answer == "stop":
+                self.ft.session.cancel()
         for section in (self.seg, self.corrections, self.review, self.ft):
             section.detach()
-        if not self.ft.session.active:
-            return
-        answer = QMessageBox.question(
-            None, "Fine-tuning is running",
-            "A fine-tune is running. Keep it running in the background (reopen the U-Net panel to follow it), "
-            "or stop it now (the best weights so far are kept)?",
-            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, QMessageBox.StandardButton.No)
-        if answer == QMessageBox.StandardButton.Yes:
-            return
-        self.ft.session.cancel()
+
+
+KEEP, STOP = "Keep training in the background", "Stop training"
+
+
+def ask_on_close() -> str:
+    """Ask what happens to a running fine-tune when the dock closes: ``"keep"`` (the default, also
+    Enter), ``"stop"`` (the best weights so far are kept) or ``"cancel"`` (Esc: the dock stays open)."""
+    box = QMessageBox(QMessageBox.Icon.Question, "Fine-tuning is running",
+                      "A fine-tune is running. It can keep training in the background (reopen the U-Net panel "
+                      "to follow it), or stop now and keep the best weights so far.")
+    keep = box.addButton(KEEP, QMessageBox.ButtonRole.AcceptRole)
+    stop = box.addButton(STOP, QMessageBox.ButtonRole.DestructiveRole)
+    cancel = box.addButton(QMessageBox.StandardButton.Cancel)
+    box.setDefaultButton(keep)
+    box.setEscapeButton(cancel)
+    box.exec()
+    clicked = box.clickedButton()
+    return "keep" if clicked is keep else "stop" if clicked is stop else "cancel"

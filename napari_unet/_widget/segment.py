@@ -47,8 +47,8 @@ class SegmentSection(SegmentOptions):
         self.summary = Label(value="")
         buttons = Container(widgets=[self.run_btn, self.cancel_btn], layout="horizontal", labels=False)
         buttons.margins = (0, 0, 0, 0)
-        self.main = Container(widgets=[self.image, self.stack, self.channel, self.scale_row, self.threshold, self.seeds,
-                                       self.min_size, buttons, self.progress, self.summary])
+        self.main = Container(widgets=[self.image, self.stack, self.stain, self.channel, self.scale_row,
+                                       self.threshold, self.seeds, self.min_size, buttons, self.progress, self.summary])
         self._bridge = _Progress()
         self._bridge.tick.connect(self._on_progress)
         self.run_btn.changed.connect(self.run)
@@ -69,6 +69,9 @@ class SegmentSection(SegmentOptions):
             return self.state.error("A segmentation is already running.")
         plane = self.writer.current_plane(layer) if layer.ndim > 2 and self.stack.value == "current plane" else None
         if wants_blockwise(layer, plane):
+            if self.stain.value != "fluorescence":
+                return self.state.error(f"The stain '{self.stain.value}' is not available for large or lazy images, "
+                                        "which are segmented blockwise; convert the image to fluorescence-like first.")
             return self.blockwise.start(layer, plane)
         try:
             image = np.asarray(layer.data[plane] if plane is not None else layer.data)
@@ -77,7 +80,7 @@ class SegmentSection(SegmentOptions):
         post, options = self.postprocess(), dict(
             tile=self.tile.value, overlap=self.overlap.value, batch_size=self.batch.value, device=self.device.value,
             scale="auto" if self.auto_scale.value else self.scale.value, channel_axis=-1 if layer.rgb else None,
-            channel=self.channel.value, pixel_size_um=layer_pixel_size(layer))
+            channel=self.channel_for(layer.rgb), stain=self.stain.value, pixel_size_um=layer_pixel_size(layer))
         self._cancel = cancel = threading.Event()
         torch.set_num_threads(ui_threads())
 
@@ -155,6 +158,9 @@ class SegmentSection(SegmentOptions):
                                   scale=result.scale.scale)
         self.show_scale(result.scale.scale)
         self._report(layer, result.summary(), result.scale.scale, result.min_size_used, "Segmented")
+        if result.warning is not None:  # after the result line, so the status line keeps the warning
+            self.summary.value += f"\n⚠ {result.warning}"
+            self.state.warn(result.warning)
 
     def _report(self, layer: Labels, found: str, scale: float, min_size: int | None, verb: str) -> None:
         """The summary line and the status line: what was found and the numbers actually used."""

@@ -27,6 +27,7 @@ from napari_unet.engine.metrics import THRESHOLDS, instance_scores, pool_scores
 from napari_unet.engine.predict import DEFAULT_OVERLAP, DEFAULT_TILE
 from napari_unet.engine.scale import SCALE_LIMITS, ScaleChoice
 from napari_unet.engine.segmentation import count_sentence, segment_image
+from napari_unet.engine.stain import STAINS
 from napari_unet.errors import InputError, InvalidParameter, NapariUnetError, os_error_sentence
 from napari_unet.io.image_files import read_image_file, write_labels_file
 from napari_unet.io.lazy import stem
@@ -161,10 +162,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
                     model, file.data, postprocess=post, min_size=args.min_size, tile=args.tile, overlap=args.overlap,
                     batch_size=args.batch_size, device=args.device, scale=args.scale,
                     pixel_size_um=file.pixel_size_um, channel=args.channel, channel_axis=channel_axis, tta=args.tta,
-                    on_choice=partial(_note_scale, path, asked=args.scale),
+                    stain=args.stain, on_choice=partial(_note_scale, path, asked=args.scale),
                     progress=None if args.quiet else ProgressBar(path.name),
                 )
                 labels, counts, scale = result.labels, result.counts, result.scale.scale
+                if result.warning is not None:
+                    print(f"napari-unet: warning: {path}: {result.warning}", file=sys.stderr)
                 del result  # the probabilities
                 write_labels_file(out, labels, axes=file.labels_axes, pixel_size_um=file.pixel_size_um,
                                   overwrite=args.overwrite)
@@ -415,6 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--tta", action="store_true", help="average over the 8 flips/rotations (8x slower)")
     seg.add_argument("--channel", type=_number("--channel", integer=True, low=0),
                      help="channel to use from a multichannel image")
+    seg.add_argument("--stain", choices=STAINS, default="fluorescence",
+                     help="the image kind: fluorescence (bright nuclei on dark, default), 'dark nuclei' "
+                          "(dark nuclei on a bright background) or hematoxylin (H&E/IHC colour images)")
     seg.add_argument("--channel-axis", type=_number("--channel-axis", integer=True),
                      help="which axis holds the channels (e.g. -1 for Y,X,C; 0 for C,Y,X); default: a last "
                           "axis of 2-4 is read as channels")

@@ -61,3 +61,18 @@ def test_evaluate_prints_metrics_and_json(capsys):
     assert main(["evaluate", gt]) == 1
     assert main(["evaluate", gt, str(SAMPLES / "nuclei_u2os_labels.tif")]) == 1
     assert "shape" in capsys.readouterr().err
+
+
+def test_segment_warns_once_per_odd_image_and_takes_a_stain(tmp_path, misc, capsys):
+    crop = misc[:256, :256]
+    tifffile.imwrite(tmp_path / "plain.tif", crop)
+    tifffile.imwrite(tmp_path / "inverted.tif", crop.max() - crop)
+    common = ["--out", str(tmp_path / "out"), "--device", "cpu", "--tile", "256", "--scale", "1", "--quiet"]
+    assert main(["segment", str(tmp_path / "plain.tif"), str(tmp_path / "inverted.tif"), *common]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning:" in line]
+    assert len(warnings) == 1 and "inverted.tif" in warnings[0] and "dark nuclei" in warnings[0]
+    assert main(["segment", str(tmp_path / "inverted.tif"), "--stain", "dark nuclei", *common[:1],
+                 str(tmp_path / "dark"), *common[2:]]) == 0
+    assert "warning:" not in capsys.readouterr().err
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "dark" / "inverted_labels.tif"),
+                                  tifffile.imread(tmp_path / "out" / "plain_labels.tif"))
