@@ -20,6 +20,7 @@ from napari_unet.models import load_model
 from napari_unet.training.versions import ModelVersion, list_versions, models_dir_for
 
 DEFAULT_LABEL = "Default nuclei model (shipped)"
+MODEL_FILES = "Models (*.safetensors *.pt *.pth *.zip)"
 POSTPROCESS_NAMES = {"threshold": "threshold", "seed_threshold": "seed threshold", "min_size": "min size"}
 
 
@@ -78,10 +79,18 @@ class ModelSection:
         self.model = ComboBox(label="model", choices=self._choices, tooltip=(
             "The model that segments. Fine-tuned versions appear here with their validation F1 before → after "
             "and how many validation pairs and objects that score rests on."))
-        self.load_btn = PushButton(text="Load checkpoint…", tooltip=(
-            "Use a model file (.safetensors, or a .pt/.pth state dict) trained elsewhere."))
+        self.load_btn = PushButton(text="Load model…", tooltip=(
+            "Use a model file trained elsewhere: a .safetensors checkpoint, a .pt/.pth state dict or a "
+            "bioimage.io package (.zip)."))
+        self.export_btn = PushButton(text="Export to bioimage.io…", tooltip=(
+            "Write the model in use as a bioimage.io package (.zip) others can load in their tools; "
+            "the same export as 'napari-unet export-bioimageio'."))
+        self.export_dialog = None
+        buttons = Container(widgets=[self.load_btn, self.export_btn], layout="horizontal", labels=False)
+        buttons.margins = (0, 0, 0, 0)
         self.info = Label(value="")
-        self.main = Container(widgets=[self.model, self.load_btn, self.info])
+        self.main = Container(widgets=[self.model, buttons, self.info])
+        self.export_btn.changed.connect(self._export)
         self.model.changed.connect(lambda value: self.select(value))
         self.load_btn.changed.connect(self._browse)
         state.pairs_changed.connect(self.refresh)
@@ -103,10 +112,16 @@ class ModelSection:
             self.model.value = str(self.state.model_path) if self.state.model_path else None
 
     def _browse(self, *_: Any) -> None:
-        path, _ = QFileDialog.getOpenFileName(self.main.native, "Load checkpoint", "",
-                                              "Checkpoints (*.safetensors *.pt *.pth)")
+        path, _ = QFileDialog.getOpenFileName(self.main.native, "Load model", "", MODEL_FILES)
         if path:
             self.select(path)
+
+    def _export(self, *_: Any) -> None:
+        from napari_unet._widget.export import ExportDialog
+
+        if self.export_dialog is None or self.export_dialog.worker is None:  # a running export keeps its form
+            self.export_dialog = ExportDialog(self.state, self.main.native)
+        self.export_dialog.show()
 
     def select(self, path: str | Path | None, *, quiet: bool = False) -> bool:
         """Load a checkpoint (None = shipped default); on failure keep the current model."""
