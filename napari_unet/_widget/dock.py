@@ -148,6 +148,7 @@ class UNetWidget(QWidget):
         saved = state.settings.get("model")  # the model last used, if its file is still there
         if not (saved and Path(saved).is_file() and self.models.select(saved, quiet=True)):
             self.models.select(None, quiet=True)
+        state.message.emit(self.models.opened(restored=bool(saved)))  # never a silent carry-over
         self.reset_choices()
         warm_labels_layer()
         self.viewer.window._qt_window.installEventFilter(self)  # napari closing: the dock gets no other notice

@@ -67,3 +67,28 @@ def test_export_from_the_dock_passes_bioimageio_and_loads_back_from_the_dialog(q
     w.models.load_btn.native.click()
     assert "*.zip" in asked["filters"] and "*.safetensors" in asked["filters"]
     assert w.state.model_path == out and w.models.model.value == str(out)
+
+
+def test_the_dock_says_at_open_which_model_is_active_and_why(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    _, w = viewer.window.add_plugin_dock_widget("napari-unet", "U-Net")
+    assert w.status.text() == "Using the default nuclei model (the shipped default)."
+    w.corrections.folder.value = tmp_path / "pairs"
+    models = tmp_path / "models"
+    models.mkdir()
+    version = save_checkpoint(models / "20261203-140200_from_nuclei_default.safetensors", make_tiny_model().net,
+                              ModelInfo(name="tuned", provenance={
+                                  "created": "2026-12-03T14:02:00", "pairs_used": 3, "base_model": "nuclei_default",
+                                  "base_validation_f1": 0.81, "validation_f1": 0.93}))
+    w.models.refresh()
+    assert w.models.select(str(version))
+    viewer.window.remove_dock_widget("all")
+    _, w2 = viewer.window.add_plugin_dock_widget("napari-unet", "U-Net")
+    expected = (f"Using {version.name}, the model you last used; fine-tuned 2026-12-03 14:02 from 3 pairs, "
+                "F1 0.81 → 0.93.")
+    assert w2.status.text() == expected and w2.models.info.value.startswith(expected)
+    assert w2.models.model.native.toolTip().startswith(version.stem)  # the whole name, however narrow the box
+    viewer.window.remove_dock_widget("all")
+    version.unlink()
+    _, w3 = viewer.window.add_plugin_dock_widget("napari-unet", "U-Net")
+    assert w3.status.text() == "Using the default nuclei model (the shipped default; the model last used is gone)."
