@@ -11,6 +11,7 @@ from magicgui.widgets import Container, Label, ProgressBar, PushButton, create_w
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from qtpy.QtCore import QObject, QTimer, Signal
+from qtpy.QtWidgets import QFileDialog
 
 from napari_unet._widget.blockwise_run import BlockwiseRun
 from napari_unet._widget.labels import LabelsWriter
@@ -18,9 +19,11 @@ from napari_unet._widget.regions import wants_blockwise
 from napari_unet._widget.segment_options import SegmentOptions
 from napari_unet._widget.state import State, digest, ui_threads
 from napari_unet._widget.stepped_add import NEXT_TURN_MS
+from napari_unet.engine.measure import measure_objects
 from napari_unet.engine.segmentation import Segmentation, segment_image
-from napari_unet.errors import Cancelled, NapariUnetError
+from napari_unet.errors import Cancelled, NapariUnetError, os_error_sentence
 from napari_unet.io.pixel_size import layer_pixel_size
+from napari_unet.io.table import write_csv
 
 
 class _Progress(QObject):
@@ -43,9 +46,13 @@ class SegmentSection(SegmentOptions):
             "tooltip": "The image to segment. The result goes to a labels layer named '<image> labels'."})
         self.run_btn = PushButton(text="Segment", tooltip="Run the model on the image above (in the background).")
         self.cancel_btn = PushButton(text="Cancel", enabled=False, tooltip="Stop the running segmentation.")
+        self.table_btn = PushButton(text="Save table…", tooltip=(
+            "Save the measurements of the last result (label, area, centroid, mean/max intensity, eccentricity; "
+            "also in the labels layer's features) as a CSV file."))
         self.progress = ProgressBar(value=0, min=0, max=1, label="", tooltip="Pieces of the image done so far.")
         self.summary = Label(value="")
-        buttons = Container(widgets=[self.run_btn, self.cancel_btn], layout="horizontal", labels=False)
+        buttons = Container(widgets=[self.run_btn, self.cancel_btn, self.table_btn], layout="horizontal",
+                            labels=False)
         buttons.margins = (0, 0, 0, 0)
         self.main = Container(widgets=[self.image, self.stack, self.stain, self.channel, self.scale_row,
                                        self.threshold, self.seeds, self.min_size, buttons, self.progress, self.summary])
@@ -53,6 +60,8 @@ class SegmentSection(SegmentOptions):
         self._bridge.tick.connect(self._on_progress)
         self.run_btn.changed.connect(self.run)
         self.cancel_btn.changed.connect(self.cancel)
+        self.table_btn.changed.connect(self._save_table)
+        self.last: Labels | None = None  # the labels layer of the last result (Save table…)
         for w in (self.threshold, self.seeds, self.min_size):
             w.changed.connect(lambda *_: self.writer.relabel(self.postprocess()))
         state.viewer.layers.events.removed.connect(self._layer_removed)
@@ -157,6 +166,8 @@ class SegmentSection(SegmentOptions):
         layer = self.writer.write(image, plane, labels, probs, model_name, labels_digest if plane is None else None,
                                   scale=result.scale.scale)
         self.show_scale(result.scale.scale)
+        if not result.semantic:
+            self._measure(layer)
         self._report(layer, result.summary(), result.scale.scale, result.min_size_used, "Segmented")
         if result.warning is not None:  # after the result line, so the status line keeps the warning
             self.summary.value += f"\n⚠ {result.warning}"
@@ -171,6 +182,30 @@ class SegmentSection(SegmentOptions):
 
     def _relabelled(self, layer: Labels, found: str, scale: float, min_size: int) -> None:
         self._report(layer, found, scale, min_size, "Re-labelled")
+        self._measure(layer)
+
+    # -- the measurement table ---------------------------------------------------------------
+    def _measure(self, layer: Labels) -> None:
+        """Put one row per object in the layer's ``features`` (2D results)."""
+        result = self.state.result(layer)
+        image = result.source() if result is not None else None
+        if layer.data.ndim != 2 or image is None or image.data.shape[:2] != layer.data.shape:
+            return
+        layer.features = measure_objects(np.asarray(layer.data), np.asarray(image.data))
+        self.last = layer
+
+    def _save_table(self, *_: Any) -> None:
+        layer = self.last
+        if layer is None or layer not in self.state.viewer.layers or not len(layer.features):
+            return self.state.error("There is no measurement table yet; segment a 2D image first.")
+        path, _ = QFileDialog.getSaveFileName(self.main.native, "Save table", f"{layer.name}.csv", "CSV (*.csv)")
+        if not path:
+            return
+        try:  # the dialog has asked before replacing a file
+            write_csv(path, {c: layer.features[c].to_numpy() for c in layer.features.columns}, overwrite=True)
+        except OSError as exc:
+            return self.state.error(f"The table was not saved: {os_error_sentence(exc, path)}")
+        self.state.info(f"Saved the table of '{layer.name}' ({len(layer.features)} objects) to {path}.")
 
     def _say(self, message: str) -> None:
         """In the status line only: the result shows itself as a layer, and a pop-up over the canvas

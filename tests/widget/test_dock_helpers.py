@@ -1,0 +1,42 @@
+"""Everyday helpers of the dock in a real napari viewer: the measurement table."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+from qtpy.QtWidgets import QFileDialog
+
+
+@pytest.fixture(autouse=True)
+def _config_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_UNET_CONFIG_DIR", str(tmp_path / "config"))
+
+
+def test_features_table_has_a_row_per_object_follows_a_relabel_and_saves_as_csv(qtbot, make_napari_viewer, misc,
+                                                                                 tmp_path, monkeypatch):
+    viewer = make_napari_viewer()
+    viewer.add_image(misc[:256, :256], name="crop")
+    _, w = viewer.window.add_plugin_dock_widget("napari-unet", "U-Net")
+    w.seg.auto_scale.value, w.seg.scale.value, w.seg.tile.value = False, 1.0, 256
+    w.seg.run_btn.native.click()
+    qtbot.waitUntil(lambda: w.seg.worker is None, timeout=60_000)
+    layer = viewer.layers["crop labels"]
+    ids = np.unique(layer.data[layer.data > 0])
+    table = layer.features
+    assert len(ids) >= 3 and list(table["label"]) == list(ids)
+    assert list(table["area"]) == [int((layer.data == i).sum()) for i in ids]
+    first = misc[:256, :256][layer.data == ids[0]]
+    assert table["intensity_max"][0] == first.max() and np.isclose(table["intensity_mean"][0], first.mean())
+    assert {"centroid_row", "centroid_col", "eccentricity"} <= set(table.columns)
+    w.seg.min_size.value = int(table["area"].median()) + 1  # re-label: the table follows
+    qtbot.waitUntil(lambda: w.seg.writer.pending == 0 and len(layer.features) < len(ids), timeout=10_000)
+    assert list(layer.features["label"]) == list(np.unique(layer.data[layer.data > 0]))
+    out = tmp_path / "table.csv"
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *args: (str(out), "CSV (*.csv)"))
+    w.seg.table_btn.native.click()
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(layer.features) and [int(r["label"]) for r in rows] == list(layer.features["label"])
+    assert f"{len(rows)} objects" in w.status.text()
