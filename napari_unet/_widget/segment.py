@@ -168,6 +168,8 @@ class SegmentSection(SegmentOptions):
         self.show_scale(result.scale.scale)
         if not result.semantic:
             self._measure(layer)
+        if self.show_probs.value:
+            self._show_probabilities(image, result.probabilities)
         self._report(layer, result.summary(), result.scale.scale, result.min_size_used, "Segmented")
         if result.warning is not None:  # after the result line, so the status line keeps the warning
             self.summary.value += f"\n⚠ {result.warning}"
@@ -183,6 +185,20 @@ class SegmentSection(SegmentOptions):
     def _relabelled(self, layer: Labels, found: str, scale: float, min_size: int) -> None:
         self._report(layer, found, scale, min_size, "Re-labelled")
         self._measure(layer)
+
+    def _show_probabilities(self, image: Image, probs: np.ndarray) -> None:
+        """The class probabilities of a 2D result as one image layer (a slider over the classes), over the image."""
+        if probs.ndim != 3:
+            return self.state.warn("Probabilities are shown for single planes only.")
+        factor = np.array(image.data.shape[-2:] if not image.rgb else image.data.shape[:2]) / probs.shape[-2:]
+        scale = (1.0, *(np.asarray(image.scale[-2:]) * factor))
+        name = f"{image.name} probabilities"
+        if name in self.state.viewer.layers:
+            self.state.viewer.layers[name].data = probs
+        else:
+            self.state.viewer.add_image(probs, name=name, scale=scale, contrast_limits=(0, 1), colormap="magma",
+                                        blending="additive", opacity=0.6,
+                                        metadata={"classes": list(self.state.model.info.classes)})
 
     # -- the measurement table ---------------------------------------------------------------
     def _measure(self, layer: Labels) -> None:

@@ -74,7 +74,10 @@ class SegmentOptions:
             w = getattr(self, name)
             w.value = default if name != "device" or default in DEVICES else "auto"
             w.tooltip = tip
-        self.advanced = Container(widgets=[self.tile, self.overlap, self.batch, self.device])
+        self.show_probs = CheckBox(text="show probabilities", value=False, tooltip=(
+            "Also add the network's class probabilities (background, nucleus interior, boundary) as an image "
+            "layer, one class per slider step: see what the model saw before the labels were made."))
+        self.advanced = Container(widgets=[self.tile, self.overlap, self.batch, self.device, self.show_probs])
 
     # -- settings ---------------------------------------------------------------------------
     def settings(self) -> dict[str, Any]:
@@ -91,6 +94,7 @@ class SegmentOptions:
     def restore_defaults(self) -> None:
         self.apply_settings({name: default for name, (default, _) in ADVANCED.items()} | SCALE)
         self.stack.value, self.channel.value, self.stain.value = "current plane", None, "fluorescence"
+        self.show_probs.value = False
         self.show_model_postprocess()
 
     def channel_for(self, rgb: bool) -> int | None:

@@ -40,3 +40,20 @@ def test_features_table_has_a_row_per_object_follows_a_relabel_and_saves_as_csv(
         rows = list(csv.DictReader(f))
     assert len(rows) == len(layer.features) and [int(r["label"]) for r in rows] == list(layer.features["label"])
     assert f"{len(rows)} objects" in w.status.text()
+
+
+def test_show_probabilities_adds_the_class_probabilities_as_an_image_layer(qtbot, make_napari_viewer, misc):
+    viewer = make_napari_viewer()
+    viewer.add_image(misc[:256, :256], name="crop")
+    _, w = viewer.window.add_plugin_dock_widget("napari-unet", "U-Net")
+    w.seg.auto_scale.value, w.seg.scale.value, w.seg.tile.value = False, 2.0, 256
+    w.seg.show_probs.value = True
+    w.seg.run_btn.native.click()
+    qtbot.waitUntil(lambda: w.seg.worker is None, timeout=60_000)
+    probs = viewer.layers["crop probabilities"]
+    classes = w.state.model.info.classes
+    assert probs.data.shape == (len(classes), 512, 512)  # at the working size, drawn over the image
+    np.testing.assert_allclose(probs.data.sum(axis=0), 1, atol=1e-4)
+    assert tuple(probs.scale) == (1.0, 0.5, 0.5) and probs.metadata["classes"] == list(classes)
+    labels = viewer.layers["crop labels"].data
+    assert probs.data[1:].sum(axis=0)[::2, ::2][labels > 0].mean() > 0.5  # objects where the nuclei are
