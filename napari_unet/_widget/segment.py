@@ -51,7 +51,11 @@ class SegmentSection(SegmentOptions):
             "also in the labels layer's features) as a CSV file."))
         self.progress = ProgressBar(value=0, min=0, max=1, label="", tooltip="Pieces of the image done so far.")
         self.summary = Label(value="")
-        buttons = Container(widgets=[self.run_btn, self.cancel_btn, self.table_btn], layout="horizontal",
+        self.undo_btn = PushButton(text="Undo", tooltip=(
+            "Put back the labels the last Segment or change of threshold / seed threshold / min size replaced "
+            "(a few steps back). Brush edits are undone with napari's own Ctrl+Z."))
+        self.undo_btn.changed.connect(self.undo)
+        buttons = Container(widgets=[self.run_btn, self.cancel_btn, self.undo_btn, self.table_btn], layout="horizontal",
                             labels=False)
         buttons.margins = (0, 0, 0, 0)
         self.main = Container(widgets=[self.image, self.stack, self.stain, self.channel, self.scale_row,
@@ -199,6 +203,13 @@ class SegmentSection(SegmentOptions):
             self.state.viewer.add_image(probs, name=name, scale=scale, contrast_limits=(0, 1), colormap="magma",
                                         blending="additive", opacity=0.6,
                                         metadata={"classes": list(self.state.model.info.classes)})
+
+    def undo(self, *_: Any) -> None:
+        layer = self.writer.undo()
+        if layer is None:
+            return self.state.error("There is no Segment or re-label to undo.")
+        self._measure(layer)
+        self._say(f"Undone: '{layer.name}' has its previous labels back.")
 
     # -- the measurement table ---------------------------------------------------------------
     def _measure(self, layer: Labels) -> None:

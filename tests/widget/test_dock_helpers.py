@@ -57,3 +57,27 @@ def test_show_probabilities_adds_the_class_probabilities_as_an_image_layer(qtbot
     assert tuple(probs.scale) == (1.0, 0.5, 0.5) and probs.metadata["classes"] == list(classes)
     labels = viewer.layers["crop labels"].data
     assert probs.data[1:].sum(axis=0)[::2, ::2][labels > 0].mean() > 0.5  # objects where the nuclei are
+
+
+def test_undo_restores_the_labels_before_a_relabel_and_a_segment(qtbot, make_napari_viewer, misc):
+    viewer = make_napari_viewer()
+    viewer.add_image(misc[:256, :256], name="crop")
+    _, w = viewer.window.add_plugin_dock_widget("napari-unet", "U-Net")
+    w.seg.auto_scale.value, w.seg.scale.value, w.seg.tile.value = False, 1.0, 256
+    w.seg.run_btn.native.click()
+    qtbot.waitUntil(lambda: w.seg.worker is None, timeout=60_000)
+    layer = viewer.layers["crop labels"]
+    first = layer.data.copy()
+    w.seg.min_size.value = 5000  # every nucleus is smaller: all disappear
+    qtbot.waitUntil(lambda: w.seg.writer.pending == 0 and layer.data.max() == 0, timeout=10_000)
+    w.seg.scale.value = 2.0
+    w.seg.run_btn.native.click()  # Segment again into the same layer
+    qtbot.waitUntil(lambda: w.seg.worker is None, timeout=60_000)
+    w.seg.undo_btn.native.click()
+    assert layer.data.max() == 0 and "previous labels" in w.status.text()
+    w.seg.undo_btn.native.click()
+    np.testing.assert_array_equal(layer.data, first)
+    assert len(layer.features) == len(np.unique(first)) - 1  # the table follows
+    w.seg.undo_btn.native.click()  # the first result went into a new layer: nothing before it
+    assert "nothing" not in w.status.text() and "no Segment or re-label to undo" in w.status.text()
+    np.testing.assert_array_equal(layer.data, first)
