@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from napari_unet.engine.model import SegmentationModel
 from napari_unet.engine.postprocess import PostprocessConfig
-from napari_unet.engine.segmentation import segment_image
+from napari_unet.engine.segmentation import Segmentation, segment_image
 from napari_unet.errors import NapariUnetWarning
+from napari_unet.io.image_files import read_image_file, write_labels_file
 from napari_unet.models import load_model
 
 
@@ -41,3 +43,28 @@ def segment(
     if result.warning is not None:
         warnings.warn(result.warning, NapariUnetWarning, stacklevel=2)
     return result.labels
+
+
+def segment_file(
+    model: SegmentationModel,
+    path: Path | str,
+    out: Path | str,
+    *,
+    overwrite: bool = False,
+    series: int | None = None,
+    channel_axis: int | None = None,
+    **options: Any,
+) -> Segmentation:
+    """Read the image file ``path``, segment it and write its labels to ``out`` (a TIFF, atomically;
+    an existing file is a FileExistsError unless ``overwrite``): the step of ``napari-unet segment``
+    and of the dock's Batch. The file's pixel size goes to the scale choice and into the labels.
+
+    ``channel_axis`` defaults to the file's; ``options`` go to
+    :func:`~napari_unet.engine.segmentation.segment_image` (``postprocess``, ``stain``, ``scale``, …).
+    """
+    file = read_image_file(path, series=series)
+    result = segment_image(model, file.data, pixel_size_um=file.pixel_size_um,
+                           channel_axis=channel_axis if channel_axis is not None else file.channel_axis, **options)
+    write_labels_file(out, result.labels, axes=file.labels_axes, pixel_size_um=file.pixel_size_um,
+                      overwrite=overwrite)
+    return result

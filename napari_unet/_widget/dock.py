@@ -23,6 +23,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_unet._widget.batch import BatchSection
 from napari_unet._widget.corrections import CorrectionsSection
 from napari_unet._widget.finetune import FinetuneSection
 from napari_unet._widget.model import ModelSection, warm_labels_layer
@@ -100,6 +101,7 @@ class UNetWidget(QWidget):
         self.models = ModelSection(state)
         self.seg = SegmentSection(state)
         self.corrections = CorrectionsSection(state, self.seg.writer)
+        self.batch = BatchSection(state, self.seg)
         self.review = ReviewSection(state, self.corrections, channel=lambda: self.seg.channel.value)
         self.ft = FinetuneSection(state, self.models, self.seg.device, resegment=self.seg.run)
         self.restore_btn = PushButton(text="Restore defaults", tooltip=(
@@ -110,7 +112,7 @@ class UNetWidget(QWidget):
         self.advanced = Section("Advanced options", self.seg.advanced.native, expanded=False)
         self.advanced.setToolTip("Tile, overlap, batch and device: rarely need changing.")
         for container in (self.models.main, self.seg.main, self.seg.advanced, self.corrections.main, self.review.main,
-                          self.ft.top, self.ft.bottom):
+                          self.ft.top, self.ft.bottom, self.batch.main):
             _fit(container)
         body = QWidget()
         column = QVBoxLayout(body)
@@ -120,6 +122,7 @@ class UNetWidget(QWidget):
             "Segment": Section("Segment", self.seg.main.native, self.advanced),
             "Corrections": Section("Corrections", self.corrections.main.native, self.review.main.native),
             "Fine-tune": Section("Fine-tune", self.ft.top.native, self.ft.plot, self.ft.bottom.native),
+            "Batch": Section("Batch", self.batch.main.native, expanded=False),
         }
         for box in self.sections.values():
             column.addWidget(box)
@@ -208,7 +211,7 @@ class UNetWidget(QWidget):
                 return
             if answer == "stop":
                 self.ft.session.cancel()
-        for section in (self.seg, self.corrections, self.review, self.ft):
+        for section in (self.seg, self.corrections, self.review, self.ft, self.batch):
             section.detach()
 
 

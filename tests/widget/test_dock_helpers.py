@@ -81,3 +81,33 @@ def test_undo_restores_the_labels_before_a_relabel_and_a_segment(qtbot, make_nap
     w.seg.undo_btn.native.click()  # the first result went into a new layer: nothing before it
     assert "nothing" not in w.status.text() and "no Segment or re-label to undo" in w.status.text()
     np.testing.assert_array_equal(layer.data, first)
+
+
+def test_batch_segments_a_folder_like_the_command_line_and_never_overwrites(qtbot, make_napari_viewer, misc,
+                                                                            tmp_path, default_model):
+    import tifffile
+
+    from napari_unet.engine.segmentation import segment_image
+
+    images, out = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    crops = {"a": misc[:128, :128], "b": misc[128:256, :128], "c": misc[:128, 128:256]}
+    for name, crop in crops.items():
+        tifffile.imwrite(images / f"{name}.tif", crop)
+    (images / "broken.tif").write_bytes(b"II*\x00garbage")
+    viewer = make_napari_viewer()
+    _, w = viewer.window.add_plugin_dock_widget("napari-unet", "U-Net")
+    w.seg.auto_scale.value, w.seg.scale.value, w.seg.tile.value = False, 1.0, 256
+    w.batch.source.value, w.batch.out.value = images, out
+    w.batch.run_btn.native.click()
+    qtbot.waitUntil(lambda: w.batch.worker is None, timeout=120_000)
+    assert sorted(p.name for p in out.iterdir()) == ["a_labels.tif", "b_labels.tif", "c_labels.tif"]
+    for name, crop in crops.items():  # what the engine gives with the same options
+        expected = segment_image(default_model, crop, postprocess=w.seg.postprocess(), tile=256, scale=1.0).labels
+        np.testing.assert_array_equal(tifffile.imread(out / f"{name}_labels.tif"), expected)
+    assert "3 of 4 images" in w.batch.report.value and "broken.tif: " in w.batch.report.value
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    w.batch.run_btn.native.click()  # again: nothing is replaced, one sentence per file
+    qtbot.waitUntil(lambda: w.batch.worker is None, timeout=60_000)
+    assert w.batch.report.value.count("already exists; it was not replaced") == 3
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps
