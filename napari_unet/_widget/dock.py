@@ -34,6 +34,13 @@ from napari_unet._widget.state import State
 if TYPE_CHECKING:
     import napari
 
+SECTION_TIPS = {
+    "Model": "Which model segments: the shipped one, your fine-tuned versions or a file; export it to bioimage.io.",
+    "Segment": "Run the model on an image: stain, channel, scale and post-processing; undo and the measurement table.",
+    "Corrections": "Correct the labels with napari's brush, review doubtful objects and export them as training pairs.",
+    "Fine-tune": "Train the model further on your exported pairs, in a background process, and use it if better.",
+    "Batch": "Segment every image of a folder into an output folder, as the command line does.",
+}
 WIDTH = 380  # preferred dock width: the canvas keeps most of a laptop's screen
 
 
@@ -124,7 +131,8 @@ class UNetWidget(QWidget):
             "Fine-tune": Section("Fine-tune", self.ft.top.native, self.ft.plot, self.ft.bottom.native),
             "Batch": Section("Batch", self.batch.main.native, expanded=False),
         }
-        for box in self.sections.values():
+        for title, box in self.sections.items():
+            box.button.setToolTip(SECTION_TIPS[title])
             column.addWidget(box)
         column.addWidget(self.restore_btn.native)
         column.addStretch(1)
