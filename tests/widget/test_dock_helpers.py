@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import csv
+from importlib.resources import files
 
 import numpy as np
 import pytest
+import yaml
 from qtpy.QtWidgets import QFileDialog
+
+PLUGIN = yaml.safe_load((files("napari_unet") / "napari.yaml").read_text())["name"]  # the npe2 plugin name
 
 
 @pytest.fixture(autouse=True)
@@ -18,7 +22,7 @@ def test_features_table_has_a_row_per_object_follows_a_relabel_and_saves_as_csv(
                                                                                  tmp_path, monkeypatch):
     viewer = make_napari_viewer()
     viewer.add_image(misc[:256, :256], name="crop")
-    _, w = viewer.window.add_plugin_dock_widget("napari-unet", "U-Net")
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "U-Net")
     w.seg.auto_scale.value, w.seg.scale.value, w.seg.tile.value = False, 1.0, 256
     w.seg.run_btn.native.click()
     qtbot.waitUntil(lambda: w.seg.worker is None, timeout=60_000)
@@ -45,7 +49,7 @@ def test_features_table_has_a_row_per_object_follows_a_relabel_and_saves_as_csv(
 def test_show_probabilities_adds_the_class_probabilities_as_an_image_layer(qtbot, make_napari_viewer, misc):
     viewer = make_napari_viewer()
     viewer.add_image(misc[:256, :256], name="crop")
-    _, w = viewer.window.add_plugin_dock_widget("napari-unet", "U-Net")
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "U-Net")
     w.seg.auto_scale.value, w.seg.scale.value, w.seg.tile.value = False, 2.0, 256
     w.seg.show_probs.value = True
     w.seg.run_btn.native.click()
@@ -62,7 +66,7 @@ def test_show_probabilities_adds_the_class_probabilities_as_an_image_layer(qtbot
 def test_undo_restores_the_labels_before_a_relabel_and_a_segment(qtbot, make_napari_viewer, misc):
     viewer = make_napari_viewer()
     viewer.add_image(misc[:256, :256], name="crop")
-    _, w = viewer.window.add_plugin_dock_widget("napari-unet", "U-Net")
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "U-Net")
     w.seg.auto_scale.value, w.seg.scale.value, w.seg.tile.value = False, 1.0, 256
     w.seg.run_btn.native.click()
     qtbot.waitUntil(lambda: w.seg.worker is None, timeout=60_000)
@@ -96,7 +100,7 @@ def test_batch_segments_a_folder_like_the_command_line_and_never_overwrites(qtbo
         tifffile.imwrite(images / f"{name}.tif", crop)
     (images / "broken.tif").write_bytes(b"II*\x00garbage")
     viewer = make_napari_viewer()
-    _, w = viewer.window.add_plugin_dock_widget("napari-unet", "U-Net")
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "U-Net")
     w.seg.auto_scale.value, w.seg.scale.value, w.seg.tile.value = False, 1.0, 256
     w.batch.source.value, w.batch.out.value = images, out
     w.batch.run_btn.native.click()

@@ -6,15 +6,19 @@ import hashlib
 import os
 import subprocess
 import sys
+from importlib.resources import files
 from pathlib import Path
 
 import pytest
+import yaml
 from qtpy.QtWidgets import QFileDialog
 
 from napari_unet.io.checkpoint import ModelInfo, save_checkpoint
 from tests.helpers import make_tiny_model
 
 pytest.importorskip("bioimageio.core")
+
+PLUGIN = yaml.safe_load((files("napari_unet") / "napari.yaml").read_text())["name"]  # the npe2 plugin name
 
 
 @pytest.fixture(autouse=True)
@@ -34,7 +38,7 @@ def _bioimageio_test(package: Path) -> subprocess.CompletedProcess:
 def test_export_from_the_dock_passes_bioimageio_and_loads_back_from_the_dialog(qtbot, make_napari_viewer, tmp_path,
                                                                                monkeypatch):
     viewer = make_napari_viewer()
-    _, w = viewer.window.add_plugin_dock_widget("napari-unet", "U-Net")
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "U-Net")
     tiny = save_checkpoint(tmp_path / "tiny.safetensors", make_tiny_model(seed=3).net, ModelInfo(name="tiny"))
     assert w.models.select(tiny)
     w.models.export_btn.native.click()
@@ -71,7 +75,7 @@ def test_export_from_the_dock_passes_bioimageio_and_loads_back_from_the_dialog(q
 
 def test_the_dock_says_at_open_which_model_is_active_and_why(make_napari_viewer, tmp_path):
     viewer = make_napari_viewer()
-    _, w = viewer.window.add_plugin_dock_widget("napari-unet", "U-Net")
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "U-Net")
     assert w.status.text() == "Using the default nuclei model (the shipped default)."
     w.corrections.folder.value = tmp_path / "pairs"
     models = tmp_path / "models"
@@ -83,12 +87,12 @@ def test_the_dock_says_at_open_which_model_is_active_and_why(make_napari_viewer,
     w.models.refresh()
     assert w.models.select(str(version))
     viewer.window.remove_dock_widget("all")
-    _, w2 = viewer.window.add_plugin_dock_widget("napari-unet", "U-Net")
+    _, w2 = viewer.window.add_plugin_dock_widget(PLUGIN, "U-Net")
     expected = (f"Using {version.name}, the model you last used; fine-tuned 2026-12-03 14:02 from 3 pairs, "
                 "F1 0.81 → 0.93.")
     assert w2.status.text() == expected and w2.models.info.value.startswith(expected)
     assert w2.models.model.native.toolTip().startswith(version.stem)  # the whole name, however narrow the box
     viewer.window.remove_dock_widget("all")
     version.unlink()
-    _, w3 = viewer.window.add_plugin_dock_widget("napari-unet", "U-Net")
+    _, w3 = viewer.window.add_plugin_dock_widget(PLUGIN, "U-Net")
     assert w3.status.text() == "Using the default nuclei model (the shipped default; the model last used is gone)."
