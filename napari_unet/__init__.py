@@ -15,7 +15,7 @@ from napari_unet.engine.postprocess import PostprocessConfig, labels_from_probab
 from napari_unet.engine.predict import choose_scale, predict
 from napari_unet.engine.scale import scale_from_pixel_size
 from napari_unet.engine.segmentation import Segmentation, segment_image
-from napari_unet.errors import Cancelled, CheckpointError, InputError, NapariUnetError
+from napari_unet.errors import Cancelled, CheckpointError, InputError, NapariUnetError, NapariUnetWarning
 from napari_unet.models import load_model
 from napari_unet.training.versions import list_versions
 
@@ -24,6 +24,7 @@ __all__ = [
     "CheckpointError",
     "InputError",
     "NapariUnetError",
+    "NapariUnetWarning",
     "PostprocessConfig",
     "Segmentation",
     "SegmentationModel",

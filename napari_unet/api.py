@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from napari_unet.engine.model import SegmentationModel
 from napari_unet.engine.postprocess import PostprocessConfig
-from napari_unet.engine.segmentation import segment_image
+from napari_unet.engine.segmentation import Segmentation, segment_image
+from napari_unet.errors import NapariUnetWarning
+from napari_unet.io.image_files import read_image_file, write_labels_file
 from napari_unet.models import load_model
 
 
@@ -26,9 +30,41 @@ def segment(
         model: defaults to the shipped nuclei model.
         postprocess: defaults to the model's own parameters, whose sizes (in training-scale
             pixels) follow the scale used; a given ``postprocess`` is in image pixels.
-        options: passed to :func:`~napari_unet.engine.predict.predict` (``scale="auto"`` by
-            default, ``tile``, ``device``, ``tta``, ``on_scale``, …).
+        options: ``stain`` (``"fluorescence"``, ``"dark nuclei"``, ``"hematoxylin"``) and the options of
+            :func:`~napari_unet.engine.predict.predict` (``scale="auto"`` by default, ``tile``, ``device``,
+            ``tta``, ``on_scale``, …).
+
+    Warns with :class:`~napari_unet.errors.NapariUnetWarning` (one sentence) when the image does not
+    look like the model's training images (a bright background, a colour image, most of it labelled).
     """
     model = model or load_model()
-    return segment_image(model, image, postprocess=postprocess, sizes="model" if postprocess is None else "image",
-                         **options).labels
+    result = segment_image(model, image, postprocess=postprocess, sizes="model" if postprocess is None else "image",
+                           **options)
+    if result.warning is not None:
+        warnings.warn(result.warning, NapariUnetWarning, stacklevel=2)
+    return result.labels
+
+
+def segment_file(
+    model: SegmentationModel,
+    path: Path | str,
+    out: Path | str,
+    *,
+    overwrite: bool = False,
+    series: int | None = None,
+    channel_axis: int | None = None,
+    **options: Any,
+) -> Segmentation:
+    """Read the image file ``path``, segment it and write its labels to ``out`` (a TIFF, atomically;
+    an existing file is a FileExistsError unless ``overwrite``): the step of ``napari-unet segment``
+    and of the dock's Batch. The file's pixel size goes to the scale choice and into the labels.
+
+    ``channel_axis`` defaults to the file's; ``options`` go to
+    :func:`~napari_unet.engine.segmentation.segment_image` (``postprocess``, ``stain``, ``scale``, …).
+    """
+    file = read_image_file(path, series=series)
+    result = segment_image(model, file.data, pixel_size_um=file.pixel_size_um,
+                           channel_axis=channel_axis if channel_axis is not None else file.channel_axis, **options)
+    write_labels_file(out, result.labels, axes=file.labels_axes, pixel_size_um=file.pixel_size_um,
+                      overwrite=overwrite)
+    return result

@@ -15,6 +15,10 @@ class InputError(NapariUnetError):
     """An image (or pair of images) cannot be used as given."""
 
 
+class NapariUnetWarning(UserWarning):
+    """A result that ran but may be wrong: ``str(warning)`` is one sentence naming what to try."""
+
+
 class Cancelled(NapariUnetError):
     """The caller asked to stop."""
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import Container, PushButton
-from qtpy.QtCore import QEvent, QSize, Qt
+from qtpy.QtCore import QEvent, QSize, Qt, QTimer
 from qtpy.QtWidgets import (
     QComboBox,
     QFrame,
@@ -23,6 +23,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_unet._widget.batch import BatchSection
 from napari_unet._widget.corrections import CorrectionsSection
 from napari_unet._widget.finetune import FinetuneSection
 from napari_unet._widget.model import ModelSection, warm_labels_layer
@@ -33,6 +34,13 @@ from napari_unet._widget.state import State
 if TYPE_CHECKING:
     import napari
 
+SECTION_TIPS = {
+    "Model": "Which model segments: the shipped one, your fine-tuned versions or a file; export it to bioimage.io.",
+    "Segment": "Run the model on an image: stain, channel, scale and post-processing; undo and the measurement table.",
+    "Corrections": "Correct the labels with napari's brush, review doubtful objects and export them as training pairs.",
+    "Fine-tune": "Train the model further on your exported pairs, in a background process, and use it if better.",
+    "Batch": "Segment every image of a folder into an output folder, as the command line does.",
+}
 WIDTH = 380  # preferred dock width: the canvas keeps most of a laptop's screen
 
 
@@ -100,6 +108,7 @@ class UNetWidget(QWidget):
         self.models = ModelSection(state)
         self.seg = SegmentSection(state)
         self.corrections = CorrectionsSection(state, self.seg.writer)
+        self.batch = BatchSection(state, self.seg)
         self.review = ReviewSection(state, self.corrections, channel=lambda: self.seg.channel.value)
         self.ft = FinetuneSection(state, self.models, self.seg.device, resegment=self.seg.run)
         self.restore_btn = PushButton(text="Restore defaults", tooltip=(
@@ -110,7 +119,7 @@ class UNetWidget(QWidget):
         self.advanced = Section("Advanced options", self.seg.advanced.native, expanded=False)
         self.advanced.setToolTip("Tile, overlap, batch and device: rarely need changing.")
         for container in (self.models.main, self.seg.main, self.seg.advanced, self.corrections.main, self.review.main,
-                          self.ft.top, self.ft.bottom):
+                          self.ft.top, self.ft.bottom, self.batch.main):
             _fit(container)
         body = QWidget()
         column = QVBoxLayout(body)
@@ -120,8 +129,10 @@ class UNetWidget(QWidget):
             "Segment": Section("Segment", self.seg.main.native, self.advanced),
             "Corrections": Section("Corrections", self.corrections.main.native, self.review.main.native),
             "Fine-tune": Section("Fine-tune", self.ft.top.native, self.ft.plot, self.ft.bottom.native),
+            "Batch": Section("Batch", self.batch.main.native, expanded=False),
         }
-        for box in self.sections.values():
+        for title, box in self.sections.items():
+            box.button.setToolTip(SECTION_TIPS[title])
             column.addWidget(box)
         column.addWidget(self.restore_btn.native)
         column.addStretch(1)
@@ -148,6 +159,7 @@ class UNetWidget(QWidget):
         saved = state.settings.get("model")  # the model last used, if its file is still there
         if not (saved and Path(saved).is_file() and self.models.select(saved, quiet=True)):
             self.models.select(None, quiet=True)
+        state.message.emit(self.models.opened(restored=bool(saved)))  # never a silent carry-over
         self.reset_choices()
         warm_labels_layer()
         self.viewer.window._qt_window.installEventFilter(self)  # napari closing: the dock gets no other notice
@@ -198,17 +210,33 @@ class UNetWidget(QWidget):
         return super().event(ev)
 
     def _closed(self) -> None:
-        """napari removed the dock: stop our segmentation; the fine-tune belongs to the viewer,
-        so ask whether it keeps running (reopen the panel to follow it) or stops now."""
-        for section in (self.seg, self.corrections, self.review, self.ft):
+        """napari removed the dock: stop our segmentation; the fine-tune belongs to the viewer, so
+        ask whether it keeps running (reopen the panel to follow it), stops now, or the dock comes back."""
+        if self.ft.session.active:
+            answer = ask_on_close()
+            if answer == "cancel":  # put the dock back as it was, sections still attached
+                QTimer.singleShot(0, lambda: self.viewer.window.add_dock_widget(self, name="U-Net", area="right"))
+                return
+            if answer == "stop":
+                self.ft.session.cancel()
+        for section in (self.seg, self.corrections, self.review, self.ft, self.batch):
             section.detach()
-        if not self.ft.session.active:
-            return
-        answer = QMessageBox.question(
-            None, "Fine-tuning is running",
-            "A fine-tune is running. Keep it running in the background (reopen the U-Net panel to follow it), "
-            "or stop it now (the best weights so far are kept)?",
-            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, QMessageBox.StandardButton.No)
-        if answer == QMessageBox.StandardButton.Yes:
-            return
-        self.ft.session.cancel()
+
+
+KEEP, STOP = "Keep training in the background", "Stop training"
+
+
+def ask_on_close() -> str:
+    """Ask what happens to a running fine-tune when the dock closes: ``"keep"`` (the default, also
+    Enter), ``"stop"`` (the best weights so far are kept) or ``"cancel"`` (Esc: the dock stays open)."""
+    box = QMessageBox(QMessageBox.Icon.Question, "Fine-tuning is running",
+                      "A fine-tune is running. It can keep training in the background (reopen the U-Net panel "
+                      "to follow it), or stop now and keep the best weights so far.")
+    keep = box.addButton(KEEP, QMessageBox.ButtonRole.AcceptRole)
+    stop = box.addButton(STOP, QMessageBox.ButtonRole.DestructiveRole)
+    cancel = box.addButton(QMessageBox.StandardButton.Cancel)
+    box.setDefaultButton(keep)
+    box.setEscapeButton(cancel)
+    box.exec()
+    clicked = box.clickedButton()
+    return "keep" if clicked is keep else "stop" if clicked is stop else "cancel"

@@ -17,6 +17,8 @@ from napari_unet.engine.postprocess import PostprocessConfig
 from napari_unet.engine.scale import postprocess_at_scale
 from napari_unet.engine.segmentation import count_sentence, instance_labels, object_counts
 
+UNDO_STEPS = 5  # Segment/re-label results that Undo can step back through, per dock
+
 RelabelFn = Callable[[Labels, str, float, int], None]
 
 
@@ -37,6 +39,28 @@ class LabelsWriter:
         self.on_relabel = on_relabel
         self.pending = 0  # re-labelling workers still running
         self._generation = 0
+        self.history: list[tuple[weakref.ref, np.ndarray]] = []  # labels before each Segment/re-label
+
+    def _remember(self, layer: Labels) -> None:
+        """Keep the layer's labels before a Segment or re-label replaces them (the last few; not for
+        labels over 256 MiB, which would hold that much memory per step)."""
+        if np.asarray(layer.data).nbytes > 1 << 28:
+            self.history = []
+            return
+        self.history = [*self.history[-(UNDO_STEPS - 1):], (weakref.ref(layer), np.array(layer.data, copy=True))]
+
+    def undo(self) -> Labels | None:
+        """Put back the labels the last Segment or re-label replaced; the layer, or None if nothing to undo."""
+        while self.history:
+            ref, before = self.history.pop()
+            layer, result = ref(), self.state.result(ref())
+            if layer is None or layer not in self.state.viewer.layers or result is None:
+                continue
+            self._generation += 1  # a re-labelling still running would replace them again
+            layer.data = before
+            result.written = digest(np.asarray(layer.data))
+            return layer
+        return None
 
     @staticmethod
     def compact(labels: np.ndarray) -> np.ndarray:
@@ -112,6 +136,8 @@ class LabelsWriter:
             new = True
         else:
             new = self.state.result(layer).pending  # the empty layer from prepare(): its first result
+            if not new:
+                self._remember(layer)
             layer.data = data
         same = labels_digest is not None and layer.data is labels  # napari kept the array as given
         written = labels_digest if same else digest(np.asarray(layer.data))
@@ -164,6 +190,7 @@ class LabelsWriter:
             result = self.state.result(layer)
             if result is None or not self.unedited(layer):
                 continue
+            self._remember(layer)
             layer.data = labels if result.plane is None else with_plane(layer.data, result.plane, labels)
             result.written = digest(np.asarray(layer.data))
             if self.on_relabel is not None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 from magicgui.widgets import ComboBox, Container, Label, PushButton
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFileDialog
 
 from napari_unet._widget.state import State, lower_thread_priority
@@ -20,6 +21,9 @@ from napari_unet.models import load_model
 from napari_unet.training.versions import ModelVersion, list_versions, models_dir_for
 
 DEFAULT_LABEL = "Default nuclei model (shipped)"
+MODEL_TIP = ("The model that segments. Fine-tuned versions appear here with their validation F1 before → after "
+             "and how many validation pairs and objects that score rests on.")
+MODEL_FILES = "Models (*.safetensors *.pt *.pth *.zip)"
 POSTPROCESS_NAMES = {"threshold": "threshold", "seed_threshold": "seed threshold", "min_size": "min size"}
 
 
@@ -31,6 +35,15 @@ def version_label(v: ModelVersion) -> str:
     if v.val_pairs is not None:
         text += f" · {v.val_pairs} val pair{'s' if v.val_pairs != 1 else ''}"
         text += f", {v.val_objects} objects" if v.val_objects is not None else ""
+    return text
+
+
+def version_story(v: ModelVersion) -> str:
+    """``fine-tuned 2026-12-03 14:02 from 3 pairs, F1 0.81 → 0.93``: where a version came from."""
+    text = f"fine-tuned {v.created[:16].replace('T', ' ')}" if v.created else "fine-tuned"
+    text += f" from {v.pairs} pair{'s' if v.pairs != 1 else ''}" if v.pairs is not None else ""
+    if None not in (v.f1_before, v.f1_after):
+        text += f", F1 {v.f1_before:.2f} → {v.f1_after:.2f}"
     return text
 
 
@@ -75,20 +88,27 @@ class ModelSection:
         self.state = state
         self.extra: list[Path] = []  # checkpoints loaded from a file
         self.warm_thread: threading.Thread | None = None
-        self.model = ComboBox(label="model", choices=self._choices, tooltip=(
-            "The model that segments. Fine-tuned versions appear here with their validation F1 before → after "
-            "and how many validation pairs and objects that score rests on."))
-        self.load_btn = PushButton(text="Load checkpoint…", tooltip=(
-            "Use a model file (.safetensors, or a .pt/.pth state dict) trained elsewhere."))
+        self.model = ComboBox(label="model", choices=self._choices, tooltip=MODEL_TIP)
+        self.load_btn = PushButton(text="Load model…", tooltip=(
+            "Use a model file trained elsewhere: a .safetensors checkpoint, a .pt/.pth state dict or a "
+            "bioimage.io package (.zip)."))
+        self.export_btn = PushButton(text="Export to bioimage.io…", tooltip=(
+            "Write the model in use as a bioimage.io package (.zip) others can load in their tools; "
+            "the same export as 'napari-unet export-bioimageio'."))
+        self.export_dialog = None
+        buttons = Container(widgets=[self.load_btn, self.export_btn], layout="horizontal", labels=False)
+        buttons.margins = (0, 0, 0, 0)
         self.info = Label(value="")
-        self.main = Container(widgets=[self.model, self.load_btn, self.info])
+        self.main = Container(widgets=[self.model, buttons, self.info])
+        self.export_btn.changed.connect(self._export)
         self.model.changed.connect(lambda value: self.select(value))
+        self.model.native.view().setTextElideMode(Qt.TextElideMode.ElideMiddle)  # long names shown whole-ish
+        self.active = ""  # which model is in use and why, said when the dock opens
         self.load_btn.changed.connect(self._browse)
         state.pairs_changed.connect(self.refresh)
 
     def _choices(self, *_: Any) -> list[tuple[str, str | None]]:
-        models = models_dir_for(self.state.pairs_dir)
-        versions = list_versions(models) if models.is_dir() else []
+        versions = self._versions()
         out = [(DEFAULT_LABEL, None)] + [(version_label(v), str(v.path)) for v in versions]
         known = {p for _, p in out}
         out += [(p.name, str(p)) for p in self.extra if str(p) not in known]
@@ -101,12 +121,36 @@ class ModelSection:
         with self.model.changed.blocked():
             self.model.reset_choices()
             self.model.value = str(self.state.model_path) if self.state.model_path else None
+        self.model.native.setToolTip(f"{self.model.native.currentText()}\n\n{MODEL_TIP}")
+
+    def opened(self, restored: bool) -> str:
+        """The sentence the dock says at open: the model in use, and why (last used, or the default)."""
+        path = self.state.model_path
+        if path is None:
+            why = "the shipped default" + ("; the model last used is gone" if restored else "")
+            self.active = f"Using the default nuclei model ({why})."
+        else:
+            version = next((v for v in self._versions() if v.path == path), None)
+            story = f"; {version_story(version)}" if version is not None else ""
+            self.active = f"Using {path.name}, the model you last used{story}."
+        self.info.value = f"{self.active}\n{self.info.value}"
+        return self.active
+
+    def _versions(self) -> list[ModelVersion]:
+        models = models_dir_for(self.state.pairs_dir)
+        return list_versions(models) if models.is_dir() else []
 
     def _browse(self, *_: Any) -> None:
-        path, _ = QFileDialog.getOpenFileName(self.main.native, "Load checkpoint", "",
-                                              "Checkpoints (*.safetensors *.pt *.pth)")
+        path, _ = QFileDialog.getOpenFileName(self.main.native, "Load model", "", MODEL_FILES)
         if path:
             self.select(path)
+
+    def _export(self, *_: Any) -> None:
+        from napari_unet._widget.export import ExportDialog
+
+        if self.export_dialog is None or self.export_dialog.worker is None:  # a running export keeps its form
+            self.export_dialog = ExportDialog(self.state, self.main.native)
+        self.export_dialog.show()
 
     def select(self, path: str | Path | None, *, quiet: bool = False) -> bool:
         """Load a checkpoint (None = shipped default); on failure keep the current model."""

@@ -11,6 +11,7 @@ from magicgui.widgets import Container, Label, ProgressBar, PushButton, create_w
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from qtpy.QtCore import QObject, QTimer, Signal
+from qtpy.QtWidgets import QFileDialog
 
 from napari_unet._widget.blockwise_run import BlockwiseRun
 from napari_unet._widget.labels import LabelsWriter
@@ -18,9 +19,11 @@ from napari_unet._widget.regions import wants_blockwise
 from napari_unet._widget.segment_options import SegmentOptions
 from napari_unet._widget.state import State, digest, ui_threads
 from napari_unet._widget.stepped_add import NEXT_TURN_MS
+from napari_unet.engine.measure import measure_objects
 from napari_unet.engine.segmentation import Segmentation, segment_image
-from napari_unet.errors import Cancelled, NapariUnetError
+from napari_unet.errors import Cancelled, NapariUnetError, os_error_sentence
 from napari_unet.io.pixel_size import layer_pixel_size
+from napari_unet.io.table import write_csv
 
 
 class _Progress(QObject):
@@ -43,16 +46,26 @@ class SegmentSection(SegmentOptions):
             "tooltip": "The image to segment. The result goes to a labels layer named '<image> labels'."})
         self.run_btn = PushButton(text="Segment", tooltip="Run the model on the image above (in the background).")
         self.cancel_btn = PushButton(text="Cancel", enabled=False, tooltip="Stop the running segmentation.")
+        self.table_btn = PushButton(text="Save table…", tooltip=(
+            "Save the measurements of the last result (label, area, centroid, mean/max intensity, eccentricity; "
+            "also in the labels layer's features) as a CSV file."))
         self.progress = ProgressBar(value=0, min=0, max=1, label="", tooltip="Pieces of the image done so far.")
         self.summary = Label(value="")
-        buttons = Container(widgets=[self.run_btn, self.cancel_btn], layout="horizontal", labels=False)
+        self.undo_btn = PushButton(text="Undo", tooltip=(
+            "Put back the labels the last Segment or change of threshold / seed threshold / min size replaced "
+            "(a few steps back). Brush edits are undone with napari's own Ctrl+Z."))
+        self.undo_btn.changed.connect(self.undo)
+        buttons = Container(widgets=[self.run_btn, self.cancel_btn, self.undo_btn, self.table_btn], layout="horizontal",
+                            labels=False)
         buttons.margins = (0, 0, 0, 0)
-        self.main = Container(widgets=[self.image, self.stack, self.channel, self.scale_row, self.threshold, self.seeds,
-                                       self.min_size, buttons, self.progress, self.summary])
+        self.main = Container(widgets=[self.image, self.stack, self.stain, self.channel, self.scale_row,
+                                       self.threshold, self.seeds, self.min_size, buttons, self.progress, self.summary])
         self._bridge = _Progress()
         self._bridge.tick.connect(self._on_progress)
         self.run_btn.changed.connect(self.run)
         self.cancel_btn.changed.connect(self.cancel)
+        self.table_btn.changed.connect(self._save_table)
+        self.last: Labels | None = None  # the labels layer of the last result (Save table…)
         for w in (self.threshold, self.seeds, self.min_size):
             w.changed.connect(lambda *_: self.writer.relabel(self.postprocess()))
         state.viewer.layers.events.removed.connect(self._layer_removed)
@@ -69,6 +82,9 @@ class SegmentSection(SegmentOptions):
             return self.state.error("A segmentation is already running.")
         plane = self.writer.current_plane(layer) if layer.ndim > 2 and self.stack.value == "current plane" else None
         if wants_blockwise(layer, plane):
+            if self.stain.value != "fluorescence":
+                return self.state.error(f"The stain '{self.stain.value}' is not available for large or lazy images, "
+                                        "which are segmented blockwise; convert the image to fluorescence-like first.")
             return self.blockwise.start(layer, plane)
         try:
             image = np.asarray(layer.data[plane] if plane is not None else layer.data)
@@ -77,7 +93,7 @@ class SegmentSection(SegmentOptions):
         post, options = self.postprocess(), dict(
             tile=self.tile.value, overlap=self.overlap.value, batch_size=self.batch.value, device=self.device.value,
             scale="auto" if self.auto_scale.value else self.scale.value, channel_axis=-1 if layer.rgb else None,
-            channel=self.channel.value, pixel_size_um=layer_pixel_size(layer))
+            channel=self.channel_for(layer.rgb), stain=self.stain.value, pixel_size_um=layer_pixel_size(layer))
         self._cancel = cancel = threading.Event()
         torch.set_num_threads(ui_threads())
 
@@ -154,7 +170,14 @@ class SegmentSection(SegmentOptions):
         layer = self.writer.write(image, plane, labels, probs, model_name, labels_digest if plane is None else None,
                                   scale=result.scale.scale)
         self.show_scale(result.scale.scale)
+        if not result.semantic:
+            self._measure(layer)
+        if self.show_probs.value:
+            self._show_probabilities(image, result.probabilities)
         self._report(layer, result.summary(), result.scale.scale, result.min_size_used, "Segmented")
+        if result.warning is not None:  # after the result line, so the status line keeps the warning
+            self.summary.value += f"\n⚠ {result.warning}"
+            self.state.warn(result.warning)
 
     def _report(self, layer: Labels, found: str, scale: float, min_size: int | None, verb: str) -> None:
         """The summary line and the status line: what was found and the numbers actually used."""
@@ -165,6 +188,51 @@ class SegmentSection(SegmentOptions):
 
     def _relabelled(self, layer: Labels, found: str, scale: float, min_size: int) -> None:
         self._report(layer, found, scale, min_size, "Re-labelled")
+        self._measure(layer)
+
+    def _show_probabilities(self, image: Image, probs: np.ndarray) -> None:
+        """The class probabilities of a 2D result as one image layer (a slider over the classes), over the image."""
+        if probs.ndim != 3:
+            return self.state.warn("Probabilities are shown for single planes only.")
+        factor = np.array(image.data.shape[-2:] if not image.rgb else image.data.shape[:2]) / probs.shape[-2:]
+        scale = (1.0, *(np.asarray(image.scale[-2:]) * factor))
+        name = f"{image.name} probabilities"
+        if name in self.state.viewer.layers:
+            self.state.viewer.layers[name].data = probs
+        else:
+            self.state.viewer.add_image(probs, name=name, scale=scale, contrast_limits=(0, 1), colormap="magma",
+                                        blending="additive", opacity=0.6,
+                                        metadata={"classes": list(self.state.model.info.classes)})
+
+    def undo(self, *_: Any) -> None:
+        layer = self.writer.undo()
+        if layer is None:
+            return self.state.error("There is no Segment or re-label to undo.")
+        self._measure(layer)
+        self._say(f"Undone: '{layer.name}' has its previous labels back.")
+
+    # -- the measurement table ---------------------------------------------------------------
+    def _measure(self, layer: Labels) -> None:
+        """Put one row per object in the layer's ``features`` (2D results)."""
+        result = self.state.result(layer)
+        image = result.source() if result is not None else None
+        if layer.data.ndim != 2 or image is None or image.data.shape[:2] != layer.data.shape:
+            return
+        layer.features = measure_objects(np.asarray(layer.data), np.asarray(image.data))
+        self.last = layer
+
+    def _save_table(self, *_: Any) -> None:
+        layer = self.last
+        if layer is None or layer not in self.state.viewer.layers or not len(layer.features):
+            return self.state.error("There is no measurement table yet; segment a 2D image first.")
+        path, _ = QFileDialog.getSaveFileName(self.main.native, "Save table", f"{layer.name}.csv", "CSV (*.csv)")
+        if not path:
+            return
+        try:  # the dialog has asked before replacing a file
+            write_csv(path, {c: layer.features[c].to_numpy() for c in layer.features.columns}, overwrite=True)
+        except OSError as exc:
+            return self.state.error(f"The table was not saved: {os_error_sentence(exc, path)}")
+        self.state.info(f"Saved the table of '{layer.name}' ({len(layer.features)} objects) to {path}.")
 
     def _say(self, message: str) -> None:
         """In the status line only: the result shows itself as a layer, and a pop-up over the canvas

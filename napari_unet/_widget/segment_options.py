@@ -11,6 +11,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, SpinBo
 from napari_unet._widget.state import State
 from napari_unet.engine.postprocess import PostprocessConfig
 from napari_unet.engine.predict import DEFAULT_OVERLAP, DEFAULT_TILE
+from napari_unet.engine.stain import STAINS
 
 DEVICES = ["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else []) + (
     ["mps"] if torch.backends.mps.is_available() else [])
@@ -23,7 +24,8 @@ ADVANCED = {
     "batch": (4, "Pieces processed at once. Higher can be faster on a GPU; lower it if memory runs out."),
     "device": ("auto", "Where the network runs: 'auto' picks a GPU when there is one, else the CPU."),
 }
-CHANNELS = [("all (as the model expects)", None)] + [(str(c), c) for c in range(4)]
+CHANNELS = [("auto", None)] + [(str(c), c) for c in range(4)]
+BLUE = 2  # the channel "auto" gives a one-channel model on a colour image: where DAPI usually is
 SCALE = {"auto_scale": True, "scale": 1.0}  # defaults; a settings file without "auto_scale" gets auto
 
 
@@ -37,7 +39,12 @@ class SegmentOptions:
                               tooltip="For stacks (time, z): segment only the plane you look at, or every plane.")
         self.channel = ComboBox(label="channel", choices=CHANNELS, value=None, tooltip=(
             "For colour or multichannel images: the one channel (e.g. the DAPI channel) a single-channel "
-            "model should see."))
+            "model should see. 'auto': all channels when the model takes them; for a colour (RGB) image and "
+            "a one-channel model, blue (fluorescence) or all three (the other stains)."))
+        self.stain = ComboBox(label="stain", choices=list(STAINS), value="fluorescence", tooltip=(
+            "What the image shows. fluorescence: bright nuclei on a dark background (what the model was "
+            "trained on). dark nuclei: dark nuclei on a bright background (brightfield); the image is "
+            "inverted. hematoxylin: the nuclear stain of an H&E or IHC colour image, by colour deconvolution."))
         self.auto_scale = CheckBox(text="auto", value=True, tooltip=(
             "Let the model measure the nuclei first and resize the image so they match the size it was "
             "trained on; the scale it chose is shown after the run. Untick to set the scale yourself."))
@@ -67,7 +74,10 @@ class SegmentOptions:
             w = getattr(self, name)
             w.value = default if name != "device" or default in DEVICES else "auto"
             w.tooltip = tip
-        self.advanced = Container(widgets=[self.tile, self.overlap, self.batch, self.device])
+        self.show_probs = CheckBox(text="show probabilities", value=False, tooltip=(
+            "Also add the network's class probabilities (background, nucleus interior, boundary) as an image "
+            "layer, one class per slider step: see what the model saw before the labels were made."))
+        self.advanced = Container(widgets=[self.tile, self.overlap, self.batch, self.device, self.show_probs])
 
     # -- settings ---------------------------------------------------------------------------
     def settings(self) -> dict[str, Any]:
@@ -83,8 +93,18 @@ class SegmentOptions:
 
     def restore_defaults(self) -> None:
         self.apply_settings({name: default for name, (default, _) in ADVANCED.items()} | SCALE)
-        self.stack.value, self.channel.value = "current plane", None
+        self.stack.value, self.channel.value, self.stain.value = "current plane", None, "fluorescence"
+        self.show_probs.value = False
         self.show_model_postprocess()
+
+    def channel_for(self, rgb: bool) -> int | None:
+        """The channel to pass for an image: the one chosen, or for 'auto' on a colour image given as
+        fluorescence to a one-channel model, blue (so the default always runs)."""
+        model = self.state.model
+        if self.channel.value is None and rgb and self.stain.value == "fluorescence" and model is not None \
+                and model.config.in_channels == 1:
+            return BLUE
+        return self.channel.value
 
     def postprocess(self) -> PostprocessConfig:
         base = self.state.model.postprocess if self.state.model is not None else PostprocessConfig()

@@ -193,6 +193,9 @@ def export_bioimageio(
         raise InputError(f"{model_path}: only models with 'same' padding can be exported to bioimage.io.")
     if model.config.in_channels != 1:
         raise InputError(f"{model_path}: only single-channel models can be exported (the sample image is grey).")
+    shown = name or model.info.name.replace("_", " ")
+    if len(shown.strip()) < 5:
+        raise InputError(f"The package name {shown.strip()!r} is too short; bioimage.io needs at least 5 characters.")
     if cover is not None and not Path(cover).is_file():
         raise InputError(f"{cover}: no such cover image.")
     with tempfile.TemporaryDirectory(prefix="napari-unet-bmz-") as tmp:

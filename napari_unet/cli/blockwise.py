@@ -147,6 +147,10 @@ def run_blockwise(args: argparse.Namespace) -> int:
     # the user gets the one-line "cancelled" instead (the cluster's real errors come back through
     # the futures, not this logger).
     logging.getLogger("tornado.application").setLevel(logging.CRITICAL)
+    if getattr(args, "stain", "fluorescence") != "fluorescence":
+        print(f"napari-unet: error: --stain {args.stain} is not available for blockwise segmentation (zarr folders, "
+              "very large images, --block); convert the image first or segment it whole.", file=sys.stderr)
+        return 1
     try:
         model = load_model(args.model, trust_code=args.trust_package_code)
     except NapariUnetError as exc:

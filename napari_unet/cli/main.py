@@ -21,16 +21,17 @@ from typing import NoReturn
 
 import numpy as np
 
+from napari_unet.api import segment_file
 from napari_unet.cli.blockwise import Terminated, terminate_like_interrupt
 from napari_unet.cli.blockwise import add_arguments as add_blockwise_arguments
 from napari_unet.engine.device import DEVICES
 from napari_unet.engine.metrics import THRESHOLDS, instance_scores, pool_scores
 from napari_unet.engine.predict import DEFAULT_OVERLAP, DEFAULT_TILE
 from napari_unet.engine.scale import SCALE_LIMITS, ScaleChoice
-from napari_unet.engine.segmentation import count_sentence, segment_image
+from napari_unet.engine.segmentation import count_sentence
+from napari_unet.engine.stain import STAINS
 from napari_unet.errors import InputError, InvalidParameter, NapariUnetError, os_error_sentence
-from napari_unet.io.image_files import read_image_file, write_labels_file
-from napari_unet.io.lazy import stem
+from napari_unet.io.image_files import expand_inputs, labels_path_for
 from napari_unet.io.tiff import read_image
 from napari_unet.models import load_model
 from napari_unet.validate import LIMITS, check_number
@@ -70,33 +71,9 @@ def _silence_stdout() -> None:
     sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives until the process ends
 
 
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
-LABEL_SUFFIXES = ("_labels", "_masks", "_mask", "_label")
-
-
-def _is_labels_name(path: Path) -> bool:
-    return stem(path).lower().endswith(LABEL_SUFFIXES)
-
-
-def _expand_inputs(names: list[str]) -> tuple[list[Path], list[str]]:
-    """Input paths (folders expanded to the images inside), and notes about what was skipped."""
-    paths, notes = [], []
-    for name in names:
-        path = Path(name)
-        found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else [path]
-        if path.is_dir() and not found:
-            notes.append(f"{path}: folder holds no TIFF images; nothing to do there.")
-        for p in found:
-            if _is_labels_name(p):
-                notes.append(f"{p}: skipped, its name says it is a labels file, not an image.")
-            else:
-                paths.append(p)
-    return paths, notes
-
-
 def _output_paths(inputs: list[Path], out_dir: Path, overwrite: bool) -> tuple[list[Path], list[str]]:
     """Output path per input, and the problems that must stop the run before anything is written."""
-    outputs = [out_dir / f"{stem(p)}_labels.tif" for p in inputs]
+    outputs = [labels_path_for(p, out_dir) for p in inputs]
     problems = []
     seen: dict[Path, Path] = {}
     for src, out in zip(inputs, outputs):
@@ -133,7 +110,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     if wants_blockwise(args):  # zarr folders, very large images, --block/--workers/--scheduler
         return run_blockwise(args)
-    inputs, notes = _expand_inputs(args.inputs)
+    inputs, notes = expand_inputs(args.inputs)
     for note in notes:
         print(f"napari-unet: note: {note}", file=sys.stderr)
     if not inputs:
@@ -156,19 +133,17 @@ def cmd_segment(args: argparse.Namespace) -> int:
         for path, out in zip(inputs, outputs):
             start = time.monotonic()
             try:
-                file = read_image_file(path, series=args.series)
-                channel_axis = args.channel_axis if args.channel_axis is not None else file.channel_axis
-                result = segment_image(
-                    model, file.data, postprocess=post, min_size=args.min_size, tile=args.tile, overlap=args.overlap,
-                    batch_size=args.batch_size, device=args.device, scale=args.scale,
-                    pixel_size_um=file.pixel_size_um, channel=args.channel, channel_axis=channel_axis, tta=args.tta,
-                    on_choice=partial(_note_scale, path, asked=args.scale),
+                result = segment_file(
+                    model, path, out, overwrite=args.overwrite, series=args.series, channel_axis=args.channel_axis,
+                    postprocess=post, min_size=args.min_size, tile=args.tile, overlap=args.overlap,
+                    batch_size=args.batch_size, device=args.device, scale=args.scale, channel=args.channel,
+                    tta=args.tta, stain=args.stain, on_choice=partial(_note_scale, path, asked=args.scale),
                     progress=None if args.quiet else ProgressBar(path.name),
                 )
                 labels, counts, scale = result.labels, result.counts, result.scale.scale
+                if result.warning is not None:
+                    print(f"napari-unet: warning: {path}: {result.warning}", file=sys.stderr)
                 del result  # the probabilities
-                write_labels_file(out, labels, axes=file.labels_axes, pixel_size_um=file.pixel_size_um,
-                                  overwrite=args.overwrite)
             except FileExistsError:
                 failures += 1
                 print(f"napari-unet: error: {out} appeared while segmenting; it was not replaced.", file=sys.stderr)
@@ -419,6 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--tta", action="store_true", help="average over the 8 flips/rotations (8x slower)")
     seg.add_argument("--channel", type=_number("--channel", integer=True, low=0),
                      help="channel to use from a multichannel image")
+    seg.add_argument("--stain", choices=STAINS, default="fluorescence",
+                     help="the image kind: fluorescence (bright nuclei on dark, default), 'dark nuclei' "
+                          "(dark nuclei on a bright background) or hematoxylin (H&E/IHC colour images)")
     seg.add_argument("--channel-axis", type=_number("--channel-axis", integer=True),
                      help="which axis holds the channels (e.g. -1 for Y,X,C; 0 for C,Y,X); default: a last "
                           "axis of 2-4 is read as channels")

@@ -39,6 +39,18 @@ def _check_dtype(image: np.ndarray) -> np.ndarray:
     return image
 
 
+def find_channel_axis(image: np.ndarray, channel_axis: int | None = None) -> int | None:
+    """The channel axis of ``image`` (non-negative), or None: ``channel_axis`` when given, else a last
+    axis of length 2, 3 or 4 on a 3D+ image."""
+    if channel_axis is not None:
+        if not -image.ndim <= channel_axis < image.ndim:
+            raise InputError(f"channel_axis {channel_axis} does not exist in an image of {image.ndim} axes.")
+        return channel_axis % image.ndim
+    if image.ndim >= 3 and image.shape[-1] in (2, 3, 4) and image.shape[-2] > 4:
+        return image.ndim - 1
+    return None
+
+
 def to_planes(
     image: np.ndarray,
     in_channels: int,
@@ -60,11 +72,8 @@ def to_planes(
         raise InputError(f"The image is empty (shape {image.shape}).")
     if image.ndim < 2:
         raise InputError(f"The image has {image.ndim} dimension(s); at least 2 (Y, X) are needed.")
-    if channel_axis is None and image.ndim >= 3 and image.shape[-1] in (2, 3, 4) and image.shape[-2] > 4:
-        channel_axis = image.ndim - 1
+    channel_axis = find_channel_axis(image, channel_axis)
     if channel_axis is not None:
-        if not -image.ndim <= channel_axis < image.ndim:
-            raise InputError(f"channel_axis {channel_axis} does not exist in an image of {image.ndim} axes.")
         image = np.moveaxis(image, channel_axis, -3)
         if image.ndim < 3:
             raise InputError("An image with a channel axis needs two more axes (Y, X).")

@@ -11,11 +11,13 @@ from typing import Any
 import numpy as np
 from skimage.segmentation import relabel_sequential
 
+from napari_unet.engine.domain import domain_stats, domain_warning, is_colour
 from napari_unet.engine.model import SegmentationModel
 from napari_unet.engine.planes import to_planes
 from napari_unet.engine.postprocess import PostprocessConfig, labels_from_probabilities
 from napari_unet.engine.predict import predict
 from napari_unet.engine.scale import ScaleChoice, ScaleFn, postprocess_at_scale
+from napari_unet.engine.stain import apply_stain
 from napari_unet.engine.tiling import resize_probabilities
 
 
@@ -33,6 +35,7 @@ class Segmentation:
     scale: ScaleChoice
     postprocess: PostprocessConfig | None
     semantic: bool = False
+    warning: str | None = None  # the image does not look like the model's training images (one sentence)
 
     @property
     def min_size_used(self) -> int | None:
@@ -68,6 +71,7 @@ def segment_image(
     postprocess: PostprocessConfig | None = None,
     sizes: str = "model",
     min_size: int | None = None,
+    stain: str = "fluorescence",
     on_scale: ScaleFn | None = None,
     on_choice: Callable[[ScaleChoice], None] | None = None,
     **predict_options: Any,
@@ -80,6 +84,7 @@ def segment_image(
         postprocess: defaults to the model's own; its sizes are in the model's training-scale pixels
             (``sizes="model"``: they follow the scale) or in image pixels (``sizes="image"``).
         min_size: a min size in image pixels that replaces the config's (at the plane's edge too).
+        stain: the image kind (:data:`~napari_unet.engine.stain.STAINS`), applied before normalisation.
         on_scale, on_choice: told the scale used (a float, and the ``ScaleChoice``: the scale and how).
         predict_options: passed to ``predict`` (scale, tile, overlap, device, channel_axis, …).
     """
@@ -90,6 +95,9 @@ def segment_image(
         if on_choice is not None:
             on_choice(choice)
 
+    colour = stain == "fluorescence" and is_colour(image, predict_options.get("channel_axis"))
+    image, predict_options["channel_axis"], predict_options["channel"] = apply_stain(
+        image, stain, channel_axis=predict_options.get("channel_axis"), channel=predict_options.get("channel"))
     semantic = model.semantic
     probs = predict(model, image, on_scale=on_scale, on_choice=chosen, keep_enlarged=not semantic, **predict_options)
     choice = choices[0]
@@ -101,9 +109,12 @@ def segment_image(
             config, sizes = postprocess_at_scale(config, choice.scale), "image"
         config = config.with_min_size(min_size)
     used = config if sizes == "image" else postprocess_at_scale(config, choice.scale)
-    labels = labels_for_image(probs, image, model, choice.scale, config, sizes=sizes,
-                              channel_axis=predict_options.get("channel_axis"), channel=predict_options.get("channel"))
-    return Segmentation(labels, probs, choice, used)
+    planes = to_planes(image, model.config.in_channels, channel_axis=predict_options["channel_axis"],
+                       channel=predict_options["channel"])
+    labels = instance_labels(probs, planes.spatial_shape, choice.scale, config, sizes=sizes)
+    stats = domain_stats(planes.data[:, 0], labels, normalization=model.normalization, colour=colour,
+                         object_area=model.info.object_area, scale=choice.scale, stain=stain)
+    return Segmentation(labels, probs, choice, used, warning=domain_warning(stats))
 
 
 def instance_labels(probs: np.ndarray, shape: tuple[int, int], scale: float, config: PostprocessConfig, *,
@@ -142,21 +153,3 @@ def labels_at_scale(probs: np.ndarray, config: PostprocessConfig, shape: tuple[i
         flat[i] = relabel_sequential(plane)[0]
     return flat.reshape(small.shape)
 
-
-def labels_for_image(
-    probs: np.ndarray,
-    image: np.ndarray,
-    model: SegmentationModel,
-    scale: float,
-    config: PostprocessConfig,
-    *,
-    sizes: str = "model",
-    channel_axis: int | None = None,
-    channel: int | None = None,
-) -> np.ndarray:
-    """Instance labels of ``image`` from ``predict(..., keep_enlarged=True)``'s probabilities at
-    ``scale`` (:func:`napari_unet.engine.segmentation.instance_labels`; ``sizes`` as there)."""
-    shape = probs.shape[-2:]
-    if scale > 1:  # only an enlarging scale can have kept the probabilities at another size
-        shape = to_planes(image, model.config.in_channels, channel_axis=channel_axis, channel=channel).spatial_shape
-    return instance_labels(probs, shape, scale, config, sizes=sizes)

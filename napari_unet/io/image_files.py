@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_unet.errors import InputError
+from napari_unet.io.lazy import stem
 from napari_unet.io.pixel_size import plausible_pixel_size, tiff_pixel_size
 from napari_unet.io.tiff import open_tiff, read_image, write_tiff_atomic
 
@@ -105,3 +106,29 @@ def write_labels_file(
                         PhysicalSizeY=pixel_size_um, PhysicalSizeYUnit="µm")
         kwargs.update(resolution=(1e4 / pixel_size_um, 1e4 / pixel_size_um), resolutionunit="CENTIMETER")
     return write_tiff_atomic(path, labels, overwrite=overwrite, ome=True, metadata=metadata, **kwargs)
+
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+LABEL_SUFFIXES = ("_labels", "_masks", "_mask", "_label")
+
+
+def expand_inputs(names: list[str] | list[Path]) -> tuple[list[Path], list[str]]:
+    """Input paths (folders expanded to the images inside; labels files by their name skipped), and
+    one sentence for each thing skipped."""
+    paths, notes = [], []
+    for name in names:
+        path = Path(name)
+        found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else [path]
+        if path.is_dir() and not found:
+            notes.append(f"{path}: folder holds no TIFF images; nothing to do there.")
+        for p in found:
+            if stem(p).lower().endswith(LABEL_SUFFIXES):
+                notes.append(f"{p}: skipped, its name says it is a labels file, not an image.")
+            else:
+                paths.append(p)
+    return paths, notes
+
+
+def labels_path_for(image_path: Path, out_dir: Path) -> Path:
+    """Where the labels of ``image_path`` go: ``<out_dir>/<stem>_labels.tif``."""
+    return Path(out_dir) / f"{stem(image_path)}_labels.tif"

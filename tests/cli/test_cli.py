@@ -86,3 +86,18 @@ def test_sigterm_ends_a_segment_run_like_ctrl_c(tmp_path, misc):
     assert 1 <= len(written) < 8 and all(p.name.endswith("_labels.tif") for p in written)  # no partial files
     for p in written:
         assert tifffile.imread(p).shape == misc.shape
+
+
+def test_segment_warns_once_per_odd_image_and_takes_a_stain(tmp_path, misc, capsys):
+    crop = misc[:256, :256]
+    tifffile.imwrite(tmp_path / "plain.tif", crop)
+    tifffile.imwrite(tmp_path / "inverted.tif", crop.max() - crop)
+    common = ["--out", str(tmp_path / "out"), "--device", "cpu", "--tile", "256", "--scale", "1", "--quiet"]
+    assert main(["segment", str(tmp_path / "plain.tif"), str(tmp_path / "inverted.tif"), *common]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning:" in line]
+    assert len(warnings) == 1 and "inverted.tif" in warnings[0] and "dark nuclei" in warnings[0]
+    assert main(["segment", str(tmp_path / "inverted.tif"), "--stain", "dark nuclei", *common[:1],
+                 str(tmp_path / "dark"), *common[2:]]) == 0
+    assert "warning:" not in capsys.readouterr().err
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "dark" / "inverted_labels.tif"),
+                                  tifffile.imread(tmp_path / "out" / "plain_labels.tif"))

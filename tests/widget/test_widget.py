@@ -14,9 +14,11 @@ import pytest
 from magicgui.widgets import Container, Label
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QApplication, QMessageBox
+from skimage import data
 
 from napari_unet import segment
 from napari_unet._widget import UNetWidget
+from napari_unet._widget.dock import KEEP, STOP
 from napari_unet._widget.stepped_add import add_in_steps
 from napari_unet.engine.predict import choose_scale
 from napari_unet.engine.scale import postprocess_at_scale
@@ -97,6 +99,7 @@ def test_segment_matches_engine_and_relabels_without_network(qtbot, widget, misc
                        device="cpu", scale=chosen)
     np.testing.assert_array_equal(layer.data, expected)
     assert f"scale {chosen:.2f} (chosen automatically)" in w.seg.summary.value
+    assert "⚠" not in w.seg.summary.value  # the sample looks like the training images: no warning
     assert w.seg.progress.value == w.seg.progress.max
     assert w.corrections.labels.value is layer and w.corrections.image.value is w.viewer.layers["misc"]
     assert w.corrections.what.value == "Export 'misc labels' with 'misc'"
@@ -315,16 +318,17 @@ def test_no_image_layer_message(make_napari_viewer):
     assert "no image layer" in w.status.text()
 
 
-def test_rgb_image_needs_and_accepts_a_channel(qtbot, make_napari_viewer, misc):
+def test_rgb_histology_runs_by_default_warns_and_takes_a_stain(qtbot, make_napari_viewer):
     viewer = make_napari_viewer()
-    viewer.add_image(np.stack([misc, misc // 2, misc // 3], -1), name="rgb", rgb=True)
+    viewer.add_image(data.immunohistochemistry()[:256, :256], name="ihc", rgb=True)
     _, w = _dock(viewer)
+    w.seg.auto_scale.value, w.seg.scale.value, w.seg.tile.value = False, 1.0, 256
+    _segment(qtbot, w)  # channel "auto" on a colour image runs (blue) and says it looks wrong
+    assert viewer.layers["ihc labels"].data.shape == (256, 256)
+    assert "hematoxylin" in w.seg.summary.value and "hematoxylin" in w.status.text()
+    w.seg.stain.value, w.seg.channel.value = "hematoxylin", None
     _segment(qtbot, w)
-    qtbot.waitUntil(lambda: "rgb labels" not in viewer.layers, timeout=5_000)  # the empty layer is removed
-    assert "choose a channel" in w.status.text()
-    w.seg.channel.value = 0
-    _segment(qtbot, w)
-    assert viewer.layers["rgb labels"].data.shape == (512, 512)
+    assert viewer.layers["ihc labels"].data.max() > 0 and "colour" not in w.seg.summary.value, w.seg.summary.value
 
 
 # ------------------------------------------------------------------ fine-tuning lifecycle
@@ -341,15 +345,21 @@ def _tiny_setup(viewer, tmp_path, misc, misc_labels):
     return w
 
 
-def _answer_close_question(button):
+def _answer_close_question(text):
+    """Click the close dialog's button named ``text`` (None: press Enter, the default button)."""
     from qtpy.QtCore import QTimer
 
     def click():
         box = QApplication.activeModalWidget()
-        if isinstance(box, QMessageBox):
-            box.button(button).click()
+        if not isinstance(box, QMessageBox):
+            return QTimer.singleShot(50, click)
+        names = sorted(b.text().replace("&", "") for b in box.buttons())
+        assert names == ["Cancel", KEEP, STOP], names
+        if text is None:
+            assert box.defaultButton().text() == KEEP  # the safe choice
+            box.defaultButton().click()
         else:
-            QTimer.singleShot(50, click)
+            next(b for b in box.buttons() if b.text().replace("&", "") == text).click()
 
     QTimer.singleShot(50, click)
 
@@ -400,7 +410,11 @@ def test_dock_close_reopen_cancel_rerun_and_napari_close(qtbot, make_napari_view
     with pytest.raises(FineTuneBusy, match=f"process {pid}\\)"):  # the training child, not napari
         FineTuneRunner(FineTuneRequest(tmp_path / "pairs"), lambda event: None).start()
     assert pid != os.getpid()
-    _answer_close_question(QMessageBox.StandardButton.Yes)  # keep it running
+    _answer_close_question("Cancel")  # the dock comes back, the training untouched
+    viewer.window.remove_dock_widget("all")
+    qtbot.waitUntil(lambda: w.parent() is not None, timeout=5_000)
+    assert session.active and w.ft.cancel_btn.enabled and w.seg.run_btn.enabled
+    _answer_close_question(None)  # the default: keep it running
     viewer.window.remove_dock_widget("all")
     assert session.active and not _gone(pid)
     _, w2 = _dock(viewer)  # reopened: reattached to the run, plot and state come back
@@ -414,7 +428,7 @@ def test_dock_close_reopen_cancel_rerun_and_napari_close(qtbot, make_napari_view
     assert session.active and session.pid != pid, w2.status.text()
     pid = session.pid
     qtbot.waitUntil(lambda: session.runner.started, timeout=120_000)
-    _answer_close_question(QMessageBox.StandardButton.No)  # closing the dock: stop it
+    _answer_close_question(STOP)  # closing the dock: stop it
     viewer.window.remove_dock_widget("all")
     qtbot.waitUntil(lambda: not session.active, timeout=60_000)
     assert _gone(pid)
