@@ -19,15 +19,18 @@ def segment(
     postprocess: PostprocessConfig | None = None,
     **options: Any,
 ) -> np.ndarray:
-    """Instance labels (uint32, the image's stack and spatial shape) for ``image``.
+    """Instance labels (uint32, the image's stack and spatial shape) for ``image``: per plane, as 3D
+    objects, or kept through time.
 
     Args:
         image: a 2D plane, a stack of planes, or channels (see ``channel_axis``/``channel``).
         model: defaults to the shipped nuclei model.
         postprocess: defaults to the model's own parameters, whose sizes (in training-scale
             pixels) follow the scale used; a given ``postprocess`` is in image pixels.
-        options: passed to :func:`~napari_unet.engine.predict.predict` (``scale="auto"`` by
-            default, ``tile``, ``device``, ``tta``, ``on_scale``, …).
+        options: ``stack="planes"|"3d"|"time"`` and ``voxel_size=(z, y, x)`` µm (see
+            :func:`~napari_unet.engine.segmentation.segment_image`: 3D objects through Z, or ids kept
+            through T), and options of :func:`~napari_unet.engine.predict.predict` (``scale="auto"``
+            by default, ``tile``, ``device``, ``tta``, ``on_scale``, …).
     """
     model = model or load_model()
     return segment_image(model, image, postprocess=postprocess, sizes="model" if postprocess is None else "image",
