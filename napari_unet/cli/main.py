@@ -26,7 +26,7 @@ from napari_unet.engine.device import DEVICES
 from napari_unet.engine.metrics import THRESHOLDS, instance_scores, pool_scores
 from napari_unet.engine.predict import DEFAULT_OVERLAP, DEFAULT_TILE
 from napari_unet.engine.scale import SCALE_LIMITS, ScaleChoice
-from napari_unet.engine.segmentation import count_sentence, segment_image
+from napari_unet.engine.segmentation import segment_image
 from napari_unet.errors import InputError, InvalidParameter, NapariUnetError, os_error_sentence
 from napari_unet.io.image_files import read_image_file, write_labels_file
 from napari_unet.io.lazy import stem
@@ -131,6 +131,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from napari_unet.cli.blockwise import run_blockwise, wants_blockwise
 
     if wants_blockwise(args):  # zarr folders, very large images, --block/--workers/--scheduler
+        if args.stack in ("3d", "time"):
+            return _fail(f"--stack {args.stack} needs the whole stack in memory, but these images are segmented "
+                         "blockwise (zarr, too large for memory, or --block/--workers), which labels plane by plane "
+                         "and does not link objects across blocks in z or time; use --stack planes or a smaller crop.")
         return run_blockwise(args)
     inputs, notes = _expand_inputs(args.inputs)
     for note in notes:
@@ -157,17 +161,19 @@ def cmd_segment(args: argparse.Namespace) -> int:
             try:
                 file = read_image_file(path, series=args.series)
                 channel_axis = args.channel_axis if args.channel_axis is not None else file.channel_axis
+                voxel_size = args.voxel_size or file.voxel_size
                 result = segment_image(
                     model, file.data, postprocess=post, min_size=args.min_size, tile=args.tile, overlap=args.overlap,
                     batch_size=args.batch_size, device=args.device, scale=args.scale,
                     pixel_size_um=file.pixel_size_um, channel=args.channel, channel_axis=channel_axis, tta=args.tta,
                     on_choice=partial(_note_scale, path, asked=args.scale),
                     progress=None if args.quiet else ProgressBar(path.name),
+                    stack=args.stack or file.stack_mode, voxel_size=voxel_size,
                 )
-                labels, counts, scale = result.labels, result.counts, result.scale.scale
+                labels, counts, scale, summary = result.labels, result.counts, result.scale.scale, result.summary()
                 del result  # the probabilities
                 write_labels_file(out, labels, axes=file.labels_axes, pixel_size_um=file.pixel_size_um,
-                                  overwrite=args.overwrite)
+                                  z_spacing_um=voxel_size[0] if voxel_size else None, overwrite=args.overwrite)
             except FileExistsError:
                 failures += 1
                 print(f"napari-unet: error: {out} appeared while segmenting; it was not replaced.", file=sys.stderr)
@@ -184,8 +190,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
                 print(f"napari-unet: error: {message}", file=sys.stderr)
                 continue
             written += 1
-            found = count_sentence(counts, "classes" if model.semantic else "objects")
-            _say(f"{path} -> {out}  ({found}, {labels.shape}, scale {scale:.2f}, {time.monotonic() - start:.1f} s)")
+            _say(f"{path} -> {out}  ({summary}, {labels.shape}, scale {scale:.2f}, {time.monotonic() - start:.1f} s)")
             if not any(counts):
                 print(f"napari-unet: note: {path}: no objects found; check the image, --threshold or the model.",
                       file=sys.stderr)
@@ -426,6 +431,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="seed (interior) threshold, 0-1 (default: the model's)")
     seg.add_argument("--min-size", type=_limit("--min-size", "min size"),
                      help="smallest object kept, in image pixels (default: the model's, following the scale)")
+    seg.add_argument("--stack", choices=("planes", "3d", "time"),
+                     help="a stack's planes on their own, as 3D objects (through Z) or tracked through time (ids "
+                          "kept through T); default: from the file's axes (T: time, Z: 3d), else planes")
+    seg.add_argument("--voxel-size", nargs=3, type=_number("--voxel-size", low=1e-9), metavar=("Z", "Y", "X"),
+                     help="voxel size in µm for --stack 3d (default: OME PhysicalSizeZ/X or ImageJ spacing)")
     seg.add_argument("--overwrite", action="store_true", help="replace existing output files")
     seg.add_argument("--quiet", action="store_true", help="no progress bar")
     add_blockwise_arguments(seg, _number)

@@ -100,14 +100,14 @@ def _drop_small(labels: np.ndarray, min_size: int) -> np.ndarray:
     return np.where(small[labels], 0, labels)
 
 
-def link_frames(frames: np.ndarray, *, max_gap: int = 1, min_iou: float = 0.1) -> np.ndarray:
+def link_frames(frames: np.ndarray, *, max_gap: int = 1, min_iou: float = 0.1, moving: bool = True) -> np.ndarray:
     """Labels ``(T, ...)`` whose objects keep one id through time; each frame's labels are independent.
 
     Objects of a frame are assigned to the tracks seen in the previous ``1 + max_gap`` frames by
     Hungarian assignment: on IoU (at least ``min_iou``) first, then on centroid distance (within the
-    larger object's equivalent diameter) for objects that moved off their old place. A track whose
-    object splits into two that each lie mostly inside it (a division) ends; unmatched objects start
-    new tracks. Ids are numbered 1..N in order of appearance.
+    larger object's equivalent diameter; only when ``moving``) for objects that moved off their old
+    place. A track whose object splits into two that each lie largely inside it, none continuing it
+    (a division), ends; unmatched objects start new tracks. Ids are numbered 1..N in order of appearance.
     """
     frames = np.asarray(frames)
     out = np.zeros(frames.shape, dtype=np.uint32)
@@ -125,7 +125,7 @@ def link_frames(frames: np.ndarray, *, max_gap: int = 1, min_iou: float = 0.1) -
                 memory[keep] = old[keep]
         mapping = np.zeros(n_cur + 1, dtype=np.int64)
         if n_cur and memory.any():
-            mapping = _assign(cur, memory, n_cur, min_iou)
+            mapping = _assign(cur, memory, n_cur, min_iou, moving)
         for i in range(1, n_cur + 1):
             if mapping[i] == 0:
                 mapping[i] = next_id
@@ -135,7 +135,7 @@ def link_frames(frames: np.ndarray, *, max_gap: int = 1, min_iou: float = 0.1) -
     return out
 
 
-def _assign(cur: np.ndarray, memory: np.ndarray, n_cur: int, min_iou: float) -> np.ndarray:
+def _assign(cur: np.ndarray, memory: np.ndarray, n_cur: int, min_iou: float, moving: bool) -> np.ndarray:
     """Track id for each object 1..n_cur of ``cur`` (0: none) from the open tracks in ``memory``."""
     tracks, mem = np.unique(memory, return_inverse=True)
     mem = mem.reshape(memory.shape)
@@ -148,10 +148,11 @@ def _assign(cur: np.ndarray, memory: np.ndarray, n_cur: int, min_iou: float) -> 
     centre_c, centre_m = _centroids(cur, n_cur + 1)[1:], _centroids(mem, n_mem)[1:]
     dist = np.linalg.norm(centre_c[:, None, :] - centre_m[None, :, :], axis=-1)
     reach = 2 * np.sqrt(np.maximum(area_c[1:, None], area_m[None, 1:]) / np.pi)
-    near = (cost >= _NO) & (dist <= reach)
+    near = (cost >= _NO) & (dist <= reach) & moving
     cost[near] = 1.0 + dist[near] / reach[near]
     inside = inter / np.maximum(area_c[1:, None], 1)  # fraction of each object inside each old one
-    divided = ((inside >= 0.5) & (iou < 0.5)).sum(0) >= 2
+    # a division: no object continues the old one (IoU < 0.5) and two or more lie largely inside it
+    divided = (((inside >= 0.3) & (iou < 0.5)).sum(0) >= 2) & (iou.max(0) < 0.5)
     cost[:, divided] = _NO
     rows, cols = linear_sum_assignment(cost)
     mapping = np.zeros(n_cur + 1, dtype=np.int64)
