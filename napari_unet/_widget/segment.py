@@ -15,7 +15,7 @@ from qtpy.QtCore import QObject, QTimer, Signal
 from napari_unet._widget.blockwise_run import BlockwiseRun
 from napari_unet._widget.labels import LabelsWriter
 from napari_unet._widget.regions import wants_blockwise
-from napari_unet._widget.segment_options import SegmentOptions
+from napari_unet._widget.segment_options import STACK_CHOICES, SegmentOptions
 from napari_unet._widget.state import State, digest, ui_threads
 from napari_unet._widget.stepped_add import NEXT_TURN_MS
 from napari_unet.engine.segmentation import Segmentation, segment_image
@@ -69,6 +69,9 @@ class SegmentSection(SegmentOptions):
             return self.state.error("A segmentation is already running.")
         plane = self.writer.current_plane(layer) if layer.ndim > 2 and self.stack.value == "current plane" else None
         if wants_blockwise(layer, plane):
+            if plane is None and STACK_CHOICES[self.stack.value] != "planes":
+                return self.state.error(f"'{layer.name}' is too large to segment in memory, and blockwise segmentation "
+                                        f"labels plane by plane; choose 'whole stack' for {self.stack.value.lower()}.")
             return self.blockwise.start(layer, plane)
         try:
             image = np.asarray(layer.data[plane] if plane is not None else layer.data)
@@ -77,7 +80,7 @@ class SegmentSection(SegmentOptions):
         post, options = self.postprocess(), dict(
             tile=self.tile.value, overlap=self.overlap.value, batch_size=self.batch.value, device=self.device.value,
             scale="auto" if self.auto_scale.value else self.scale.value, channel_axis=-1 if layer.rgb else None,
-            channel=self.channel.value, pixel_size_um=layer_pixel_size(layer))
+            channel=self.channel.value, pixel_size_um=layer_pixel_size(layer), **self._stack_options(layer, plane))
         self._cancel = cancel = threading.Event()
         torch.set_num_threads(ui_threads())
 
@@ -106,6 +109,14 @@ class SegmentSection(SegmentOptions):
         # the data) follows in steps meanwhile, so it is not paid when the result arrives
         self.worker.start()
         QTimer.singleShot(NEXT_TURN_MS, lambda: self._begin(layer))
+
+    def _stack_options(self, layer: Image, plane: tuple[int, ...] | None) -> dict[str, Any]:
+        """``stack`` for segment_image, and for 3D objects the voxel size from the layer's scale (when
+        napari knows its pixel size)."""
+        mode = STACK_CHOICES[self.stack.value] if plane is None and layer.ndim > 2 else "planes"
+        if mode != "3d" or layer_pixel_size(layer) is None:
+            return {"stack": mode}
+        return {"stack": mode, "voxel_size": tuple(float(s) for s in layer.scale[-3:])}
 
     def _begin(self, image: Image) -> None:
         if self.worker is None or self.target is not image:
@@ -150,7 +161,8 @@ class SegmentSection(SegmentOptions):
         if out is None:
             return self._say("Segmentation cancelled; nothing was changed.")
         result, labels, labels_digest = out
-        probs = None if result.semantic else result.probabilities  # class maps are not re-labelled
+        # class maps, 3D objects and tracks are not re-labelled plane by plane
+        probs = None if result.semantic or result.stack != "planes" else result.probabilities
         layer = self.writer.write(image, plane, labels, probs, model_name, labels_digest if plane is None else None,
                                   scale=result.scale.scale)
         self.show_scale(result.scale.scale)
