@@ -15,7 +15,7 @@ from qtpy.QtCore import QObject, QTimer, Signal
 from napari_unet._widget.blockwise_run import BlockwiseRun
 from napari_unet._widget.labels import LabelsWriter
 from napari_unet._widget.regions import wants_blockwise
-from napari_unet._widget.segment_options import STACK_CHOICES, SegmentOptions
+from napari_unet._widget.segment_options import STACK_CHOICES, SegmentOptions, stack_choice_for
 from napari_unet._widget.state import State, digest, ui_threads
 from napari_unet._widget.stepped_add import NEXT_TURN_MS
 from napari_unet.engine.segmentation import Segmentation, segment_image
@@ -52,6 +52,8 @@ class SegmentSection(SegmentOptions):
         self._bridge = _Progress()
         self._bridge.tick.connect(self._on_progress)
         self.run_btn.changed.connect(self.run)
+        self.image.changed.connect(self._stack_from_axes)
+        self._stack_from_axes(self.image.value)
         self.cancel_btn.changed.connect(self.cancel)
         for w in (self.threshold, self.seeds, self.min_size):
             w.changed.connect(lambda *_: self.writer.relabel(self.postprocess()))
@@ -109,6 +111,12 @@ class SegmentSection(SegmentOptions):
         # the data) follows in steps meanwhile, so it is not paid when the result arrives
         self.worker.start()
         QTimer.singleShot(NEXT_TURN_MS, lambda: self._begin(layer))
+
+    def _stack_from_axes(self, layer: Image | None) -> None:
+        """Choose the stack option from the layer's axis names when napari knows them."""
+        choice = stack_choice_for(layer) if layer is not None and layer.ndim > 2 else None
+        if choice is not None:
+            self.stack.value = choice
 
     def _stack_options(self, layer: Image, plane: tuple[int, ...] | None) -> dict[str, Any]:
         """``stack`` for segment_image, and for 3D objects the voxel size from the layer's scale (when

@@ -31,6 +31,19 @@ SCALE = {"auto_scale": True, "scale": 1.0}  # defaults; a settings file without 
 STACK_CHOICES = {"current plane": "planes", "whole stack": "planes", "3D objects": "3d", "track through time": "time"}
 
 
+
+
+def stack_choice_for(layer: Any) -> str | None:
+    """The stack choice a layer's axis names ask for: a ``t``/``time`` axis before Y, X tracks through
+    time, a ``z`` axis gives 3D objects; None when napari does not know the names."""
+    names = [str(a).lower() for a in getattr(layer, "axis_labels", ())[:-2]]
+    if any(n in ("t", "time", "frame", "frames") for n in names):
+        return "track through time"
+    if any(n in ("z", "depth", "plane", "planes", "slice") for n in names):
+        return "3D objects"
+    return None
+
+
 class SegmentOptions:
     """Stack / channel choice, scale row, threshold / seed threshold / min size (the model's values), tile / overlap /
     batch / device (folded away); their settings, defaults and the post-processing they give."""

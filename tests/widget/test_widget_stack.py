@@ -25,3 +25,16 @@ def test_3d_objects_option_gives_one_labels_layer_with_3d_ids(qtbot, make_napari
     assert all(np.array_equal(p, data[0]) for p in data)  # each nucleus one id through the planes
     assert "3D objects" in w.status.text()
     np.testing.assert_allclose(labels[0].scale, (2.0, 0.5, 0.5))
+
+
+def test_stack_option_follows_the_layers_axis_names(make_napari_viewer, misc):
+    viewer = make_napari_viewer()
+    viewer.add_image(misc[:64, :64], name="plane")
+    _, w = viewer.window.add_plugin_dock_widget("napari-unet", "U-Net")
+    assert w.seg.stack.value == "current plane"
+    viewer.add_image(np.stack([misc[:64, :64]] * 3), name="movie", axis_labels=("t", "y", "x"))
+    w.seg.image.value = viewer.layers["movie"]
+    assert w.seg.stack.value == "track through time"
+    viewer.add_image(np.stack([misc[:64, :64]] * 3), name="z", axis_labels=("z", "y", "x"))
+    w.seg.image.value = viewer.layers["z"]
+    assert w.seg.stack.value == "3D objects"
