@@ -16,7 +16,7 @@ from qtpy.QtWidgets import QFileDialog
 from napari_unet._widget.blockwise_run import BlockwiseRun
 from napari_unet._widget.labels import LabelsWriter
 from napari_unet._widget.regions import wants_blockwise
-from napari_unet._widget.segment_options import SegmentOptions
+from napari_unet._widget.segment_options import STACK_CHOICES, SegmentOptions, stack_choice_for
 from napari_unet._widget.state import State, digest, ui_threads
 from napari_unet._widget.stepped_add import NEXT_TURN_MS
 from napari_unet.engine.measure import measure_objects
@@ -63,6 +63,8 @@ class SegmentSection(SegmentOptions):
         self._bridge = _Progress()
         self._bridge.tick.connect(self._on_progress)
         self.run_btn.changed.connect(self.run)
+        self.image.changed.connect(self._stack_from_axes)
+        self._stack_from_axes(self.image.value)
         self.cancel_btn.changed.connect(self.cancel)
         self.table_btn.changed.connect(self._save_table)
         self.last: Labels | None = None  # the labels layer of the last result (Save table…)
@@ -85,6 +87,9 @@ class SegmentSection(SegmentOptions):
             if self.stain.value != "fluorescence":
                 return self.state.error(f"The stain '{self.stain.value}' is not available for large or lazy images, "
                                         "which are segmented blockwise; convert the image to fluorescence-like first.")
+            if plane is None and STACK_CHOICES[self.stack.value] != "planes":
+                return self.state.error(f"'{layer.name}' is too large to segment in memory, and blockwise segmentation "
+                                        f"labels plane by plane; choose 'whole stack' for {self.stack.value.lower()}.")
             return self.blockwise.start(layer, plane)
         try:
             image = np.asarray(layer.data[plane] if plane is not None else layer.data)
@@ -93,7 +98,8 @@ class SegmentSection(SegmentOptions):
         post, options = self.postprocess(), dict(
             tile=self.tile.value, overlap=self.overlap.value, batch_size=self.batch.value, device=self.device.value,
             scale="auto" if self.auto_scale.value else self.scale.value, channel_axis=-1 if layer.rgb else None,
-            channel=self.channel_for(layer.rgb), stain=self.stain.value, pixel_size_um=layer_pixel_size(layer))
+            channel=self.channel_for(layer.rgb), stain=self.stain.value, pixel_size_um=layer_pixel_size(layer),
+            **self._stack_options(layer, plane))
         self._cancel = cancel = threading.Event()
         torch.set_num_threads(ui_threads())
 
@@ -122,6 +128,20 @@ class SegmentSection(SegmentOptions):
         # the data) follows in steps meanwhile, so it is not paid when the result arrives
         self.worker.start()
         QTimer.singleShot(NEXT_TURN_MS, lambda: self._begin(layer))
+
+    def _stack_from_axes(self, layer: Image | None) -> None:
+        """Choose the stack option from the layer's axis names when napari knows them."""
+        choice = stack_choice_for(layer) if layer is not None and layer.ndim > 2 else None
+        if choice is not None:
+            self.stack.value = choice
+
+    def _stack_options(self, layer: Image, plane: tuple[int, ...] | None) -> dict[str, Any]:
+        """``stack`` for segment_image, and for 3D objects the voxel size from the layer's scale (when
+        napari knows its pixel size)."""
+        mode = STACK_CHOICES[self.stack.value] if plane is None and layer.ndim > 2 else "planes"
+        if mode != "3d" or layer_pixel_size(layer) is None:
+            return {"stack": mode}
+        return {"stack": mode, "voxel_size": tuple(float(s) for s in layer.scale[-3:])}
 
     def _begin(self, image: Image) -> None:
         if self.worker is None or self.target is not image:
@@ -166,7 +186,8 @@ class SegmentSection(SegmentOptions):
         if out is None:
             return self._say("Segmentation cancelled; nothing was changed.")
         result, labels, labels_digest = out
-        probs = None if result.semantic else result.probabilities  # class maps are not re-labelled
+        # class maps, 3D objects and tracks are not re-labelled plane by plane
+        probs = None if result.semantic or result.stack != "planes" else result.probabilities
         layer = self.writer.write(image, plane, labels, probs, model_name, labels_digest if plane is None else None,
                                   scale=result.scale.scale)
         self.show_scale(result.scale.scale)

@@ -29,14 +29,33 @@ BLUE = 2  # the channel "auto" gives a one-channel model on a colour image: wher
 SCALE = {"auto_scale": True, "scale": 1.0}  # defaults; a settings file without "auto_scale" gets auto
 
 
+# the dock's stack choices and the segment_image stack mode each one means
+STACK_CHOICES = {"current plane": "planes", "whole stack": "planes", "3D objects": "3d", "track through time": "time"}
+
+
+
+
+def stack_choice_for(layer: Any) -> str | None:
+    """The stack choice a layer's axis names ask for: a ``t``/``time`` axis before Y, X tracks through
+    time, a ``z`` axis gives 3D objects; None when napari does not know the names."""
+    names = [str(a).lower() for a in getattr(layer, "axis_labels", ())[:-2]]
+    if any(n in ("t", "time", "frame", "frames") for n in names):
+        return "track through time"
+    if any(n in ("z", "depth", "plane", "planes", "slice") for n in names):
+        return "3D objects"
+    return None
+
+
 class SegmentOptions:
     """Stack / channel choice, scale row, threshold / seed threshold / min size (the model's values), tile / overlap /
     batch / device (folded away); their settings, defaults and the post-processing they give."""
 
     def __init__(self, state: State) -> None:
         self.state = state
-        self.stack = ComboBox(label="stack", choices=["current plane", "whole stack"], value="current plane",
-                              tooltip="For stacks (time, z): segment only the plane you look at, or every plane.")
+        self.stack = ComboBox(label="stack", choices=list(STACK_CHOICES), value="current plane", tooltip=(
+            "For stacks (time, z): segment only the plane you look at, every plane on its own, the z-stack "
+            "as 3D objects (one id per nucleus through the planes), or track nuclei through time (one id per "
+            "nucleus through the frames)."))
         self.channel = ComboBox(label="channel", choices=CHANNELS, value=None, tooltip=(
             "For colour or multichannel images: the one channel (e.g. the DAPI channel) a single-channel "
             "model should see. 'auto': all channels when the model takes them; for a colour (RGB) image and "

@@ -28,7 +28,6 @@ from napari_unet.engine.device import DEVICES
 from napari_unet.engine.metrics import THRESHOLDS, instance_scores, pool_scores
 from napari_unet.engine.predict import DEFAULT_OVERLAP, DEFAULT_TILE
 from napari_unet.engine.scale import SCALE_LIMITS, ScaleChoice
-from napari_unet.engine.segmentation import count_sentence
 from napari_unet.engine.stain import STAINS
 from napari_unet.errors import InputError, InvalidParameter, NapariUnetError, os_error_sentence
 from napari_unet.io.image_files import expand_inputs, labels_path_for
@@ -109,6 +108,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from napari_unet.cli.blockwise import run_blockwise, wants_blockwise
 
     if wants_blockwise(args):  # zarr folders, very large images, --block/--workers/--scheduler
+        if args.stack in ("3d", "time"):
+            return _fail(f"--stack {args.stack} needs the whole stack in memory, but these images are segmented "
+                         "blockwise (zarr, too large for memory, or --block/--workers), which labels plane by plane "
+                         "and does not link objects across blocks in z or time; use --stack planes or a smaller crop.")
         return run_blockwise(args)
     inputs, notes = expand_inputs(args.inputs)
     for note in notes:
@@ -139,8 +142,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
                     batch_size=args.batch_size, device=args.device, scale=args.scale, channel=args.channel,
                     tta=args.tta, stain=args.stain, on_choice=partial(_note_scale, path, asked=args.scale),
                     progress=None if args.quiet else ProgressBar(path.name),
+                    stack=args.stack, voxel_size=args.voxel_size,
                 )
-                labels, counts, scale = result.labels, result.counts, result.scale.scale
+                labels, counts, scale, summary = result.labels, result.counts, result.scale.scale, result.summary()
                 if result.warning is not None:
                     print(f"napari-unet: warning: {path}: {result.warning}", file=sys.stderr)
                 del result  # the probabilities
@@ -160,8 +164,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
                 print(f"napari-unet: error: {message}", file=sys.stderr)
                 continue
             written += 1
-            found = count_sentence(counts, "classes" if model.semantic else "objects")
-            _say(f"{path} -> {out}  ({found}, {labels.shape}, scale {scale:.2f}, {time.monotonic() - start:.1f} s)")
+            _say(f"{path} -> {out}  ({summary}, {labels.shape}, scale {scale:.2f}, {time.monotonic() - start:.1f} s)")
             if not any(counts):
                 print(f"napari-unet: note: {path}: no objects found; check the image, --threshold or the model.",
                       file=sys.stderr)
@@ -408,6 +411,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="seed (interior) threshold, 0-1 (default: the model's)")
     seg.add_argument("--min-size", type=_limit("--min-size", "min size"),
                      help="smallest object kept, in image pixels (default: the model's, following the scale)")
+    seg.add_argument("--stack", choices=("planes", "3d", "time"),
+                     help="a stack's planes on their own, as 3D objects (through Z) or tracked through time (ids "
+                          "kept through T); default: from the file's axes (T: time, Z: 3d), else planes")
+    seg.add_argument("--voxel-size", nargs=3, type=_number("--voxel-size", low=1e-9), metavar=("Z", "Y", "X"),
+                     help="voxel size in µm for --stack 3d (default: OME PhysicalSizeZ/X or ImageJ spacing)")
     seg.add_argument("--overwrite", action="store_true", help="replace existing output files")
     seg.add_argument("--quiet", action="store_true", help="no progress bar")
     add_blockwise_arguments(seg, _number)

@@ -104,18 +104,20 @@ class InstanceScores:
         return d
 
 
-def instance_scores(gt: np.ndarray, pred: np.ndarray, thresholds=THRESHOLDS) -> InstanceScores:
+def instance_scores(gt: np.ndarray, pred: np.ndarray, thresholds=THRESHOLDS, *, volume: bool = False) -> InstanceScores:
     """Match objects one-to-one (max total IoU among pairs with IoU ≥ 0.5) and score F1 = 2TP / (n_true + n_pred).
 
     Arrays with more than 2 dimensions are stacks of 2D planes (labels are per plane, as
-    ``segment`` writes them): planes are matched separately and the counts pooled.
+    ``segment`` writes them): planes are matched separately and the counts pooled. With ``volume``
+    the objects of the whole array are matched (3D objects, IoU in voxels).
     """
     gt, pred = np.asarray(gt), np.asarray(pred)
     if gt.shape != pred.shape:
         raise ValueError("ground truth and prediction must have the same shape")
     n_true = n_pred = 0
     parts = []
-    for g, p in zip(gt.reshape(-1, *gt.shape[-2:]), pred.reshape(-1, *pred.shape[-2:])):
+    shape = gt.shape if volume else gt.shape[-2:]
+    for g, p in zip(gt.reshape(-1, *shape), pred.reshape(-1, *shape)):
         nt, np_, m = _matched_ious(g, p, min(min(thresholds), 0.5))
         n_true, n_pred = n_true + nt, n_pred + np_
         parts.append(m)

@@ -54,6 +54,16 @@ class Normalization:
                 out[c][bad] = 0.0
         return out
 
+    def stack_bounds(self, planes: np.ndarray) -> list[tuple[float, float]]:
+        """Per-channel low/high values of ``(N, C, H, W)`` planes taken from the whole stack, so a plane
+        of blur or noise is not stretched to full contrast; one plane gives exactly :meth:`bounds`."""
+        if planes.shape[0] == 1:
+            return [self.bounds(channel) for channel in planes[0]]
+        n, _, h, w = planes.shape
+        step = max(1, int(np.sqrt(n * h * w / _MAX_SAMPLES)))
+        return [self.bounds(np.concatenate([p[c, ::step, ::step] for p in planes], axis=0))
+                for c in range(planes.shape[1])]
+
     def bounds(self, channel: np.ndarray) -> tuple[float, float]:
         """The low/high percentile values of one 2D channel, from a strided sample of at most about
         a million pixels; only that sample is read, so zarr and dask arrays stay lazy."""

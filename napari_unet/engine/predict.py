@@ -114,9 +114,10 @@ def predict(
     per_plane = count_tiles(work, in_tile, out_tile, overlap, multiple) * len(views)
     total = per_plane * planes.data.shape[0]
     norm = model.normalization
+    bounds = norm.stack_bounds(planes.data)  # the whole stack's: empty planes stay dark
     out = np.empty((planes.data.shape[0], model.config.out_classes, *size), dtype=np.float32)
     for i, plane in enumerate(planes.data):
-        x = norm.apply(plane)
+        x = norm.apply_bounds(plane, bounds)
         if work != (h, w):
             x = resize_planes(x, work)
         p = np.zeros((model.config.out_classes, *x.shape[-2:]), dtype=np.float32)
@@ -141,7 +142,8 @@ def choose_scale(
     channel: int | None = None,
     **predict_options: Any,
 ) -> ScaleChoice:
-    """The scale ``"auto"`` means for ``image`` (a stack: its first plane) with ``model``.
+    """The scale ``"auto"`` means for ``image`` (a stack: its plane of most contrast, where objects are in focus)
+    with ``model``.
 
     Pixel sizes win when both are known and plausible; otherwise a first pass at scale 1 over a central crop
     (at most two crops, 512² then 1024²) measures the median area of the objects that do not touch
@@ -157,7 +159,7 @@ def choose_scale(
         return ScaleChoice(1.0, "unknown")
 
     planes = to_planes(image, model.config.in_channels, channel_axis=channel_axis, channel=channel)
-    plane = planes.data[0]  # (C, H, W)
+    plane = planes.data[brightest_plane(planes.data)]  # (C, H, W)
     predict_options = {k: v for k, v in predict_options.items() if k not in ("progress", "cancel", "tta")}
     for side in (PROBE_SIDE, 2 * PROBE_SIDE):
         crop = _central_crop(plane, side)
@@ -177,6 +179,16 @@ def choose_scale(
     if abs(s - 1.0) < DEAD_BAND:
         s = 1.0
     return ScaleChoice(s, "object size", area)
+
+
+def brightest_plane(planes: np.ndarray) -> int:
+    """Index of the plane of ``(N, C, H, W)`` with the largest intensity spread (a strided sample's
+    standard deviation): in a z-stack the in-focus plane, not one of blur or noise; 0 for one plane."""
+    if planes.shape[0] == 1:
+        return 0
+    step = max(1, int(np.sqrt(planes.shape[-2] * planes.shape[-1] / 65536)))
+    spread = [float(np.std(np.asarray(p[:, ::step, ::step], dtype=np.float64))) for p in planes]
+    return int(np.argmax(spread))
 
 
 def _central_crop(plane: np.ndarray, side: int) -> np.ndarray:

@@ -17,16 +17,19 @@ from napari_unet.engine.planes import to_planes
 from napari_unet.engine.postprocess import PostprocessConfig, labels_from_probabilities
 from napari_unet.engine.predict import predict
 from napari_unet.engine.scale import ScaleChoice, ScaleFn, postprocess_at_scale
+from napari_unet.engine.stack import check_stack_mode, check_voxel_size, labels_3d, link_frames
 from napari_unet.engine.stain import apply_stain
 from napari_unet.engine.tiling import resize_probabilities
+from napari_unet.errors import InputError
 
 
 @dataclass(frozen=True)
 class Segmentation:
     """What one segmentation produced, and the numbers it actually used.
 
-    ``labels``: uint32 with the image's stack and spatial shape: objects numbered 1..N per plane,
-    or class indices for a ``semantic`` model. ``probabilities``: ``(*stack, K, h, w)`` at the
+    ``labels``: uint32 with the image's stack and spatial shape: objects numbered 1..N per plane
+    (``stack="planes"``), through the whole z-stack (``"3d"``) or through time with one id per
+    track (``"time"``), or class indices for a ``semantic`` model. ``probabilities``: ``(*stack, K, h, w)`` at the
     working size (enlarged when ``scale.scale > 1``). ``min_size_used``: the smallest object kept,
     in image pixels (None for a semantic model)."""
 
@@ -36,6 +39,7 @@ class Segmentation:
     postprocess: PostprocessConfig | None
     semantic: bool = False
     warning: str | None = None  # the image does not look like the model's training images (one sentence)
+    stack: str = "planes"  # "planes", "3d" (ids through Z) or "time" (ids kept through T)
 
     @property
     def min_size_used(self) -> int | None:
@@ -43,12 +47,16 @@ class Segmentation:
 
     @property
     def counts(self) -> list[int]:
-        """Objects (or classes present, for a semantic model) per 2D plane."""
+        """Objects (or classes present, for a semantic model) per 2D plane; for 3D objects and tracks,
+        one number: the objects (or tracks) of the whole stack."""
+        if self.stack != "planes" and not self.semantic:
+            return [int(len(np.unique(self.labels)) - (1 if (self.labels == 0).any() else 0))]
         return object_counts(self.labels)
 
     def summary(self) -> str:
-        """``"114 objects"``, ``"~12 objects per plane, 5 planes"`` (or classes, for a semantic model)."""
-        return count_sentence(self.counts, "classes" if self.semantic else "objects")
+        """``"114 objects"``, ``"~12 objects per plane, 5 planes"``, ``"52 3D objects"``, ``"9 tracks"``."""
+        what = {"3d": "3D objects", "time": "tracks"}.get(self.stack, "objects")
+        return count_sentence(self.counts, "classes" if self.semantic else what)
 
 
 def object_counts(labels: np.ndarray) -> list[int]:
@@ -74,6 +82,8 @@ def segment_image(
     stain: str = "fluorescence",
     on_scale: ScaleFn | None = None,
     on_choice: Callable[[ScaleChoice], None] | None = None,
+    stack: str = "planes",
+    voxel_size: tuple[float, float, float] | None = None,
     **predict_options: Any,
 ) -> Segmentation:
     """Segment ``image``: :func:`~napari_unet.engine.predict.predict` then labels at the image's size.
@@ -86,6 +96,11 @@ def segment_image(
         min_size: a min size in image pixels that replaces the config's (at the plane's edge too).
         stain: the image kind (:data:`~napari_unet.engine.stain.STAINS`), applied before normalisation.
         on_scale, on_choice: told the scale used (a float, and the ``ScaleChoice``: the scale and how).
+        stack: ``"planes"`` (each plane on its own), ``"3d"`` (objects through the leading stack axis,
+            Z; ``min_size`` then counts voxels) or ``"time"`` (ids kept through the first stack axis, T;
+            a ``(T, Z, H, W)`` stack is linked as 3D objects). See :mod:`napari_unet.engine.stack`.
+        voxel_size: ``(z, y, x)`` in µm for ``"3d"``: the anisotropy; its x also gives ``pixel_size_um``
+            to the automatic scale when that is not given.
         predict_options: passed to ``predict`` (scale, tile, overlap, device, channel_axis, …).
     """
     choices: list[ScaleChoice] = []
@@ -95,10 +110,16 @@ def segment_image(
         if on_choice is not None:
             on_choice(choice)
 
+    stack = check_stack_mode(stack)
+    voxel_size = check_voxel_size(voxel_size)
+    if voxel_size is not None and predict_options.get("pixel_size_um") is None:
+        predict_options["pixel_size_um"] = voxel_size[2]
     colour = stain == "fluorescence" and is_colour(image, predict_options.get("channel_axis"))
     image, predict_options["channel_axis"], predict_options["channel"] = apply_stain(
         image, stain, channel_axis=predict_options.get("channel_axis"), channel=predict_options.get("channel"))
     semantic = model.semantic
+    if stack != "planes" and not semantic:
+        _check_stack_shape(model, image, stack, predict_options)
     probs = predict(model, image, on_scale=on_scale, on_choice=chosen, keep_enlarged=not semantic, **predict_options)
     choice = choices[0]
     if semantic:
@@ -111,10 +132,29 @@ def segment_image(
     used = config if sizes == "image" else postprocess_at_scale(config, choice.scale)
     planes = to_planes(image, model.config.in_channels, channel_axis=predict_options["channel_axis"],
                        channel=predict_options["channel"])
-    labels = instance_labels(probs, planes.spatial_shape, choice.scale, config, sizes=sizes)
-    stats = domain_stats(planes.data[:, 0], labels, normalization=model.normalization, colour=colour,
-                         object_area=model.info.object_area, scale=choice.scale, stain=stain)
-    return Segmentation(labels, probs, choice, used, warning=domain_warning(stats))
+    shape = planes.spatial_shape
+    if stack == "3d" or (stack == "time" and probs.ndim == 5):
+        labels = np.stack([labels_3d(np.stack([resize_probabilities(p, shape) for p in volume]), used,
+                                     voxel_size=voxel_size)
+                           for volume in probs.reshape((-1, *probs.shape[-4:]))]).reshape((*probs.shape[:-3], *shape))
+    else:
+        labels = instance_labels(probs, shape, choice.scale, config, sizes=sizes)
+    if stack == "time":
+        labels = link_frames(labels)
+    stats = domain_stats(planes.data[:, 0], labels.reshape(-1, *shape), normalization=model.normalization,
+                         colour=colour, object_area=model.info.object_area, scale=choice.scale, stain=stain)
+    return Segmentation(labels, probs, choice, used, warning=domain_warning(stats), stack=stack)
+
+
+def _check_stack_shape(model: SegmentationModel, image: np.ndarray, stack: str, options: dict[str, Any]) -> None:
+    """One sentence unless ``image`` has the stack axes ``stack`` needs: ``"3d"`` one or two (Z or
+    T, Z) with at least 2 planes, ``"time"`` one or two (T or T, Z) with at least 2 frames."""
+    lead = to_planes(image, model.config.in_channels, channel_axis=options.get("channel_axis"),
+                     channel=options.get("channel")).stack_shape
+    what = "z-planes" if stack == "3d" else "time frames"
+    if not 1 <= len(lead) <= 2 or lead[0 if stack == "time" else -1] < 2:
+        raise InputError(f"Stack mode {stack!r} needs an image with at least 2 {what} before Y and X; "
+                         f"this one has stack axes {lead or '()'}.")
 
 
 def instance_labels(probs: np.ndarray, shape: tuple[int, int], scale: float, config: PostprocessConfig, *,

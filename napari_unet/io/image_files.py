@@ -16,7 +16,7 @@ import numpy as np
 
 from napari_unet.errors import InputError
 from napari_unet.io.lazy import stem
-from napari_unet.io.pixel_size import plausible_pixel_size, tiff_pixel_size
+from napari_unet.io.pixel_size import plausible_pixel_size, tiff_pixel_size, tiff_z_spacing
 from napari_unet.io.tiff import open_tiff, read_image, write_tiff_atomic
 
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -25,11 +25,31 @@ CHANNEL_AXES = "CS"  # tifffile's axis letters for channels and colour samples
 
 @dataclass(frozen=True)
 class ImageFile:
-    """An image's pixels, its axis letters (tifffile's, e.g. ``ZCYX``; None if unknown) and pixel size (µm)."""
+    """An image's pixels, its axis letters (tifffile's, e.g. ``ZCYX``; None if unknown), pixel size
+    and z-plane spacing (µm)."""
 
     data: np.ndarray
     axes: str | None = None
     pixel_size_um: float | None = None
+    z_spacing_um: float | None = None
+
+    @property
+    def stack_mode(self) -> str:
+        """How a stack is segmented by default: ``"time"`` when the axes name T, ``"3d"`` when they name
+        Z (more than one plane), else ``"planes"``."""
+        axes, shape = self.axes or "", self.data.shape
+        if "T" in axes and shape[axes.index("T")] > 1:
+            return "time"
+        if "Z" in axes and shape[axes.index("Z")] > 1:
+            return "3d"
+        return "planes"
+
+    @property
+    def voxel_size(self) -> tuple[float, float, float] | None:
+        """``(z, y, x)`` µm when both the plane spacing and the pixel size are known."""
+        if self.z_spacing_um is None or self.pixel_size_um is None:
+            return None
+        return self.z_spacing_um, self.pixel_size_um, self.pixel_size_um
 
     @property
     def channel_axis(self) -> int | None:
@@ -50,7 +70,7 @@ def read_image_file(path: Path | str, *, series: int | None = None) -> ImageFile
     if path.suffix.lower() in PIL_SUFFIXES:
         return ImageFile(*_read_pil(path))
     data = read_image(path, series=series)
-    axes = pixel = None
+    axes = pixel = spacing = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # read_image warned about unreadable metadata already
@@ -59,9 +79,10 @@ def read_image_file(path: Path | str, *, series: int | None = None) -> ImageFile
                 if tif.is_ome or tif.is_imagej:
                     axes = s.axes if len(s.axes) == data.ndim else None
                 pixel = plausible_pixel_size(tiff_pixel_size(tif, series or 0))
+                spacing = tiff_z_spacing(tif, series or 0)
     except Exception:  # noqa: BLE001 - metadata is optional; the pixels were read fine
         pass
-    return ImageFile(data, axes, pixel)
+    return ImageFile(data, axes, pixel, spacing)
 
 
 def _read_pil(path: Path) -> tuple[np.ndarray, str | None]:
@@ -89,10 +110,10 @@ def _read_pil(path: Path) -> tuple[np.ndarray, str | None]:
 
 def write_labels_file(
     path: Path | str, labels: np.ndarray, *, axes: str | None = None, pixel_size_um: float | None = None,
-    overwrite: bool = False,
+    z_spacing_um: float | None = None, overwrite: bool = False,
 ) -> Path:
     """Write labels as a TIFF; with known axes or pixel size as an OME-TIFF carrying them (and the
-    TIFF resolution tags), so the labels overlay the image at the same physical size."""
+    TIFF resolution tags, and the z spacing), so the labels overlay the image at the same physical size."""
     axes = axes if axes and len(axes) == labels.ndim and set(axes) <= set("TZYX") else None
     pixel_size_um = plausible_pixel_size(pixel_size_um)  # an absurd one is not written (nor writable)
     if axes is None and pixel_size_um is None:
@@ -105,6 +126,8 @@ def write_labels_file(
         metadata.update(PhysicalSizeX=pixel_size_um, PhysicalSizeXUnit="µm",
                         PhysicalSizeY=pixel_size_um, PhysicalSizeYUnit="µm")
         kwargs.update(resolution=(1e4 / pixel_size_um, 1e4 / pixel_size_um), resolutionunit="CENTIMETER")
+    if z_spacing_um is not None and metadata.get("axes") and "Z" in str(metadata["axes"]):
+        metadata.update(PhysicalSizeZ=z_spacing_um, PhysicalSizeZUnit="µm")
     return write_tiff_atomic(path, labels, overwrite=overwrite, ome=True, metadata=metadata, **kwargs)
 
 

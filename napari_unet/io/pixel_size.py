@@ -35,8 +35,9 @@ def to_micrometres(value: Any, unit: str | None) -> float | None:
     return value * factor
 
 
-def ome_xml_pixel_size(xml: str, image: int = 0) -> float | None:
-    """``PhysicalSizeX`` (with its unit, µm by default) of image ``image`` in an OME-XML document."""
+def ome_xml_pixel_size(xml: str, image: int = 0, axis: str = "X") -> float | None:
+    """``PhysicalSizeX`` (``axis="Z"``: ``PhysicalSizeZ``, the plane spacing), with its unit (µm by
+    default), of image ``image`` in an OME-XML document."""
     try:
         root = ET.fromstring(xml)
     except ET.ParseError:
@@ -45,7 +46,7 @@ def ome_xml_pixel_size(xml: str, image: int = 0) -> float | None:
     if not pixels:
         return None
     p = pixels[min(image, len(pixels) - 1)].attrib
-    return to_micrometres(p.get("PhysicalSizeX"), p.get("PhysicalSizeXUnit", "µm"))
+    return to_micrometres(p.get(f"PhysicalSize{axis}"), p.get(f"PhysicalSize{axis}Unit", "µm"))
 
 
 def tiff_pixel_size(tif: Any, series: int = 0) -> float | None:
@@ -59,6 +60,17 @@ def tiff_pixel_size(tif: Any, series: int = 0) -> float | None:
             return None
         num, den = tag.value
         return to_micrometres(den / num if num else None, unit)
+    return None
+
+
+def tiff_z_spacing(tif: Any, series: int = 0) -> float | None:
+    """Spacing of z-planes (µm) of an open ``tifffile.TiffFile``: OME ``PhysicalSizeZ``, else ImageJ's
+    ``spacing`` with its unit; None when the file does not say."""
+    if tif.is_ome and tif.ome_metadata:
+        return ome_xml_pixel_size(tif.ome_metadata, series, axis="Z")
+    if tif.is_imagej:
+        meta = tif.imagej_metadata or {}
+        return to_micrometres(meta.get("spacing"), meta.get("unit"))
     return None
 
 

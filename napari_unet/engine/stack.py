@@ -1,0 +1,169 @@
+"""Stacks as one image: 3D objects from a z-stack's per-plane probabilities, and identities kept
+through time.
+
+``labels_3d`` runs one seeded watershed over the stacked interior/boundary probabilities (seeds
+and foreground connected across planes, a missed plane bridged, the smallest object counted in
+voxels); ``link_frames`` gives each object of a time-lapse the id of the object it continues, by
+Hungarian assignment (:func:`scipy.optimize.linear_sum_assignment`) on overlap, then on centroid
+distance, with a bounded gap; divisions and disappearances end a track, new objects start one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import ndimage as ndi
+from scipy.optimize import linear_sum_assignment
+from skimage.segmentation import relabel_sequential, watershed
+
+from napari_unet.engine.postprocess import PostprocessConfig
+from napari_unet.errors import InputError
+
+STACK_MODES = ("planes", "3d", "time")
+_NO = 1e6  # cost of a pair that may not be linked
+
+
+def check_stack_mode(stack: str) -> str:
+    """``stack`` when it is one of :data:`STACK_MODES`; else one sentence."""
+    if stack not in STACK_MODES:
+        raise InputError(f"Stack mode must be one of {', '.join(STACK_MODES)}, not {stack!r}.")
+    return stack
+
+
+def check_voxel_size(voxel_size: Sequence[float] | None) -> tuple[float, float, float] | None:
+    """``(z, y, x)`` voxel size as positive floats (None stays None); else one sentence."""
+    if voxel_size is None:
+        return None
+    try:
+        values = tuple(float(v) for v in voxel_size)
+    except (TypeError, ValueError):
+        raise InputError(f"Voxel size must be three numbers (Z Y X), not {voxel_size!r}.") from None
+    if len(values) != 3 or not all(np.isfinite(v) and v > 0 for v in values):
+        raise InputError(f"Voxel size must be three positive numbers (Z Y X), not {voxel_size!r}.")
+    return values  # type: ignore[return-value]
+
+
+def z_gap(voxel_size: tuple[float, float, float] | None) -> int:
+    """Planes a 3D object may be missing in and stay one object: 1, or 0 when planes lie more than
+    four pixel widths apart (then a nucleus spans few planes and a gap is more likely a real one)."""
+    if voxel_size is None:
+        return 1
+    return 1 if voxel_size[0] / voxel_size[2] <= 4 else 0
+
+
+def labels_3d(
+    probs: np.ndarray,
+    config: PostprocessConfig,
+    *,
+    voxel_size: tuple[float, float, float] | None = None,
+    min_size: int | None = None,
+) -> np.ndarray:
+    """3D instance labels ``(Z, H, W)`` from per-plane probabilities ``(Z, K, H, W)``.
+
+    Foreground is ``1 - P(background) > threshold``; seeds are the regions of ``P(interior) >
+    seed_threshold`` connected across planes (with 2 classes: of the per-plane distance to the
+    background); a watershed on ``-P(interior)`` grows them through the stack. A seed missing in one
+    plane between two overlapping ones is bridged (see :func:`z_gap`), so a nucleus the network missed
+    in a plane stays one object. ``min_size`` (default ``config.min_size``) is in voxels and applies
+    to whole 3D objects, so a nucleus keeps its thin ends.
+    """
+    if probs.ndim != 4 or probs.shape[1] < 2:
+        raise ValueError("labels_3d needs probabilities shaped (Z, K, H, W) with K >= 2")
+    foreground = (1.0 - probs[:, 0]) > config.threshold
+    if probs.shape[1] >= 3:
+        elevation = probs[:, 1]
+        seeds = (elevation > config.seed_threshold) & foreground
+    else:
+        elevation = np.stack([ndi.distance_transform_edt(f) for f in foreground]).astype(np.float32)
+        seeds = foreground & (elevation > 0.5 * ndi.maximum_filter(elevation, size=(1, 9, 9))) & (elevation > 1)
+    if z_gap(voxel_size) and len(seeds) > 2:
+        bridge = np.zeros_like(seeds)
+        bridge[1:-1] = seeds[:-2] & seeds[2:] & ~seeds[1:-1]
+        seeds |= bridge
+        foreground |= bridge
+    markers, _ = ndi.label(seeds)  # face connectivity: across planes only where seeds overlap
+    markers = _drop_small(markers, config.min_seed_size)
+    labels = watershed(-elevation, markers, mask=foreground)
+    orphans, n = ndi.label(foreground & (labels == 0))
+    if n:  # foreground without a seed is still an object
+        labels = np.where(orphans > 0, orphans + labels.max(), labels)
+    labels = _drop_small(labels, config.min_size if min_size is None else min_size)
+    return relabel_sequential(labels)[0].astype(np.uint32, copy=False)
+
+
+def _drop_small(labels: np.ndarray, min_size: int) -> np.ndarray:
+    if min_size <= 1 or not labels.any():
+        return labels
+    small = np.bincount(labels.ravel()) < min_size
+    small[0] = False
+    return np.where(small[labels], 0, labels)
+
+
+def link_frames(frames: np.ndarray, *, max_gap: int = 1, min_iou: float = 0.1, moving: bool = True) -> np.ndarray:
+    """Labels ``(T, ...)`` whose objects keep one id through time; each frame's labels are independent.
+
+    Objects of a frame are assigned to the tracks seen in the previous ``1 + max_gap`` frames by
+    Hungarian assignment: on IoU (at least ``min_iou``) first, then on centroid distance (within the
+    larger object's equivalent diameter; only when ``moving``) for objects that moved off their old
+    place. A track whose object splits into two that each lie largely inside it, none continuing it
+    (a division), ends; unmatched objects start new tracks. Ids are numbered 1..N in order of appearance.
+    """
+    frames = np.asarray(frames)
+    out = np.zeros(frames.shape, dtype=np.uint32)
+    last_seen: dict[int, int] = {}  # track id → frame index
+    next_id = 1
+    for t, frame in enumerate(frames):
+        cur = relabel_sequential(frame.astype(np.int64, copy=False))[0]
+        n_cur = int(cur.max())
+        memory = np.zeros(cur.shape, dtype=np.int64)  # the tracks still open, where last seen (newest on top)
+        for s in range(max(0, t - 1 - max_gap), t):
+            alive = [k for k, seen in last_seen.items() if seen == s]
+            if alive:
+                old = out[s].astype(np.int64)
+                keep = np.isin(old, alive) & (memory == 0)
+                memory[keep] = old[keep]
+        mapping = np.zeros(n_cur + 1, dtype=np.int64)
+        if n_cur and memory.any():
+            mapping = _assign(cur, memory, n_cur, min_iou, moving)
+        for i in range(1, n_cur + 1):
+            if mapping[i] == 0:
+                mapping[i] = next_id
+                next_id += 1
+            last_seen[int(mapping[i])] = t
+        out[t] = mapping[cur]
+    return out
+
+
+def _assign(cur: np.ndarray, memory: np.ndarray, n_cur: int, min_iou: float, moving: bool) -> np.ndarray:
+    """Track id for each object 1..n_cur of ``cur`` (0: none) from the open tracks in ``memory``."""
+    tracks, mem = np.unique(memory, return_inverse=True)
+    mem = mem.reshape(memory.shape)
+    n_mem = len(tracks)  # index 0 is background
+    overlap = np.bincount(cur.ravel() * n_mem + mem.ravel(), minlength=(n_cur + 1) * n_mem).reshape(n_cur + 1, n_mem)
+    area_c, area_m = overlap.sum(1), overlap.sum(0)
+    inter = overlap[1:, 1:].astype(np.float64)
+    iou = inter / np.maximum(area_c[1:, None] + area_m[None, 1:] - inter, 1)
+    cost = np.where(iou >= min_iou, 1.0 - iou, _NO)
+    centre_c, centre_m = _centroids(cur, n_cur + 1)[1:], _centroids(mem, n_mem)[1:]
+    dist = np.linalg.norm(centre_c[:, None, :] - centre_m[None, :, :], axis=-1)
+    reach = 2 * np.sqrt(np.maximum(area_c[1:, None], area_m[None, 1:]) / np.pi)
+    near = (cost >= _NO) & (dist <= reach) & moving
+    cost[near] = 1.0 + dist[near] / reach[near]
+    inside = inter / np.maximum(area_c[1:, None], 1)  # fraction of each object inside each old one
+    # a division: no object continues the old one (IoU < 0.5) and two or more lie largely inside it
+    divided = (((inside >= 0.3) & (iou < 0.5)).sum(0) >= 2) & (iou.max(0) < 0.5)
+    cost[:, divided] = _NO
+    rows, cols = linear_sum_assignment(cost)
+    mapping = np.zeros(n_cur + 1, dtype=np.int64)
+    ok = cost[rows, cols] < _NO
+    mapping[rows[ok] + 1] = tracks[cols[ok] + 1]
+    return mapping
+
+
+def _centroids(labels: np.ndarray, n: int) -> np.ndarray:
+    """``(n, ndim)`` centroids of labels 0..n-1 (NaN-free: empty labels sit at the origin)."""
+    counts = np.maximum(np.bincount(labels.ravel(), minlength=n), 1)
+    grids = np.indices(labels.shape, sparse=True)
+    return np.stack([np.bincount(labels.ravel(), weights=np.broadcast_to(g, labels.shape).ravel(), minlength=n)
+                     / counts for g in grids], axis=1)
