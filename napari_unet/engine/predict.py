@@ -114,10 +114,12 @@ def predict(
     per_plane = count_tiles(work, in_tile, out_tile, overlap, multiple) * len(views)
     total = per_plane * planes.data.shape[0]
     norm = model.normalization
-    bounds = norm.stack_bounds(planes.data)  # the whole stack's: empty planes stay dark
+    # percentile normalisation uses the whole stack's bounds (empty planes stay dark); a package's own
+    # preprocessing (bioimage.io) is applied as its specification says, plane by plane
+    bounds = norm.stack_bounds(planes.data) if hasattr(norm, "stack_bounds") else None
     out = np.empty((planes.data.shape[0], model.config.out_classes, *size), dtype=np.float32)
     for i, plane in enumerate(planes.data):
-        x = norm.apply_bounds(plane, bounds)
+        x = norm.apply(plane) if bounds is None else norm.apply_bounds(plane, bounds)
         if work != (h, w):
             x = resize_planes(x, work)
         p = np.zeros((model.config.out_classes, *x.shape[-2:]), dtype=np.float32)
