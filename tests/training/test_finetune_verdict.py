@@ -81,7 +81,7 @@ def test_a_pair_set_that_contradicts_the_model_is_not_offered(tmp_path, u2os, u2
         lambda e: None,
     )
     assert not done["improved"]
-    assert done["verdict"].startswith(("forgot", "no gain")) and "held-out object" in done["verdict"]
+    assert done["verdict"].startswith(("forgot: replay F1", "no gain")) and "held-out object" in done["verdict"]
     assert done["replay_base_f1"] > 0.8  # the replay set was scored
 
 
