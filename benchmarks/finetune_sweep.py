@@ -60,9 +60,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--held-out", type=int, default=4, help="other images of the kind to measure")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--scale", default="auto", help="scale for the images of the shifted kind (a number or auto)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    scale = args.scale if args.scale == "auto" else float(args.scale)
     shift = KINDS[args.kind]
     data = [(n, *shift(img, lab)) for split in ("training-data", "validation-data")
             for n, img, lab in load_split(split) if "U2OS" in n]
@@ -70,7 +72,7 @@ def main() -> None:
     original = load_split("validation-data")
     base = load_model()
     reviewed = sparse_review(labels, args.objects, np.random.default_rng(0))
-    before = pooled_f1([(lab, segment(img, base, device="cpu")) for _, img, lab in others])
+    before = pooled_f1([(lab, segment(img, base, device="cpu", scale=scale)) for _, img, lab in others])
     orig_before = pooled_f1([(lab, segment(img, base, device="cpu")) for _, img, lab in original])
     print(f"{args.kind}: corrected {args.objects} nuclei of {name}; base F1 on {len(others)} other images "
           f"{before:.3f}, on validation-data {orig_before:.3f}", flush=True)
@@ -85,13 +87,14 @@ def main() -> None:
                                                 device="cpu", **opts), lambda e: None)
             cpu, wall = time.process_time() - cpu, time.monotonic() - wall
             tuned = load_model(Path(tmp) / "ft.safetensors")
-            after = pooled_f1([(lab, segment(img, tuned, device="cpu")) for _, img, lab in others])
+            after = pooled_f1([(lab, segment(img, tuned, device="cpu", scale=scale)) for _, img, lab in others])
             orig_after = pooled_f1([(lab, segment(img, tuned, device="cpu")) for _, img, lab in original])
         r = {"kind": args.kind, "setting": setting, **opts, "steps": done["steps"], "cpu_s": round(cpu, 1),
              "wall_s": round(wall, 1), "steps_per_cpu_min": round(done["steps"] / cpu * 60, 1),
              "f1_before": round(before, 4), "f1_after": round(after, 4),
              "original_f1_before": round(orig_before, 4), "original_f1_after": round(orig_after, 4),
-             "improved": done["improved"], "verdict": done["verdict"], "train_scale": done["train_scale"]}
+             "improved": done["improved"], "verdict": done["verdict"], "train_scale": done["train_scale"],
+             "eval_scale": args.scale}
         results.append(r)
         print(json.dumps(r), flush=True)
     if args.json:

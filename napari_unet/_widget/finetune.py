@@ -141,7 +141,7 @@ class FinetuneSection:
         scores = (f"validation F1 {before:.3f} → {after:.3f} on {event.get('validation_pairs', '?')} pair(s), "
                   f"{event.get('validation_objects', '?')} objects")
         if event.get("verdict"):  # the change ± its uncertainty, and why not when not better
-            scores = event["verdict"]
+            scores += f"; {event['verdict']}"
         name = Path(event["path"]).name
         cancelled = self.session.runner is not None and self.session.runner.cancelled
         if event.get("improved"):

@@ -70,7 +70,8 @@ class FineTuneOptions:
     crop_size: int = 256
     lr: float = 5e-4
     seed: int = 0
-    replay: bool = True  # mix the shipped model's training crops into every batch (when they suit the base)
+    replay: bool = True  # mix the shipped model's training crops into every batch (when they suit the base);
+    # the verdict scores the replay validation crops either way
     replay_fraction: float = 0.5
     l2sp: float = 0.0  # L2-SP penalty weight (pull towards the base weights); 0 = off
     layers: str = "all"  # "all" (BatchNorm statistics frozen) or "decoder"
@@ -192,8 +193,9 @@ def run_finetune(
     ``f1`` (F1 at IoU 0.5 on the held-out objects, each model with its post-processing tuned there),
     ``delta_f1`` / ``delta_f1_sd``, ``validation_objects`` / ``validation_pairs`` (held-out objects
     and the pairs they are in), ``train_objects``, ``replay_base_f1`` / ``replay_f1`` (the replay
-    validation crops, base with its own post-processing, new model with its new one; None without
-    replay), ``replay_objects``, ``train_scale`` (the pairs' resize factor) and ``object_area``,
+    validation crops, base with its own post-processing, new model with its new one; None when the
+    replay set does not suit the base; scored even with ``replay=False``), ``replay_objects``,
+    ``train_scale`` (the pairs' resize factor) and ``object_area``,
     ``postprocess``, ``best_epoch``, ``epochs``, ``steps``, ``path``, ``latest_path``,
     ``stopped_early``, ``seconds``, ``seconds_per_epoch``. ``progress`` events' ``val_f1`` is the F1
     on the held-out objects (it chooses the best epoch; the replay set is scored on that one).
@@ -218,7 +220,8 @@ def run_finetune(
     samples = [rescale_sample(s, train_scale) for s in samples]
     object_area = round(float(np.median(_reviewed_areas(samples))), 1) or None
     train_s, held = hold_out_objects(samples, options.val_fraction, options.seed)
-    replay_train, replay_val = load_replay(base) if options.replay else ([], [])
+    replay_train, replay_val = load_replay(base)  # forgetting is checked even when replay does not train
+    replay_train = replay_train if options.replay else []
     device = resolve_device(options.device)
     out = Path(options.out)
     if base.path is not None and out.resolve() == Path(base.path).resolve():

@@ -152,13 +152,15 @@ def test_finetuning_the_shipped_model_helps_on_a_new_kind_of_image(tmp_path, u2o
     export_pair(tmp_path / "pairs", image, u2os_labels[crop])
     events = []
     done = run_finetune(
-        FineTuneOptions(pairs=tmp_path / "pairs", out=tmp_path / "ft.safetensors", epochs=6, device="cpu",
-                        steps_per_epoch=6, batch_size=4, crop_size=128, lr=2e-3),
+        FineTuneOptions(pairs=tmp_path / "pairs", out=tmp_path / "ft.safetensors", epochs=2, device="cpu",
+                        steps_per_epoch=20, batch_size=4, crop_size=160),
         events.append,
     )
     progress = [e for e in events if e["event"] == "progress" and e["epoch"] >= 1]  # epoch 0: the base score
     assert progress[-1]["train_loss"] < progress[0]["train_loss"]
-    assert done["improved"] and done["f1"] > done["base_f1"] + 0.1
+    assert done["f1"] > done["base_f1"] + 0.1, done["verdict"]  # it learns the new kind (held-out objects)
+    # and is offered only if it kept the original domain (replay F1 within 0.02 of the base's)
+    assert done["improved"] == (done["replay_f1"] >= done["replay_base_f1"] - 0.02), done["verdict"]
 
 
 def test_train_killed_at_any_moment_leaves_a_loadable_checkpoint_or_none(tmp_path, pairs_dir, tiny_ckpt):

@@ -12,7 +12,9 @@ from napari_unet.training.augment import AugmentConfig, transform_crop
 from napari_unet.training.finetune import FineTuneOptions, hold_out_objects, run_finetune
 from napari_unet.training.loop import Sample
 from napari_unet.training.pairs import export_pair
+from napari_unet.training.replay import load_replay, replay_path
 from napari_unet.training.verdict import bootstrap_change, object_counts, reviewed_objects, verdict_text
+from tests.helpers import make_tiny_model
 
 
 def _discs(shape, centres, r=6):
@@ -79,7 +81,7 @@ def test_a_pair_set_that_contradicts_the_model_is_not_offered(tmp_path, u2os, u2
         lambda e: None,
     )
     assert not done["improved"]
-    assert done["verdict"].startswith(("forgot", "no gain")) and "held-out object" in done["verdict"]
+    assert done["verdict"].startswith(("forgot: replay F1", "no gain")) and "held-out object" in done["verdict"]
     assert done["replay_base_f1"] > 0.8  # the replay set was scored
 
 
@@ -101,3 +103,10 @@ def test_auto_scale_after_fine_tuning_stays_with_the_base_choice(tmp_path, u2os,
     assert before.how == after.how == "object size" and before.scale < 0.8
     assert abs(after.scale / before.scale - 1) <= 0.15
     assert done["object_area"] == pytest.approx(base.info.object_area, rel=0.25)
+
+
+def test_replay_set_ships_with_the_package_and_suits_only_matching_models():
+    train, val = load_replay(load_model())
+    assert len(train) >= 16 and len(val) >= 8 and replay_path().stat().st_size < 3e6
+    assert all(s.image.shape[0] == 1 and s.image.shape[1:] == s.labels.shape and s.labels.any() for s in train + val)
+    assert load_replay(make_tiny_model(in_channels=2)) == ([], [])
