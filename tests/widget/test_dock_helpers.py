@@ -18,14 +18,22 @@ def _config_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("NAPARI_UNET_CONFIG_DIR", str(tmp_path / "config"))
 
 
-def test_features_table_has_a_row_per_object_follows_a_relabel_and_saves_as_csv(qtbot, make_napari_viewer, misc,
-                                                                                 tmp_path, monkeypatch):
+def _segmented(qtbot, make_napari_viewer, misc, scale: float, **options):
+    """The dock after Segment on a 256² crop of the misc sample at ``scale`` (other options set first)."""
     viewer = make_napari_viewer()
     viewer.add_image(misc[:256, :256], name="crop")
     _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "U-Net")
-    w.seg.auto_scale.value, w.seg.scale.value, w.seg.tile.value = False, 1.0, 256
+    w.seg.auto_scale.value, w.seg.scale.value, w.seg.tile.value = False, scale, 256
+    for name, value in options.items():
+        getattr(w.seg, name).value = value
     w.seg.run_btn.native.click()
-    qtbot.waitUntil(lambda: w.seg.worker is None, timeout=60_000)
+    qtbot.waitUntil(lambda: w.seg.worker is None and "crop labels" in viewer.layers, timeout=60_000)
+    return viewer, w
+
+
+def test_features_table_has_a_row_per_object_follows_a_relabel_and_saves_as_csv(qtbot, make_napari_viewer, misc,
+                                                                                 tmp_path, monkeypatch):
+    viewer, w = _segmented(qtbot, make_napari_viewer, misc, 1.0)
     layer = viewer.layers["crop labels"]
     ids = np.unique(layer.data[layer.data > 0])
     table = layer.features
@@ -47,13 +55,7 @@ def test_features_table_has_a_row_per_object_follows_a_relabel_and_saves_as_csv(
 
 
 def test_show_probabilities_adds_the_class_probabilities_as_an_image_layer(qtbot, make_napari_viewer, misc):
-    viewer = make_napari_viewer()
-    viewer.add_image(misc[:256, :256], name="crop")
-    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "U-Net")
-    w.seg.auto_scale.value, w.seg.scale.value, w.seg.tile.value = False, 2.0, 256
-    w.seg.show_probs.value = True
-    w.seg.run_btn.native.click()
-    qtbot.waitUntil(lambda: w.seg.worker is None, timeout=60_000)
+    viewer, w = _segmented(qtbot, make_napari_viewer, misc, 2.0, show_probs=True)
     probs = viewer.layers["crop probabilities"]
     classes = w.state.model.info.classes
     assert probs.data.shape == (len(classes), 512, 512)  # at the working size, drawn over the image
@@ -64,12 +66,7 @@ def test_show_probabilities_adds_the_class_probabilities_as_an_image_layer(qtbot
 
 
 def test_undo_restores_the_labels_before_a_relabel_and_a_segment(qtbot, make_napari_viewer, misc):
-    viewer = make_napari_viewer()
-    viewer.add_image(misc[:256, :256], name="crop")
-    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "U-Net")
-    w.seg.auto_scale.value, w.seg.scale.value, w.seg.tile.value = False, 1.0, 256
-    w.seg.run_btn.native.click()
-    qtbot.waitUntil(lambda: w.seg.worker is None, timeout=60_000)
+    viewer, w = _segmented(qtbot, make_napari_viewer, misc, 1.0)
     layer = viewer.layers["crop labels"]
     first = layer.data.copy()
     w.seg.min_size.value = 5000  # every nucleus is smaller: all disappear
