@@ -13,7 +13,7 @@ pytestmark = pytest.mark.gui
 def test_3d_objects_option_gives_one_labels_layer_with_3d_ids(qtbot, make_napari_viewer, misc):
     viewer = make_napari_viewer()
     viewer.add_image(np.stack([misc[:160, :160]] * 4), name="stack", scale=(2.0, 0.5, 0.5))
-    _, w = viewer.window.add_plugin_dock_widget("napari-unet", "U-Net")
+    _, w = viewer.window.add_plugin_dock_widget("napari-unet-nuclei", "U-Net")
     assert list(STACK_CHOICES) == list(w.seg.stack.choices)
     w.seg.stack.value = "3D objects"
     w.seg.run_btn.native.click()
@@ -30,7 +30,7 @@ def test_3d_objects_option_gives_one_labels_layer_with_3d_ids(qtbot, make_napari
 def test_stack_option_follows_the_layers_axis_names(make_napari_viewer, misc):
     viewer = make_napari_viewer()
     viewer.add_image(misc[:64, :64], name="plane")
-    _, w = viewer.window.add_plugin_dock_widget("napari-unet", "U-Net")
+    _, w = viewer.window.add_plugin_dock_widget("napari-unet-nuclei", "U-Net")
     assert w.seg.stack.value == "current plane"
     viewer.add_image(np.stack([misc[:64, :64]] * 3), name="movie", axis_labels=("t", "y", "x"))
     w.seg.image.value = viewer.layers["movie"]
