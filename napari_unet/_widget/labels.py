@@ -95,7 +95,7 @@ class LabelsWriter:
         data = np.zeros(image.data.shape[: image.ndim], np.uint16)
         layer = add_in_steps(viewer, data, name=f"{image.name} labels", scale=image.scale[-data.ndim:],
                              translate=image.translate[-data.ndim:])
-        self.state.set_result(layer, Result(weakref.ref(image), None, None, "", ""))
+        self.state.set_result(layer, Result(weakref.ref(image), None, None, "", "", pending=True))
         return layer
 
     def discard(self, layer: Labels | None) -> None:

@@ -102,17 +102,13 @@ class Result:
 
     image: weakref.ref  # the Image layer it was segmented from
     plane: tuple[int, ...] | None  # None: the whole stack (lazy: the zarr holds this plane only)
-    probs: np.ndarray | None  # None: lazy, or a layer added empty at the click with no result yet
+    probs: np.ndarray | None  # None: lazy, a class map, 3D objects/tracks, or no result yet
     written: str  # digest of the labels as last written (edit detection)
     model_name: str
     scale: float = 1.0  # the scale the network ran at (post-processing sizes follow it)
     lazy: bool = False  # segmented block by block into a zarr that backs the layer (no probabilities kept)
     edited: bool = False  # lazy labels: napari reported a brush/fill/erase edit
-
-    @property
-    def pending(self) -> bool:
-        """A layer added empty at the click, still waiting for its first result."""
-        return self.probs is None and not self.lazy
+    pending: bool = False  # a layer added empty at the click, still waiting for its first result
 
     def source(self) -> Image | None:
         return self.image()

@@ -494,8 +494,6 @@ def test_dock_shows_the_min_size_used_and_follows_a_relabel(qtbot, widget, misc)
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="passes alone, but in the full suite its labels layer does not appear (order-dependent, "
-                          "under investigation)", strict=False)
 def test_semantic_package_from_the_dock_gives_class_labels(qtbot, make_napari_viewer, tmp_path, misc):
     """A bioimage.io package whose classes are not nuclei: the dock writes the class map, as segment() does,
     and a post-processing change leaves it alone."""
@@ -509,9 +507,12 @@ def test_semantic_package_from_the_dock_gives_class_labels(qtbot, make_napari_vi
     _, w = _dock(viewer)
     assert w.models.select(package) and w.state.model.semantic
     w.seg.tile.value, w.seg.overlap.value = 192, 0
+    w.seg.writer.prepare(viewer.layers["crop"])  # the empty layer a slow run adds at the click gets the class map
     _segment(qtbot, w)
     qtbot.waitUntil(lambda: "crop labels" in viewer.layers, timeout=60_000)  # added in steps (slow on a busy machine)
     layer = viewer.layers["crop labels"]
+    w.seg.writer.discard(layer)  # what the end of a run does to an empty layer that got no result
+    assert layer in viewer.layers  # a class map has no probabilities kept, but it is a result
     expected = segment(image, w.state.model, device="cpu", tile=192, overlap=0)
     np.testing.assert_array_equal(layer.data, expected)
     assert set(np.unique(layer.data)) <= {0, 1} and "classes" in w.seg.summary.value
