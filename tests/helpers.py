@@ -98,3 +98,11 @@ def build_foreign_package(tmp: Path, image: np.ndarray, *, torchscript: bool = F
         weights=bmz.WeightsDescr(**weights),
     )
     return save_bioimageio_package(descr, output_path=tmp / "package.zip")
+
+
+def interruptible() -> None:
+    """``preexec_fn`` for a command a test sends Ctrl-C to: SIGINT back to its default, as in a
+    terminal, even when the test runner was started with SIGINT ignored (a background job)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -26,7 +26,7 @@ from napari_unet.blockwise.engine import (
 )
 from napari_unet.engine.memory import too_large
 from napari_unet.engine.segmentation import count_sentence
-from napari_unet.errors import InvalidParameter, NapariUnetError
+from napari_unet.errors import Cancelled, InvalidParameter, NapariUnetError
 from napari_unet.io.lazy import is_zarr_path, open_lazy, stem
 from napari_unet.models import load_model
 
@@ -81,6 +81,38 @@ def terminate_like_interrupt() -> Iterator[None]:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+class SignalStop:
+    """Ctrl-C (SIGINT) and SIGTERM ask a blockwise run to stop: the handler only records the signal
+    and the run, which polls :meth:`requested`, stops the cluster's tasks and removes its partial
+    outputs. A signal never lands inside a library's code (where it could be swallowed); a second
+    one interrupts at once. SIGINT stays ignored where the caller ignores it (a background job)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self) -> SignalStop:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                if signal.getsignal(sig) is not signal.SIG_IGN:
+                    self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        if self.signum is not None or (kind is not None and issubclass(kind, KeyboardInterrupt)):
+            _quiet_zarr_exit()
 
 
 def _quiet_zarr_exit() -> None:
@@ -174,16 +206,18 @@ def run_blockwise(args: argparse.Namespace) -> int:
     if not items:
         return 1
     start = time.monotonic()
+    stop = SignalStop()
     try:
-        with terminate_like_interrupt():
+        with stop:
             results = segment_many(
                 items, model, options=options, workers=args.workers, scheduler=args.scheduler,
-                overwrite=args.overwrite, progress=None if args.quiet else BlockProgress(),
+                overwrite=args.overwrite, progress=None if args.quiet else BlockProgress(), cancel=stop.requested,
             )
-    except KeyboardInterrupt as exc:
-        what = "terminated" if isinstance(exc, Terminated) else "cancelled"
-        print(f"\nnapari-unet: {what}; unfinished outputs were removed.", file=sys.stderr)
-        return 143 if isinstance(exc, Terminated) else 130
+    except (Cancelled, KeyboardInterrupt) as exc:
+        terminated = isinstance(exc, Terminated) or stop.signum == signal.SIGTERM
+        print(f"\nnapari-unet: {'terminated' if terminated else 'cancelled'}; unfinished outputs were removed.",
+              file=sys.stderr)
+        return 143 if terminated else 130
     except NapariUnetError as exc:
         print(f"napari-unet: error: {exc}", file=sys.stderr)
         return 1

@@ -28,7 +28,7 @@ from napari_unet.models import load_model
 from napari_unet.training.finetune import FineTuneOptions
 from napari_unet.training.pairs import MANIFEST, export_pair
 from napari_unet.training.runner import LOCK_NAME, FineTuneRequest, FineTuneRunner
-from tests.helpers import SAMPLES, make_tiny_model
+from tests.helpers import SAMPLES, interruptible, make_tiny_model
 
 FAST = ["--quiet", "--tile", "128", "--overlap", "16", "--device", "cpu"]
 
@@ -297,7 +297,7 @@ def test_ctrl_c_during_segment_is_one_line_and_leaves_no_partial_file(tmp_path, 
     tifffile.imwrite(big, np.tile(u2os, (2, 2)))
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "napari_unet", "segment", big, "--out", out, "--tile", "256",
-                             "--device", "cpu"], stderr=subprocess.PIPE, text=True)
+                             "--device", "cpu"], stderr=subprocess.PIPE, text=True, preexec_fn=interruptible)
     buf = []
 
     def reader():

@@ -27,7 +27,7 @@ from napari_unet.cli.main import main
 from napari_unet.engine.predict import NO_NUCLEI, choose_scale
 from napari_unet.errors import InputError, InvalidParameter
 from napari_unet.io.checkpoint import ModelInfo, save_checkpoint
-from tests.helpers import make_tiny_model
+from tests.helpers import interruptible, make_tiny_model
 
 OPTS = BlockwiseOptions(block=64, halo=16, tile=64, overlap=16, device="cpu", scale=1.0)
 
@@ -131,7 +131,7 @@ def test_a_signal_during_a_blockwise_run_exits_cleanly_and_leaves_nothing(tmp_pa
     tifffile.imwrite(image, np.tile(u2os, (2, 2)))
     out = tmp_path / "out"
     proc = _run_cli(["segment", image, "--block", "128", "--out", out, "--model", tiny_ckpt, "--tile", "128",
-                     "--overlap", "16", "--device", "cpu", "--scale", "1"])
+                     "--overlap", "16", "--device", "cpu", "--scale", "1"], preexec_fn=interruptible)
     buf: list[str] = []
     reader = threading.Thread(target=lambda: buf.extend(iter(lambda: proc.stderr.read(1), "")), daemon=True)
     reader.start()

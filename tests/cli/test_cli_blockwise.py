@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import zarr
 
+from tests.helpers import interruptible
+
 BIN = Path(sys.executable).parent
 
 
@@ -92,7 +94,8 @@ def test_cli_on_a_real_dask_cluster_matches_the_local_run(u2os, tmp_path, dask_c
 def test_ctrl_c_cancels_cleanly(misc, tmp_path):
     big = write_zarr(tmp_path / "big.zarr", np.tile(misc, (2, 2)))
     proc = subprocess.Popen([str(BIN / "napari-unet"), "segment", str(big), "--block", "64", "--out",
-                             str(tmp_path / "out")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             str(tmp_path / "out")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=interruptible)
     seen = ""
     while seen.count("blocks [") < 3:  # the progress bar has moved: blocks are running
         ch = proc.stderr.read(1)
