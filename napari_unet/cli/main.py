@@ -119,6 +119,16 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if not inputs:
         return _fail("no images to segment.")
     out_dir = Path(args.out)
+    created = not out_dir.exists()
+    try:
+        return _segment_into(args, inputs, out_dir)
+    finally:
+        if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # nothing was written: leave no empty output folder behind
+
+
+def _segment_into(args: argparse.Namespace, inputs: list[Path], out_dir: Path) -> int:
+    """The in-memory ``segment`` run over ``inputs`` into ``out_dir``: outputs checked first, then each image."""
     outputs, problems = _output_paths(inputs, out_dir, args.overwrite)
     problem = problems[0] if problems else _check_writable(out_dir)
     if problem:

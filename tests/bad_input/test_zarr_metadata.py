@@ -128,4 +128,7 @@ def test_one_dimensional_tiff_is_one_sentence(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert "at least 2 (Y, X)" in err
-    assert not list(tmp_path.glob("out/*"))
+    assert not (tmp_path / "out").exists()  # no output folder left behind for nothing written
+    (tmp_path / "kept").mkdir()
+    assert main(["segment", str(path), "--model", str(ckpt), "--out", str(tmp_path / "kept"), "--device", "cpu"]) == 1
+    assert (tmp_path / "kept").is_dir()  # a folder the user had is never removed
