@@ -1,11 +1,12 @@
 """Stacks as one image: 3D objects from a z-stack's per-plane probabilities, and identities kept
 through time.
 
-``labels_3d`` runs one seeded watershed over the stacked interior/boundary probabilities (seeds
-and foreground connected across planes, a missed plane bridged, the smallest object counted in
-voxels); ``link_frames`` gives each object of a time-lapse the id of the object it continues, by
-Hungarian assignment (:func:`scipy.optimize.linear_sum_assignment`) on overlap, then on centroid
-distance, with a bounded gap; divisions and disappearances end a track, new objects start one.
+``labels_3d`` runs one seeded watershed over the stacked interior/boundary probabilities (a seed
+per peak of the interior's 3D depth, foreground connected across planes, a missed plane bridged,
+the smallest object counted in voxels); ``link_frames`` gives each object of a time-lapse the id
+of the object it continues, by Hungarian assignment (:func:`scipy.optimize.linear_sum_assignment`)
+on overlap, then on centroid distance, with a bounded gap; divisions and disappearances end a
+track, new objects start one.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage as ndi
 from scipy.optimize import linear_sum_assignment
+from skimage.morphology import h_maxima
 from skimage.segmentation import relabel_sequential, watershed
 
 from napari_unet.engine.postprocess import PostprocessConfig
@@ -52,6 +54,9 @@ def z_gap(voxel_size: tuple[float, float, float] | None) -> int:
     return 1 if voxel_size[0] / voxel_size[2] <= 4 else 0
 
 
+SEED_DEPTH = 0.2  # a seed peak counts when it rises this share of the typical interior depth above its saddle
+
+
 def labels_3d(
     probs: np.ndarray,
     config: PostprocessConfig,
@@ -61,30 +66,40 @@ def labels_3d(
 ) -> np.ndarray:
     """3D instance labels ``(Z, H, W)`` from per-plane probabilities ``(Z, K, H, W)``.
 
-    Foreground is ``1 - P(background) > threshold``; seeds are the regions of ``P(interior) >
-    seed_threshold`` connected across planes (with 2 classes: of the per-plane distance to the
-    background); a watershed on ``-P(interior)`` grows them through the stack. A seed missing in one
-    plane between two overlapping ones is bridged (see :func:`z_gap`), so a nucleus the network missed
-    in a plane stays one object. ``min_size`` (default ``config.min_size``) is in voxels and applies
-    to whole 3D objects, so a nucleus keeps its thin ends.
+    With interior/boundary classes, foreground is ``P(interior) + P(boundary) / 2 >= threshold`` (the
+    blurred gap between nuclei that touch in z looks like boundary, so boundary counts half) and the
+    interior is ``P(interior) > seed_threshold``. One seed per peak of the interior's distance to its
+    edge (in voxel units, so anisotropy counts) that rises :data:`SEED_DEPTH` of the typical peak
+    above its saddle (``skimage.morphology.h_maxima``): nuclei whose interiors touch across planes
+    still get a seed each. With 2 classes the distance is to the background. A watershed on the
+    distance grows the seeds through the foreground. An interior missing in one plane between two
+    overlapping ones, where that plane has no foreground at all, is bridged (see :func:`z_gap`), so a
+    nucleus the network missed in a plane stays one object, while two nuclei with a boundary between
+    them in z stay two. ``min_size`` (default ``config.min_size``) is in voxels and applies to whole 3D
+    objects, so a nucleus keeps its thin ends.
     """
     if probs.ndim != 4 or probs.shape[1] < 2:
         raise ValueError("labels_3d needs probabilities shaped (Z, K, H, W) with K >= 2")
-    foreground = (1.0 - probs[:, 0]) > config.threshold
     if probs.shape[1] >= 3:
-        elevation = probs[:, 1]
-        seeds = (elevation > config.seed_threshold) & foreground
+        foreground = (probs[:, 1] + 0.5 * probs[:, 2]) >= config.threshold
+        inner = (probs[:, 1] > config.seed_threshold) & foreground
     else:
-        elevation = np.stack([ndi.distance_transform_edt(f) for f in foreground]).astype(np.float32)
-        seeds = foreground & (elevation > 0.5 * ndi.maximum_filter(elevation, size=(1, 9, 9))) & (elevation > 1)
-    if z_gap(voxel_size) and len(seeds) > 2:
-        bridge = np.zeros_like(seeds)
-        bridge[1:-1] = seeds[:-2] & seeds[2:] & ~seeds[1:-1]
-        seeds |= bridge
+        foreground = (1.0 - probs[:, 0]) > config.threshold
+        inner = foreground.copy()
+    if z_gap(voxel_size) and len(inner) > 2:
+        bridge = np.zeros_like(inner)
+        bridge[1:-1] = inner[:-2] & inner[2:] & ~foreground[1:-1]  # missed there, not a boundary between two
+        inner |= bridge
         foreground |= bridge
-    markers, _ = ndi.label(seeds)  # face connectivity: across planes only where seeds overlap
-    markers = _drop_small(markers, config.min_seed_size)
-    labels = watershed(-elevation, markers, mask=foreground)
+    parts, _ = ndi.label(inner)  # face connectivity: across planes only where interiors overlap
+    sampling = voxel_size or (1.0, 1.0, 1.0)
+    depth = ndi.distance_transform_edt(parts > 0, sampling=sampling)
+    depth = ndi.gaussian_filter(depth, sigma=[sampling[2] / v for v in sampling])  # one pixel width, in voxels
+    markers = np.zeros(inner.shape, np.int32)
+    if parts.any():
+        peaks = ndi.maximum(depth, parts, np.unique(parts[parts > 0]))
+        markers, _ = ndi.label(h_maxima(depth, SEED_DEPTH * float(np.median(peaks))) & (parts > 0))
+    labels = watershed(-depth, markers, mask=foreground)
     orphans, n = ndi.label(foreground & (labels == 0))
     if n:  # foreground without a seed is still an object
         labels = np.where(orphans > 0, orphans + labels.max(), labels)
