@@ -161,6 +161,7 @@ class UNetWidget(QWidget):
             self.models.select(None, quiet=True)
         state.message.emit(self.models.opened(restored=bool(saved)))  # never a silent carry-over
         self.reset_choices()
+        self.corrections.follow_active()  # a dock opened on a selected labels layer corrects that one
         warm_labels_layer()
         self.viewer.window._qt_window.installEventFilter(self)  # napari closing: the dock gets no other notice
 

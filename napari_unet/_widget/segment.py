@@ -53,7 +53,7 @@ class SegmentSection(SegmentOptions):
         self.summary = Label(value="")
         self.undo_btn = PushButton(text="Undo", tooltip=(
             "Put back the labels the last Segment or change of threshold / seed threshold / min size replaced "
-            "(a few steps back). Brush edits are undone with napari's own Ctrl+Z."))
+            "(a few steps back). napari's own Ctrl+Z on the labels layer undoes them too, in turn with brush edits."))
         self.undo_btn.changed.connect(self.undo)
         buttons = Container(widgets=[self.run_btn, self.cancel_btn, self.undo_btn, self.table_btn], layout="horizontal",
                             labels=False)
@@ -139,7 +139,7 @@ class SegmentSection(SegmentOptions):
         """``stack`` for segment_image, and for 3D objects the voxel size from the layer's scale (when
         napari knows its pixel size)."""
         mode = STACK_CHOICES[self.stack.value] if plane is None and layer.ndim > 2 else "planes"
-        if mode != "3d" or layer_pixel_size(layer) is None:
+        if mode != "3d" or layer_pixel_size(layer) is None or all(float(s) == 1.0 for s in layer.scale[-3:]):
             return {"stack": mode}
         return {"stack": mode, "voxel_size": tuple(float(s) for s in layer.scale[-3:])}
 
