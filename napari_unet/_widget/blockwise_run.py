@@ -120,6 +120,8 @@ class BlockwiseRun:
         import zarr
 
         state, viewer = self.section.state, self.section.state.viewer
+        if result is not None:
+            self.section.saved.add(result.out)
         if not any(layer is image for layer in viewer.layers):
             kept = f"; its labels are saved in {result.out}" if result else ", so its segmentation was dropped"
             return state.warn(f"The image '{image.name}' was removed{kept}.")

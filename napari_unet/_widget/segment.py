@@ -16,6 +16,7 @@ from qtpy.QtWidgets import QFileDialog
 from napari_unet._widget.blockwise_run import BlockwiseRun
 from napari_unet._widget.labels import LabelsWriter
 from napari_unet._widget.regions import wants_blockwise
+from napari_unet._widget.saved_results import SavedResults
 from napari_unet._widget.segment_options import STACK_CHOICES, SegmentOptions, stack_choice_for
 from napari_unet._widget.state import State, digest, ui_threads
 from napari_unet._widget.stepped_add import NEXT_TURN_MS
@@ -58,8 +59,10 @@ class SegmentSection(SegmentOptions):
         buttons = Container(widgets=[self.run_btn, self.cancel_btn, self.undo_btn, self.table_btn], layout="horizontal",
                             labels=False)
         buttons.margins = (0, 0, 0, 0)
+        self.saved = SavedResults(state)  # labels zarrs of large images, with Open folder
         self.main = Container(widgets=[self.image, self.stack, self.stain, self.channel, self.scale_row,
-                                       self.threshold, self.seeds, self.min_size, buttons, self.progress, self.summary])
+                                       self.threshold, self.seeds, self.min_size, buttons, self.progress, self.summary,
+                                       self.saved.main])
         self._bridge = _Progress()
         self._bridge.tick.connect(self._on_progress)
         self.run_btn.changed.connect(self.run)
