@@ -84,9 +84,12 @@ class LabelsWriter:
         if differs is None or np.count_nonzero(differs) > HISTORY_PIXELS:
             layer.data = data
             return
-        changed = np.nonzero(differs)
-        with layer.events.paint.blocker():  # not a brush edit: the review must not count it as one
-            layer.data_setitem(changed, data[changed])
+        changed = np.nonzero(differs)  # only changing pixels: older napari keeps every value it is given
+        try:
+            with layer.events.paint.blocker():  # not a brush edit: the review must not count it as one
+                layer.data_setitem(changed, data[changed])
+        except (ValueError, IndexError):  # a napari whose view update cannot take these (planes not shown)
+            layer.data = data
 
     @staticmethod
     def compact(labels: np.ndarray) -> np.ndarray:
