@@ -16,7 +16,7 @@ from napari_unet._widget.state import State
 from napari_unet.errors import NapariUnetError
 from napari_unet.io.ome_zarr import group_attributes
 
-SETTING = "saved_results"  # the zarrs the dock wrote, newest first (remembered between sessions)
+SETTING = "saved_results"  # the zarrs the dock wrote, newest first (remembered from one napari start to the next)
 MAX_LISTED = 20
 LABELS_KEY = "napari-unet-labels"  # the attributes every labels zarr napari-unet writes carries
 
