@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import threading
 import weakref
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,7 @@ from napari_unet.blockwise.engine import DEFAULT_BLOCK, BlockwiseOptions, Blockw
 from napari_unet.engine.segmentation import count_sentence
 from napari_unet.errors import Cancelled, os_error_sentence
 from napari_unet.io.lazy import open_lazy, stem
+from napari_unet.io.pixel_size import layer_pixel_size
 
 if TYPE_CHECKING:
     from napari_unet._widget.segment import SegmentSection
@@ -88,12 +90,15 @@ class BlockwiseRun:
                                    batch_size=s.batch.value, device=s.device.value, scale=scale,
                                    postprocess=s.postprocess(), threads=ui_threads())
         channel_axis, channel = (-1 if layer.rgb else None), s.channel.value
+        pixel = layer_pixel_size(layer)
         s._cancel = cancel = threading.Event()
 
         def work() -> BlockwiseResult | None:
             # an in-process dask cluster of one worker, started and closed within this call
             try:
                 image = open_lazy(source, channel_axis=channel_axis, channel=channel)
+                if image.pixel_size is None and pixel is not None:  # from the layer (or its OME-Zarr)
+                    image = replace(image, pixel_size=(pixel, pixel))
                 return segment_blockwise(image, out, model, options=options, workers=1,
                                          progress=s._bridge.tick.emit, cancel=cancel.is_set)
             except Cancelled:
@@ -115,6 +120,8 @@ class BlockwiseRun:
         import zarr
 
         state, viewer = self.section.state, self.section.state.viewer
+        if result is not None:
+            self.section.saved.add(result.out)
         if not any(layer is image for layer in viewer.layers):
             kept = f"; its labels are saved in {result.out}" if result else ", so its segmentation was dropped"
             return state.warn(f"The image '{image.name}' was removed{kept}.")

@@ -50,13 +50,14 @@ class CorrectionsSection:
         self.folder.changed.connect(self._folder_changed)
         self.export_btn.changed.connect(self.export)
         state.labels_written.connect(self._select)
-        state.viewer.layers.selection.events.active.connect(self._follow_active)
+        state.viewer.layers.selection.events.active.connect(self.follow_active)
         self.refresh_count()
 
     def detach(self) -> None:
-        self.state.viewer.layers.selection.events.active.disconnect(self._follow_active)
+        self.state.viewer.layers.selection.events.active.disconnect(self.follow_active)
 
-    def _follow_active(self, *_: Any) -> None:
+    def follow_active(self, *_: Any) -> None:
+        """Show the selected layer in *labels* when it is a labels layer."""
         active = self.state.viewer.layers.selection.active
         if isinstance(active, Labels):
             self._select(active)

@@ -9,10 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from magicgui.widgets import Container, PushButton
+from magicgui.widgets import PushButton
 from qtpy.QtCore import QEvent, QSize, Qt, QTimer
 from qtpy.QtWidgets import (
-    QComboBox,
     QFrame,
     QLabel,
     QMessageBox,
@@ -26,6 +25,7 @@ from qtpy.QtWidgets import (
 from napari_unet._widget.batch import BatchSection
 from napari_unet._widget.corrections import CorrectionsSection
 from napari_unet._widget.finetune import FinetuneSection
+from napari_unet._widget.fit import fit_width
 from napari_unet._widget.model import ModelSection, warm_labels_layer
 from napari_unet._widget.review import ReviewSection
 from napari_unet._widget.segment import SegmentSection
@@ -42,21 +42,6 @@ SECTION_TIPS = {
     "Batch": "Segment every image of a folder into an output folder, as the command line does.",
 }
 WIDTH = 380  # preferred dock width: the canvas keeps most of a laptop's screen
-
-
-def _fit(container: Container) -> None:
-    """Let every control shrink to the dock's width: labels wrap, combo boxes do not size
-    themselves to their longest entry (a long model name would otherwise widen the dock)."""
-    for w in container:
-        if isinstance(w, Container):
-            _fit(w)
-        elif isinstance(w.native, QLabel):
-            w.native.setWordWrap(True)
-            w.native.setMinimumWidth(60)  # else a wrapped label asks for its one-line width
-            w.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
-        elif isinstance(w.native, QComboBox):
-            w.native.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-            w.native.setMinimumContentsLength(8)
 
 
 class Section(QWidget):
@@ -120,7 +105,7 @@ class UNetWidget(QWidget):
         self.advanced.setToolTip("Tile, overlap, batch and device: rarely need changing.")
         for container in (self.models.main, self.seg.main, self.seg.advanced, self.corrections.main, self.review.main,
                           self.ft.top, self.ft.bottom, self.batch.main):
-            _fit(container)
+            fit_width(container)
         body = QWidget()
         column = QVBoxLayout(body)
         column.setContentsMargins(2, 2, 2, 2)
@@ -161,6 +146,7 @@ class UNetWidget(QWidget):
             self.models.select(None, quiet=True)
         state.message.emit(self.models.opened(restored=bool(saved)))  # never a silent carry-over
         self.reset_choices()
+        self.corrections.follow_active()  # a dock opened on a selected labels layer corrects that one
         warm_labels_layer()
         self.viewer.window._qt_window.installEventFilter(self)  # napari closing: the dock gets no other notice
 

@@ -142,7 +142,7 @@ class FinetuneSection:
                   f"{event.get('validation_objects', '?')} objects")
         if event.get("verdict"):  # the change ± its uncertainty, and why not when not better
             scores += f"; {event['verdict']}"
-        name = Path(event["path"]).name
+        name = self.models.name_of(Path(event["path"]))  # a version's readable name, else the file's
         cancelled = self.session.runner is not None and self.session.runner.cancelled
         if event.get("improved"):
             prefix = f"Cancelled (best weights kept: {name}); " if cancelled else f"New model {name} is better: "
@@ -157,5 +157,5 @@ class FinetuneSection:
         done = self.session.last_done
         if done and done.get("improved") and self.models.select(done["path"]):
             self.use_btn.enabled = False
-            self.status.value = f"Now using {Path(done['path']).name}."
+            self.status.value = f"Now using {self.models.name_of(Path(done['path']))}."
             self.resegment()

@@ -16,6 +16,7 @@ from qtpy.QtWidgets import QFileDialog
 from napari_unet._widget.blockwise_run import BlockwiseRun
 from napari_unet._widget.labels import LabelsWriter
 from napari_unet._widget.regions import wants_blockwise
+from napari_unet._widget.saved_results import SavedResults
 from napari_unet._widget.segment_options import STACK_CHOICES, SegmentOptions, stack_choice_for
 from napari_unet._widget.state import State, digest, ui_threads
 from napari_unet._widget.stepped_add import NEXT_TURN_MS
@@ -53,13 +54,15 @@ class SegmentSection(SegmentOptions):
         self.summary = Label(value="")
         self.undo_btn = PushButton(text="Undo", tooltip=(
             "Put back the labels the last Segment or change of threshold / seed threshold / min size replaced "
-            "(a few steps back). Brush edits are undone with napari's own Ctrl+Z."))
+            "(a few steps back). napari's own Ctrl+Z on the labels layer undoes them too, in turn with brush edits."))
         self.undo_btn.changed.connect(self.undo)
         buttons = Container(widgets=[self.run_btn, self.cancel_btn, self.undo_btn, self.table_btn], layout="horizontal",
                             labels=False)
         buttons.margins = (0, 0, 0, 0)
+        self.saved = SavedResults(state)  # labels zarrs of large images, with Open folder
         self.main = Container(widgets=[self.image, self.stack, self.stain, self.channel, self.scale_row,
-                                       self.threshold, self.seeds, self.min_size, buttons, self.progress, self.summary])
+                                       self.threshold, self.seeds, self.min_size, buttons, self.progress, self.summary,
+                                       self.saved.main])
         self._bridge = _Progress()
         self._bridge.tick.connect(self._on_progress)
         self.run_btn.changed.connect(self.run)
@@ -139,7 +142,7 @@ class SegmentSection(SegmentOptions):
         """``stack`` for segment_image, and for 3D objects the voxel size from the layer's scale (when
         napari knows its pixel size)."""
         mode = STACK_CHOICES[self.stack.value] if plane is None and layer.ndim > 2 else "planes"
-        if mode != "3d" or layer_pixel_size(layer) is None:
+        if mode != "3d" or layer_pixel_size(layer) is None or all(float(s) == 1.0 for s in layer.scale[-3:]):
             return {"stack": mode}
         return {"stack": mode, "voxel_size": tuple(float(s) for s in layer.scale[-3:])}
 

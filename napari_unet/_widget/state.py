@@ -109,6 +109,7 @@ class Result:
     lazy: bool = False  # segmented block by block into a zarr that backs the layer (no probabilities kept)
     edited: bool = False  # lazy labels: napari reported a brush/fill/erase edit
     pending: bool = False  # a layer added empty at the click, still waiting for its first result
+    earlier: tuple[str, ...] = ()  # digests of the dock's earlier results in this layer (napari's Ctrl+Z)
 
     def source(self) -> Image | None:
         return self.image()

@@ -12,6 +12,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+from napari_unet.errors import InputError
 from napari_unet.io.ome_zarr import group_attributes, read_multiscales
 
 _UM_PER_UNIT = {
@@ -100,7 +101,8 @@ def layer_pixel_size(layer: Any) -> float | None:
 
     A layer whose units are a length gives its scale in that unit; a scale other than 1 with no
     length unit is read as micrometres (the convention of napari's microscopy readers); a scale
-    of 1 in pixels says nothing.
+    of 1 in pixels says nothing, unless the layer came from an OME-Zarr that says
+    (:func:`layer_source_pixel_size`).
     """
     scale = float(layer.scale[-1])
     units = getattr(layer, "units", None)
@@ -109,4 +111,21 @@ def layer_pixel_size(layer: Any) -> float | None:
         known = to_micrometres(scale, unit)
         if known is not None:
             return known
-    return scale if scale != 1.0 and math.isfinite(scale) and scale > 0 else None
+    if scale != 1.0 and math.isfinite(scale) and scale > 0:
+        return scale
+    return layer_source_pixel_size(layer)
+
+
+def layer_source_pixel_size(layer: Any) -> float | None:
+    """Pixel size (µm) of an OME-Zarr a layer was opened from when the layer's own scale is all 1
+    (napari's built-in reader leaves the multiscales scale out); None otherwise or when unknown,
+    malformed or unreadable."""
+    if any(float(s) != 1.0 for s in layer.scale):
+        return None
+    path = getattr(getattr(layer, "source", None), "path", None)
+    if not path or not Path(path).is_dir():
+        return None
+    try:
+        return ome_zarr_pixel_size(path)
+    except (InputError, OSError):
+        return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -11,9 +12,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from qtpy.QtWidgets import QFileDialog
+from qtpy.QtWidgets import QFileDialog, QInputDialog
 
 from napari_unet.io.checkpoint import ModelInfo, save_checkpoint
+from napari_unet.training.versions import list_versions
 from tests.helpers import make_tiny_model
 
 pytest.importorskip("bioimageio.core")
@@ -77,6 +79,7 @@ def test_the_dock_says_at_open_which_model_is_active_and_why(make_napari_viewer,
     viewer = make_napari_viewer()
     _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "U-Net")
     assert w.status.text() == "Using the default nuclei model (the shipped default)."
+    assert not w.models.rename_btn.enabled  # only a fine-tuned version can be renamed
     w.corrections.folder.value = tmp_path / "pairs"
     models = tmp_path / "models"
     models.mkdir()
@@ -86,13 +89,57 @@ def test_the_dock_says_at_open_which_model_is_active_and_why(make_napari_viewer,
                                   "base_validation_f1": 0.81, "validation_f1": 0.93}))
     w.models.refresh()
     assert w.models.select(str(version))
+    assert w.models.model.native.currentText() == "fine-tuned 2026-12-03 14:02 · F1 0.81→0.93"
+    assert w.status.text().startswith("Now using 'fine-tuned 2026-12-03 14:02'") and w.models.rename_btn.enabled
     viewer.window.remove_dock_widget("all")
     _, w2 = viewer.window.add_plugin_dock_widget(PLUGIN, "U-Net")
-    expected = (f"Using {version.name}, the model you last used; fine-tuned 2026-12-03 14:02 from 3 pairs, "
-                "F1 0.81 → 0.93.")
+    expected = "Using 'fine-tuned 2026-12-03 14:02', the model you last used; from 3 pairs, F1 0.81 → 0.93."
     assert w2.status.text() == expected and w2.models.info.value.startswith(expected)
-    assert w2.models.model.native.toolTip().startswith(version.stem)  # the whole name, however narrow the box
+    assert w2.models.model.native.toolTip().startswith("fine-tuned 2026-12-03 14:02")
     viewer.window.remove_dock_widget("all")
     version.unlink()
     _, w3 = viewer.window.add_plugin_dock_widget(PLUGIN, "U-Net")
     assert w3.status.text() == "Using the default nuclei model (the shipped default; the model last used is gone)."
+
+
+def test_rename_a_version_beside_its_weights_and_see_the_name_everywhere(make_napari_viewer, tmp_path, monkeypatch):
+    viewer = make_napari_viewer()
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "U-Net")
+    w.corrections.folder.value = tmp_path / "pairs"
+    version = save_checkpoint(tmp_path / "models" / "20261203-140200_from_nuclei_default.safetensors",
+                              make_tiny_model().net, ModelInfo(name="tuned", provenance={
+                                  "created": "2026-12-03T14:02:00", "pairs_used": 3, "base_validation_f1": 0.81,
+                                  "validation_f1": 0.93}))
+    weights = hashlib.sha256(version.read_bytes()).hexdigest()
+    w.models.refresh()
+    assert w.models.select(str(version))
+    answers = iter([("HeLa after  3 corrections ", True), ("never saved", False)])
+    asked = []
+
+    def answer(parent, title, label, text=""):  # the dialog is the system's edge; the user types a name
+        asked.append(text)
+        return next(answers)
+
+    monkeypatch.setattr(QInputDialog, "getText", answer)
+    w.models.rename_btn.native.click()
+    name = "HeLa after 3 corrections"
+    assert asked == [""]  # the default name is not offered as the user's own
+    assert w.models.model.native.currentText().startswith(f"{name} · F1 0.81→0.93")
+    assert w.models.model.native.toolTip().startswith(name)
+    assert f"'fine-tuned 2026-12-03 14:02' is now called '{name}'." in w.status.text()
+    sidecar = tmp_path / "models" / "20261203-140200_from_nuclei_default.name.json"
+    assert json.loads(sidecar.read_text())["name"] == name
+    assert hashlib.sha256(version.read_bytes()).hexdigest() == weights  # the weights file is never rewritten
+    assert [v.title for v in list_versions(tmp_path / "models")] == [name]
+    w.models.rename_btn.native.click()  # Cancel in the dialog changes nothing
+    assert asked[-1] == name and json.loads(sidecar.read_text())["name"] == name
+    viewer.window.remove_dock_widget("all")
+    _, w2 = viewer.window.add_plugin_dock_widget(PLUGIN, "U-Net")
+    assert w2.status.text() == (f"Using '{name}', the model you last used; fine-tuned 2026-12-03 14:02 from 3 pairs, "
+                                "F1 0.81 → 0.93.")
+    long = "a very long name for the nuclei model fine-tuned on the HeLa plates of the third screen " * 2
+    w2.models.rename(w2.models.version(), long)
+    assert w2.models.model.native.toolTip().startswith(long.strip())  # whole in the tooltip
+    assert w2.minimumSizeHint().width() <= 360  # the box elides it instead of widening the dock
+    w2.models.rename(w2.models.version(), "")  # empty: the default name is back, the sidecar gone
+    assert not sidecar.exists() and w2.models.model.native.currentText().startswith("fine-tuned 2026-12-03 14:02")

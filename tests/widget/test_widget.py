@@ -89,6 +89,20 @@ def test_fits_a_laptop_and_explains_every_control(make_napari_viewer):
                 assert len(control.tooltip or "") > 20, control.label or control.text
 
 
+def test_sections_explain_themselves_and_a_reopened_dock_takes_the_selected_labels(make_napari_viewer, misc):
+    viewer = make_napari_viewer()
+    viewer.add_image(misc, name="misc")
+    first, second = (viewer.add_labels(np.zeros(misc.shape, np.uint16), name=n) for n in ("first", "second"))
+    for selected in (first, second):  # whichever the plain list would show first, the selected one is taken
+        viewer.layers.selection.active = selected
+        _, w = _dock(viewer)
+        assert w.corrections.labels.value is selected
+        viewer.window.remove_dock_widget("all")
+    assert set(w.sections) == {"Model", "Segment", "Corrections", "Fine-tune", "Batch"}
+    for title, section in w.sections.items():
+        assert len(section.button.toolTip()) > 40, title
+
+
 def test_segment_matches_engine_and_relabels_without_network(qtbot, widget, misc, default_model):
     w = widget
     assert w.seg.auto_scale.value and not w.seg.scale.enabled  # automatic scale by default, as in segment()
@@ -182,6 +196,27 @@ def test_auto_scale_on_small_nuclei_and_a_scale_set_by_hand(qtbot, make_napari_v
     _segment(qtbot, w)
     assert "scale 1.00 (as set)" in w.seg.summary.value
     assert w.seg.writer.state.result(viewer.layers["small labels"]).scale == 1.0
+
+
+def test_napari_ctrl_z_undoes_a_relabel_like_a_brush_stroke(qtbot, widget):
+    w = widget
+    _segment(qtbot, w)
+    layer = w.viewer.layers["misc labels"]
+    first = layer.data.copy()
+    w.seg.min_size.value = 5000  # every nucleus is smaller: the re-label empties the layer
+    qtbot.waitUntil(lambda: w.seg.writer.pending == 0 and layer.data.max() == 0, timeout=10_000)
+    w.viewer.layers.selection.active = layer
+    canvas = w.viewer.window._qt_viewer.canvas.native
+    qtbot.keyClick(canvas, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)  # napari's own key binding
+    np.testing.assert_array_equal(layer.data, first)
+    assert w.seg.writer.unedited(layer)  # the dock's earlier result, not a user's edit
+    layer.paint((10, 10), 999)  # a brush stroke after it is an edit, and Ctrl+Z takes it back alone
+    assert not w.seg.writer.unedited(layer)
+    qtbot.keyClick(canvas, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+    np.testing.assert_array_equal(layer.data, first)
+    w.seg.min_size.value = 60  # still the dock's own result: re-labelled in place, not a new layer
+    qtbot.waitUntil(lambda: w.seg.writer.pending == 0 and not np.array_equal(layer.data, first), timeout=10_000)
+    assert [la.name for la in w.viewer.layers] == ["misc", "misc labels"]
 
 
 def test_edited_layer_is_never_overwritten(qtbot, widget):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import shutil
 import threading
 
 import dask
@@ -15,12 +16,16 @@ import zarr
 from distributed import Client, SpecCluster
 from distributed.core import Status
 from napari.layers import Image, Shapes
+from qtpy.QtGui import QDesktopServices
 
 from napari_unet._widget.regions import wants_blockwise
 from napari_unet.blockwise.engine import BlockwiseOptions, segment_blockwise
 from napari_unet.engine.memory import too_large
+from napari_unet.io.checkpoint import ModelInfo, save_checkpoint
+from napari_unet.io.pixel_size import layer_pixel_size
 from napari_unet.training.pairs import read_pairs
 from tests.blockwise.test_blockwise import mosaic, read_labels
+from tests.helpers import make_tiny_model
 
 
 @pytest.fixture(autouse=True)
@@ -235,3 +240,44 @@ def test_removing_the_image_mid_run_stops_it_and_leaves_nothing(qtbot, make_napa
     assert len(viewer.layers) == 0 and "removed" in w.status.text()
     left = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "data" / "labels").rglob("*"))
     assert not left  # the partial output is gone
+
+
+def test_ome_zarr_opened_by_napari_keeps_its_pixel_size_and_its_labels_are_listed(qtbot, make_napari_viewer,
+                                                                                  tmp_path, misc, monkeypatch):
+    """napari's built-in reader leaves the OME-Zarr scale out (the layer's scale is 1): the dock reads
+    it from the zarr's metadata, and automatic scale follows it (image 0.5 µm, model 0.25 µm: scale 2)."""
+    path = tmp_path / "images" / "cells.ome.zarr"
+    group = zarr.open_group(str(path), mode="w", zarr_format=2)
+    group.create_array("0", shape=misc.shape, dtype=misc.dtype, chunks=(256, 256))[:] = misc
+    group.attrs["multiscales"] = [{"version": "0.4", "axes": [
+        {"name": a, "type": "space", "unit": "micrometer"} for a in "yx"], "datasets": [
+        {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [0.5, 0.5]}]}]}]
+    viewer = make_napari_viewer()
+    viewer.open(str(path), plugin="napari")
+    layer = viewer.layers[-1]
+    assert tuple(layer.scale) == (1.0, 1.0) and layer_pixel_size(layer) == 0.5
+    w = _dock(viewer, 1024)
+    assert w.seg.saved.results.choices == () and not w.seg.saved.main.visible  # nothing saved yet: no row
+    tiny = save_checkpoint(tmp_path / "tiny.safetensors", make_tiny_model().net,
+                           ModelInfo(name="tiny", pixel_size_um=0.25))
+    assert w.models.select(tiny)
+    w.seg.tile.value, w.seg.overlap.value = 256, 32
+    w.seg.run_btn.native.click()
+    qtbot.waitUntil(lambda: w.seg.worker is None, timeout=120_000)
+    labels = viewer.layers[f"{layer.name} labels"]
+    assert w.state.result(labels).scale == 2.0 and "scale 2.00 (chosen automatically)" in w.seg.summary.value
+
+    # the saved labels are listed, and Open folder asks the system to show the folder that holds them
+    out = path.parent / "cells_labels.zarr"
+    assert w.seg.saved.results.value == str(out)
+    opened = []
+    monkeypatch.setattr(QDesktopServices, "openUrl", lambda url: opened.append(url) or True)
+    w.seg.saved.open_btn.native.click()
+    assert [u.toLocalFile() for u in opened] == [str(path.parent)]
+    # labels zarrs in the labels folder are listed too (not other folders), after the dock's own
+    shutil.copytree(out, tmp_path / "data" / "labels" / "other_labels.zarr")
+    (tmp_path / "data" / "labels" / "not_labels.zarr").mkdir()
+    viewer.window.remove_dock_widget("all")
+    w = _dock(viewer, 1024)
+    assert w.seg.saved.results.choices == (str(out), str(tmp_path / "data" / "labels" / "other_labels.zarr"))
+    assert w.minimumSizeHint().width() <= 360  # long paths do not widen the dock (a laptop's limit)
