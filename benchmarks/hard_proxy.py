@@ -9,7 +9,13 @@ IoU 0.5 by nothing), false objects (a predicted object mostly outside every true
 those mostly on the cytoplasmic signal and on micronuclei, and the condensed bright nuclei missed.
 Never reads mnfinder's test-data.
 
-    .venv/bin/python benchmarks/hard_proxy.py [--model CKPT] [--candidates today shape] [--sweep]
+    .venv/bin/python benchmarks/hard_proxy.py [--model CKPT] [--candidates today "shape seeds"] [--json OUT]
+    .venv/bin/python benchmarks/hard_proxy.py --sweep [--heights 1 2 3] [--seed-thresholds 0.8] [--thresholds 0.5]
+    .venv/bin/python benchmarks/hard_proxy.py --timing [--candidates today "shape seeds"]
+
+``--sweep`` labels the model's probabilities (computed once) with shape seeds of each height, seed
+threshold and threshold; ``--timing`` times ``segment_image`` and its post-processing on a 1024²
+image. Candidates set the seed mode explicitly, so the rows do not depend on the checkpoint's own.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
+from bench_inference import make_image  # noqa: E402
 from make_crowded_proxy import HARD_VARIANTS, HardImage, build_hard_proxy  # noqa: E402
 from mnfinder_data import load_split  # noqa: E402
 
@@ -39,10 +46,11 @@ from napari_unet.engine.segmentation import instance_labels, segment_image  # no
 
 # post-processing / normalisation changes tried on top of the model's own values
 CANDIDATES: dict[str, dict[str, dict]] = {
-    "today": {},
-    "shape seeds": {"postprocess": {"seeds": "shape", "seed_h": 1.0, "seed_threshold": 0.5}},
-    "shape seeds + norm 99.95": {"postprocess": {"seeds": "shape", "seed_h": 1.0, "seed_threshold": 0.5},
-                                 "normalization": {"high": 99.95}},
+    "today": {"postprocess": {"seeds": "threshold"}},
+    "shape seeds": {"postprocess": {"seeds": "shape", "seed_h": 3.0}},
+    "shape seeds, threshold 0.6": {"postprocess": {"seeds": "shape", "seed_h": 3.0, "threshold": 0.6}},
+    "shape seeds, normalisation 99.95": {"postprocess": {"seeds": "shape", "seed_h": 3.0},
+                                         "normalization": {"high": 99.95}},
 }
 
 
@@ -113,6 +121,28 @@ def sweep(model: SegmentationModel, proxy: list[HardImage], validation: list, he
               f"false {hard['false']} | validation F1@0.5 {val.f1[0.5]:.4f}", flush=True)
 
 
+def timing(model: SegmentationModel, names: list[str], size: int = 1024, repeats: int = 3) -> None:
+    """Median seconds of ``segment_image`` (scale 1, CPU, end to end) and of its post-processing
+    alone on a ``size``² image (the U2OS sample mirror-extended, as ``bench_inference.py``), the
+    candidates timed round-robin after one warm-up each."""
+    image = make_image(size)
+    models = {name: with_candidate(model, CANDIDATES[name]) for name in names}
+    probs = predict(model, image, device="cpu", scale=1.0)
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
+    for r in range(repeats + 1):
+        for name, m in models.items():
+            t0 = time.perf_counter()
+            segment_image(m, image, device="cpu", scale=1.0)
+            t1 = time.perf_counter()
+            instance_labels(probs, image.shape, 1.0, m.postprocess)
+            if r:
+                runs[name].append((t1 - t0, time.perf_counter() - t1))
+    for name, values in runs.items():
+        total, post = np.median([v[0] for v in values]), np.median([v[1] for v in values])
+        print(f"{name}: {size}² segment {total:.2f} s (post-processing {post:.2f} s), "
+              f"{torch.get_num_threads()} thread(s), median of {repeats}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--model")
@@ -121,10 +151,14 @@ def main() -> None:
     ap.add_argument("--heights", type=float, nargs="*", default=[1.0, 2.0, 3.0, 4.0, 5.0])
     ap.add_argument("--seed-thresholds", type=float, nargs="*", default=[0.5, 0.8])
     ap.add_argument("--thresholds", type=float, nargs="*", default=[0.5])
+    ap.add_argument("--timing", action="store_true", help="time the candidates on a 1024² image instead")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(1)
     model = load_model(args.model)
+    if args.timing:
+        timing(model, args.candidates)
+        return
     proxy = build_hard_proxy()
     validation = load_split("validation-data")
     print(f"hard proxy: {len(proxy)} images, {sum(int(it.labels.max()) for it in proxy)} nuclei")
