@@ -49,6 +49,7 @@ CANDIDATES: dict[str, dict[str, dict]] = {
     "today": {"postprocess": {"seeds": "threshold"}},
     "shape seeds": {"postprocess": {"seeds": "shape", "seed_h": 3.0}},
     "shape seeds, threshold 0.6": {"postprocess": {"seeds": "shape", "seed_h": 3.0, "threshold": 0.6}},
+    "shape seeds, min size 60": {"postprocess": {"seeds": "shape", "seed_h": 3.0, "min_size": 60}},
     "shape seeds, normalisation 99.95": {"postprocess": {"seeds": "shape", "seed_h": 3.0},
                                          "normalization": {"high": 99.95}},
 }

@@ -104,9 +104,9 @@ def _label_plane(p: np.ndarray, c: PostprocessConfig) -> np.ndarray:
 
 
 def shape_seeds(region: np.ndarray, h: float) -> np.ndarray:
-    """Labelled seeds of a seed region from its shape: the h-maxima of its distance transform (a
-    bulge at least ``h`` px thicker than the neck joining it to the next one gets its own seed);
-    a part of the region with no such maximum (too thin) is one seed as a whole."""
+    """Labelled seeds of a seed region from its shape: the region cut at its necks. Each h-maximum
+    of its distance transform (a bulge at least ``h`` px thicker than the neck joining it to the
+    next one) is grown over its bulge; a region with one bulge stays one seed, as with a threshold."""
     dist = ndi.distance_transform_edt(region)
     # the h-maxima transform: every maximum lowered by h, the rest flooded up to it; its regional
     # maxima are the bulges (two equal peaks joined above their height - h are one)
@@ -115,7 +115,7 @@ def shape_seeds(region: np.ndarray, h: float) -> np.ndarray:
     has_peak = np.zeros(n + 1, bool)
     has_peak[parts[peaks]] = True
     seeds, _ = ndi.label(peaks | (region & ~has_peak[parts]))
-    return seeds
+    return watershed(-dist, seeds, mask=region)
 
 
 def _drop_small(labels: np.ndarray, min_size: int, edge_size: int | None = None) -> np.ndarray:
