@@ -30,8 +30,8 @@ class PostprocessConfig:
     edge_min_size: int | None = None
     # "threshold": one seed per connected region of P(interior) > seed_threshold; "shape": the
     # interior region's shape decides: one seed per h-maximum (height seed_h px) of its distance
-    # transform, so two nuclei joined by a thin neck of interior get two seeds (2D planes; 3D objects
-    # of engine.stack keep threshold seeds). seed_h is in training-scale pixels, like the sizes
+    # transform, so two nuclei joined by a thin neck of interior get two seeds (2D planes only: 3D
+    # objects of engine.stack choose their own seeds). seed_h is in training-scale pixels, like the sizes
     seeds: str = "threshold"
     seed_h: float = 2.0
 
