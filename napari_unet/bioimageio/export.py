@@ -81,6 +81,14 @@ def architecture_source() -> str:
     return inspect.getsource(model_module) + _ARCHITECTURE_ENTRY
 
 
+def _shape_seeds(postprocess: dict[str, Any]) -> str:
+    """How shape seeds split the seed region, for the model card ('' for threshold seeds)."""
+    if postprocess.get("seeds", "threshold") != "shape":
+        return ""
+    return (f" split into one seed per bulge (h-maxima, height {postprocess.get('seed_h')} px, of its distance "
+            "transform)")
+
+
 def _channel_name(text: str) -> str:
     name = "".join(c if c.isalnum() else "_" for c in text.lower()).strip("_")
     return name if name and name[0].isalpha() else f"c_{name}"
@@ -134,7 +142,7 @@ percentiles of each image to 0 / 1 (`scale_range`). Pixel size the model was tra
 `probabilities` (batch, channel, y, x): per-pixel class probabilities ({classes}), summing to 1
 (softmax over channels, done by the package's postprocessing). Instance labels come from a seeded
 watershed: foreground = 1 − P(background) > {ckpt_info.postprocess.get('threshold')}, seeds =
-P(interior) > {ckpt_info.postprocess.get('seed_threshold')}, objects smaller than
+P(interior) > {ckpt_info.postprocess.get('seed_threshold')}{_shape_seeds(ckpt_info.postprocess)}, objects smaller than
 {ckpt_info.postprocess.get('min_size')} pixels dropped (napari-unet does this for you).
 Tiles should overlap by twice the halo ({HALO} pixels each side).
 

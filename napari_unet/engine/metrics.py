@@ -165,12 +165,10 @@ def class_scores(gt_classes: np.ndarray, pred_classes: np.ndarray, n_classes: in
     return {"iou": iou, "dice": dice}
 
 
-def wrong_objects(gt: np.ndarray, pred: np.ndarray, min_iou: float = 0.5, part: float = 0.25) -> np.ndarray:
-    """The ids of the predicted objects of one plane that are wrong: matched to no true object at
-    IoU ≥ ``min_iou``, or part of a merge (covering ≥ ``part`` of two or more true objects that
-    are each at least a tenth of the prediction: a speck swallowed by a nucleus is no merge) or of
-    a split (one of two or more covering ≥ ``part`` of one true object each)."""
-    gt, pred = np.asarray(gt), np.asarray(pred)
+def _coverage(gt: np.ndarray, pred: np.ndarray, part: float) -> tuple[Overlaps, np.ndarray, np.ndarray, np.ndarray]:
+    """The overlapping pairs; which pairs have the prediction holding ≥ ``part`` of the true object
+    (``big``), of those which true objects are at least a tenth of the prediction (``sizable``);
+    and the number of sizable true objects each predicted id holds (its merge count)."""
     ov = overlaps(gt, pred)
     g_area = np.bincount(gt.ravel().astype(np.int64))
     p_area = np.bincount(pred.ravel().astype(np.int64))
@@ -179,6 +177,18 @@ def wrong_objects(gt: np.ndarray, pred: np.ndarray, min_iou: float = 0.5, part: 
     big = inter >= part * ga  # the predicted object holds a good part of the true one
     sizable = big & (ga >= 0.1 * pa)
     merges = np.bincount(ov.pred_ids[sizable].astype(np.int64), minlength=len(p_area))
+    return ov, big, inter, merges
+
+
+def wrong_objects(gt: np.ndarray, pred: np.ndarray, min_iou: float = 0.5, part: float = 0.25) -> np.ndarray:
+    """The ids of the predicted objects of one plane that are wrong: matched to no true object at
+    IoU ≥ ``min_iou``, or part of a merge (covering ≥ ``part`` of two or more true objects that
+    are each at least a tenth of the prediction: a speck swallowed by a nucleus is no merge) or of
+    a split (one of two or more covering ≥ ``part`` of one true object each)."""
+    gt, pred = np.asarray(gt), np.asarray(pred)
+    ov, big, _, merges = _coverage(gt, pred, part)
+    g_area = np.bincount(gt.ravel().astype(np.int64))
+    p_area = np.bincount(pred.ravel().astype(np.int64))
     splits = np.bincount(ov.gt_ids[big].astype(np.int64), minlength=len(g_area))
     ids = np.flatnonzero(p_area)
     ids = ids[ids > 0]
@@ -188,3 +198,26 @@ def wrong_objects(gt: np.ndarray, pred: np.ndarray, min_iou: float = 0.5, part: 
     in_split[ov.pred_ids[big & (splits[ov.gt_ids.astype(np.int64)] >= 2)].astype(np.int64)] = True
     wrong = ~matched[ids] | (merges[ids] >= 2) | in_split[ids]
     return ids[wrong]
+
+
+@dataclass(frozen=True)
+class ObjectErrors:
+    """The errors of one plane's prediction, by kind (ids; a true object may be both merged and missed)."""
+
+    merges: np.ndarray  # predicted ids covering ≥ part of two or more true objects (as in wrong_objects)
+    missed: np.ndarray  # true ids matched by no predicted object at IoU ≥ min_iou
+    false: np.ndarray  # predicted ids lying mostly (more than half their pixels) outside every true object
+
+
+def object_errors(gt: np.ndarray, pred: np.ndarray, min_iou: float = 0.5, part: float = 0.25) -> ObjectErrors:
+    """Merges, misses and false objects of the prediction ``pred`` of one plane against ``gt``."""
+    gt, pred = np.asarray(gt), np.asarray(pred)
+    ov, _, inter, merges = _coverage(gt, pred, part)
+    p_area = np.bincount(pred.ravel().astype(np.int64))
+    g_ids = np.unique(gt)
+    g_ids = g_ids[g_ids > 0]
+    p_ids = np.flatnonzero(p_area)
+    p_ids = p_ids[p_ids > 0]
+    inside = np.bincount(ov.pred_ids.astype(np.int64), weights=inter, minlength=len(p_area))
+    missed = np.setdiff1d(g_ids, ov.gt_ids[ov.iou >= min_iou])
+    return ObjectErrors(p_ids[merges[p_ids] >= 2], missed, p_ids[inside[p_ids] < 0.5 * p_area[p_ids]])

@@ -1,7 +1,9 @@
 import numpy as np
+import pytest
 from skimage.draw import disk
 
 from napari_unet.engine.postprocess import PostprocessConfig, labels_from_probabilities
+from napari_unet.errors import InvalidParameter
 from napari_unet.training.loop import class_targets
 
 
@@ -56,3 +58,35 @@ def test_objects_cut_by_the_edge_have_their_own_min_size():
                                                          seed_threshold=0.5, edge_min_size=20))
     assert new.max() == 2 and new[50, 1] > 0 and new[50, 50] == 0
     assert PostprocessConfig(min_size=10, edge_min_size=30).edge_size == 10  # never stricter than min_size
+
+
+def _necked_pair():
+    """Interior probability 1 over two discs joined by a ~10 px neck (one region above any threshold)."""
+    interior = np.zeros((60, 90), np.float32)
+    interior[disk((30, 30), 12)] = 1
+    interior[disk((30, 52), 12)] = 1
+    return np.stack([1 - interior, interior, np.zeros_like(interior)])
+
+
+def test_shape_seeds_split_a_neck_that_one_threshold_cannot():
+    probs = _necked_pair()
+    assert labels_from_probabilities(probs, PostprocessConfig(min_size=10)).max() == 1
+    shaped = labels_from_probabilities(probs, PostprocessConfig(min_size=10, seeds="shape", seed_h=2.0))
+    assert shaped.max() == 2 and shaped[30, 25] != shaped[30, 57]
+    # a neck as thick as the discs is no neck: one object
+    assert labels_from_probabilities(probs, PostprocessConfig(min_size=10, seeds="shape", seed_h=9.0)).max() == 1
+
+
+def test_configs_without_the_seed_mode_label_as_before():
+    """A config stored before the seed mode existed loads as ``seeds="threshold"`` and labels alike;
+    an unknown mode or a seed height out of range is one sentence."""
+    old = {"threshold": 0.5, "seed_threshold": 0.8, "min_size": 10, "min_seed_size": 4, "edge_min_size": 30}
+    config = PostprocessConfig.from_dict(old)
+    assert config.seeds == "threshold"
+    probs = _necked_pair()
+    np.testing.assert_array_equal(labels_from_probabilities(probs, config),
+                                  labels_from_probabilities(probs, PostprocessConfig(**old)))
+    with pytest.raises(InvalidParameter, match="seeds must be one of"):
+        PostprocessConfig(seeds="peaks")
+    with pytest.raises(InvalidParameter, match="seed h"):
+        PostprocessConfig(seed_h=0)

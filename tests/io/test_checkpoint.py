@@ -9,7 +9,7 @@ import torch
 from napari_unet import CheckpointError, load_model, predict
 from napari_unet.engine.network import UNet, UNetConfig
 from napari_unet.io.checkpoint import ModelInfo, read_checkpoint, save_checkpoint
-from tests.helpers import make_tiny_model
+from tests.helpers import SAMPLES, make_tiny_model
 
 
 def test_round_trip_keeps_weights_config_and_metadata(tmp_path, misc):
@@ -119,3 +119,12 @@ def test_safetensors_whose_header_length_starts_with_0x80_is_not_taken_for_a_pic
         pytest.skip("no header length with a 0x80 first byte in range")
     model = load_model(path)
     assert model.config.padding == "valid" and model.info.name == "x" * n
+
+
+def test_checkpoints_without_a_seed_mode_keep_threshold_seeds():
+    """The previous shipped checkpoint stores no seed mode: it loads with threshold seeds; the
+    shipped one stores shape seeds."""
+    old = load_model(SAMPLES.parent / "tests" / "data" / "v1_nuclei_default.safetensors")
+    assert "seeds" not in old.info.postprocess and old.postprocess.seeds == "threshold"
+    shipped = load_model(SAMPLES / "nuclei_default.safetensors")
+    assert shipped.postprocess.seeds == "shape" and shipped.postprocess.seed_h == 3.0
