@@ -27,7 +27,8 @@ def _segmented(qtbot, make_napari_viewer, misc, scale: float, **options):
     for name, value in options.items():
         getattr(w.seg, name).value = value
     w.seg.run_btn.native.click()
-    qtbot.waitUntil(lambda: w.seg.worker is None and "crop labels" in viewer.layers, timeout=60_000)
+    qtbot.waitUntil(lambda: w.seg.worker is None and "crop labels" in viewer.layers and not w.seg.measuring,
+                    timeout=60_000)  # the measurement table is made in a worker too
     return viewer, w
 
 
@@ -78,7 +79,7 @@ def test_undo_restores_the_labels_before_a_relabel_and_a_segment(qtbot, make_nap
     assert layer.data.max() == 0 and "previous labels" in w.status.text()
     w.seg.undo_btn.native.click()
     np.testing.assert_array_equal(layer.data, first)
-    assert len(layer.features) == len(np.unique(first)) - 1  # the table follows
+    qtbot.waitUntil(lambda: len(layer.features) == len(np.unique(first)) - 1, timeout=20_000)  # the table follows
     w.seg.undo_btn.native.click()  # the first result went into a new layer: nothing before it
     assert "nothing" not in w.status.text() and "no Segment or re-label to undo" in w.status.text()
     np.testing.assert_array_equal(layer.data, first)
