@@ -27,6 +27,8 @@ from scipy.stats import rankdata
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from finetune_usefulness import dim_cytoplasm  # noqa: E402
 from make_crowded_proxy import build_proxy, shrink  # noqa: E402
 from mnfinder_data import load_split  # noqa: E402
 
@@ -53,13 +55,6 @@ def inverted_blurred(image, labels, rng):
 def shrunk_noisy(image, labels, rng):
     x, lab = shrink(_norm(image), labels, 0.35)
     return rng.poisson(np.clip(x, 0, None) * 20.0).astype(np.float32) / 20.0, lab
-
-
-def dim_cytoplasm(image, labels, rng):
-    x = _norm(image)
-    cells = ndi.binary_dilation(labels > 0, iterations=12)
-    cyto = 0.12 * ndi.gaussian_filter(cells.astype(np.float32), 4.0)
-    return (0.35 * x + cyto + 0.05 + rng.normal(0, 0.02, x.shape)).astype(np.float32), labels
 
 
 def image_sets() -> dict[str, list[tuple[str, np.ndarray, np.ndarray]]]:

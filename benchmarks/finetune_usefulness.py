@@ -26,10 +26,12 @@ from scipy import ndimage as ndi
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
+from make_crowded_proxy import composite  # noqa: E402
 from mnfinder_data import load_split  # noqa: E402
 
 from napari_unet import load_model, predict, segment  # noqa: E402
 from napari_unet.engine.metrics import pooled_f1  # noqa: E402
+from napari_unet.engine.normalize import Normalization  # noqa: E402
 from napari_unet.engine.postprocess import choose_postprocess  # noqa: E402
 from napari_unet.training.pairs import export_pair  # noqa: E402
 
@@ -49,7 +51,23 @@ def small_noisy(image: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.n
     return x.astype(image.dtype), lab
 
 
-KINDS = {"inverted": inverted, "small-noisy": small_noisy}
+def dim_cytoplasm(
+    image: np.ndarray, labels: np.ndarray, rng: np.random.Generator | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Dim nuclei (0.35× contrast) on a cytoplasmic background around them, with read noise (float32)."""
+    rng = np.random.default_rng(0) if rng is None else rng
+    x = Normalization().apply(np.asarray(image, np.float32)[None])[0]
+    cells = ndi.binary_dilation(labels > 0, iterations=12)
+    cyto = 0.12 * ndi.gaussian_filter(cells.astype(np.float32), 4.0)
+    return (0.35 * x + cyto + 0.05 + rng.normal(0, 0.02, x.shape)).astype(np.float32), labels
+
+
+def crowded(image: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The image's own nuclei pasted so that each touches another (twice the density; float32)."""
+    return composite(image, labels, np.random.default_rng(0))
+
+
+KINDS = {"inverted": inverted, "small-noisy": small_noisy, "dim": dim_cytoplasm, "crowded": crowded}
 
 
 def main() -> None:

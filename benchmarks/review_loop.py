@@ -14,6 +14,7 @@ original domain: forgetting), CPU minutes.
 
     .venv/bin/python benchmarks/review_loop.py [--kind inverted --kind small-noisy] [--k 0 5 10 20 50]
                                                [--steps 60] [--threads 2] [--json out.json] [--png out.png]
+                                               [--lr 5e-4] [--replay-fraction 0.5] [--l2sp 0] [--layers all]
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from mnfinder_data import load_split  # noqa: E402
 
 from napari_unet import load_model, segment  # noqa: E402
 from napari_unet.engine.metrics import pooled_f1  # noqa: E402
+from napari_unet.errors import NapariUnetError  # noqa: E402
 from napari_unet.training.finetune import FineTuneOptions, run_finetune  # noqa: E402
 from napari_unet.training.pairs import export_pair, export_reviewed_objects  # noqa: E402
 from napari_unet.training.review import Doubt, review_table  # noqa: E402
@@ -64,7 +66,8 @@ def evaluate(model, images: list[tuple[np.ndarray, np.ndarray]]) -> float:
     return pooled_f1([(lab, segment(img, model, device="cpu")) for img, lab in images])
 
 
-def run(kind: str, ks: list[int], steps: int, held_out: int, seed: int) -> list[dict]:
+def run(kind: str, ks: list[int], steps: int, held_out: int, seed: int, tune: dict | None = None,
+        choices: tuple[str, ...] = ("doubt", "random", "whole")) -> list[dict]:
     shift = KINDS[kind]
     data = [(n, *shift(img, lab)) for split in ("training-data", "validation-data")
             for n, img, lab in load_split(split) if "U2OS" in n]
@@ -87,7 +90,9 @@ def run(kind: str, ks: list[int], steps: int, held_out: int, seed: int) -> list[
     for k in [k for k in ks if k > 0]:
         plans.append((k, "doubt", table[:k]))
         plans.append((k, "random", [objects[i] for i in rng.permutation(len(objects))[:k]]))
-    plans.append(("whole", "-", None))
+    plans = [p for p in plans if p[1] in choices]
+    if "whole" in choices:
+        plans.append(("whole", "-", None))
     for k, choice, chosen in plans:
         with tempfile.TemporaryDirectory() as tmp:
             pairs = Path(tmp) / "pairs"
@@ -98,13 +103,20 @@ def run(kind: str, ks: list[int], steps: int, held_out: int, seed: int) -> list[
                 ids, touched = correct(chosen, predicted, truth)
                 if not ids:
                     print(f"  k={k} {choice}: no true nucleus under the reviewed objects; skipped", flush=True)
+                    rows.append({**rows[0], "k": k, "choice": choice, "true_objects": 0,
+                                 "verdict": "no true nucleus under the reviewed objects: nothing to export"})
                     continue
                 export_reviewed_objects(pairs, image, truth, ids, touched, source="user")
                 n_true = len(ids)
             options = FineTuneOptions(pairs=pairs, out=Path(tmp) / "ft.safetensors", device="cpu",
-                                      epochs=max(1, steps // 20), steps_per_epoch=20, seed=seed)
+                                      epochs=max(1, steps // 20), steps_per_epoch=20, seed=seed, **(tune or {}))
             cpu = time.process_time()
-            done = run_finetune(options, lambda event: None)
+            try:
+                done = run_finetune(options, lambda event: None)
+            except NapariUnetError as exc:  # e.g. fewer than 2 true nuclei among the reviewed objects
+                print(f"  k={k} {choice}: {n_true} true nuclei reviewed; not fine-tuned: {exc}", flush=True)
+                rows.append({**rows[0], "k": k, "choice": choice, "true_objects": n_true, "verdict": str(exc)})
+                continue
             cpu = (time.process_time() - cpu) / 60
             tuned = load_model(options.out)
             kept = tuned if done["improved"] else base
@@ -113,7 +125,8 @@ def run(kind: str, ks: list[int], steps: int, held_out: int, seed: int) -> list[
                "f1": f1_tuned if done["improved"] else f1_base, "f1_tuned": f1_tuned,
                "original_f1": orig_tuned if kept is tuned else orig_base, "original_f1_tuned": orig_tuned,
                "cpu_min": round(cpu, 2), "steps": done.get("steps"), "improved": bool(done["improved"]),
-               "verdict": done.get("verdict", "")}
+               "verdict": done.get("verdict", ""), "validation_objects": done.get("validation_objects"),
+               "settings": tune or {}}
         rows.append(row)
         print(f"  k={k} {choice}: F1 {row['f1']:.3f} (fine-tuned {f1_tuned:.3f}), original {row['original_f1']:.3f} "
               f"(fine-tuned {orig_tuned:.3f}), {cpu:.2f} CPU min, {row['verdict']}", flush=True)
@@ -184,12 +197,20 @@ def main() -> None:
     ap.add_argument("--held-out", type=int, default=4, help="other images of the kind to measure on")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lr", type=float, help="fine-tuning learning rate (default: FineTuneOptions')")
+    ap.add_argument("--replay-fraction", type=float, help="share of each batch from the replay set")
+    ap.add_argument("--l2sp", type=float, help="L2-SP weight (pull towards the base weights)")
+    ap.add_argument("--layers", choices=["all", "decoder"])
+    ap.add_argument("--crop", type=int, help="training crop size")
+    ap.add_argument("--choice", nargs="+", default=["doubt", "random", "whole"], choices=["doubt", "random", "whole"])
     ap.add_argument("--json", type=Path)
     ap.add_argument("--png", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    names = {"lr": "lr", "replay_fraction": "replay_fraction", "l2sp": "l2sp", "layers": "layers", "crop": "crop_size"}
+    tune = {field: getattr(args, arg) for arg, field in names.items() if getattr(args, arg) is not None}
     rows = [r for kind in args.kind or ["inverted", "small-noisy"]
-            for r in run(kind, args.k, args.steps, args.held_out, args.seed)]
+            for r in run(kind, args.k, args.steps, args.held_out, args.seed, tune, tuple(args.choice))]
     print(table(rows))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

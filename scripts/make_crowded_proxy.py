@@ -41,19 +41,25 @@ def shrink(image: np.ndarray, labels: np.ndarray, factor: float = 0.5) -> tuple[
     return small, lab
 
 
+def composite(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The image normalised, with its own nuclei cut out and pasted so that each touches another
+    (twice the density): ``(float32 image, int32 labels)``."""
+    img = Normalization().apply(image[None])
+    labels = labels.astype(np.int32)
+    bank = nucleus_bank([(img, labels, None)])
+    comp, comp_lab, _ = paste_touching(rng, img, labels, bank, 1.0, int(labels.max()))
+    return comp[0], comp_lab
+
+
 def build_proxy(seed: int = 0) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """``[(name, float32 image, int32 labels)]``: composites, shrunk images, shrunk composites."""
     out = []
     for i, (name, image, labels) in enumerate(load_split("validation-data")):
-        rng = np.random.default_rng(seed + i)
-        img = Normalization().apply(image[None])
-        labels = labels.astype(np.int32)
-        bank = nucleus_bank([(img, labels, None)])
-        comp, comp_lab, _ = paste_touching(rng, img, labels, bank, 1.0, int(labels.max()))
+        comp, comp_lab = composite(image, labels, np.random.default_rng(seed + i))
         tag = name.replace("/", "_")
-        out.append((f"{tag}_composite", comp[0], comp_lab))
-        out.append((f"{tag}_half", *shrink(img[0], labels)))
-        out.append((f"{tag}_composite_half", *shrink(comp[0], comp_lab)))
+        out.append((f"{tag}_composite", comp, comp_lab))
+        out.append((f"{tag}_half", *shrink(Normalization().apply(image[None])[0], labels.astype(np.int32))))
+        out.append((f"{tag}_composite_half", *shrink(comp, comp_lab)))
     return out
 
 
