@@ -9,38 +9,25 @@ an existing output is never replaced: the name gets ``-2``, ``-3``, … instead.
 from __future__ import annotations
 
 import os
-import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from napari.layers import Image
-from napari.qt.threading import create_worker
 
+from napari_unet._widget.job import Job
 from napari_unet._widget.regions import level0
-from napari_unet._widget.state import Result, ui_threads
+from napari_unet._widget.saved_results import SavedResults, labels_dir
+from napari_unet._widget.state import Result, State
 from napari_unet._widget.stepped_add import add_in_steps
 from napari_unet.blockwise.engine import DEFAULT_BLOCK, BlockwiseOptions, BlockwiseResult, segment_blockwise
 from napari_unet.engine.segmentation import count_sentence
 from napari_unet.errors import Cancelled, os_error_sentence
 from napari_unet.io.lazy import open_lazy, stem
 from napari_unet.io.pixel_size import layer_pixel_size
-
-if TYPE_CHECKING:
-    from napari_unet._widget.segment import SegmentSection
-
-
-def labels_dir() -> Path:
-    """Where labels of images that are not in a writable folder on disk are saved."""
-    if os.environ.get("NAPARI_UNET_DATA_DIR"):
-        return Path(os.environ["NAPARI_UNET_DATA_DIR"]) / "labels"
-    try:
-        from platformdirs import user_data_dir
-    except ImportError:
-        return Path.home() / ".local" / "share" / "napari-unet" / "labels"
-    return Path(user_data_dir("napari-unet", appauthor=False)) / "labels"
 
 
 def output_path(layer: Image, plane: tuple[int, ...] | None) -> Path:
@@ -71,57 +58,46 @@ def blockwise_source(layer: Image, plane: tuple[int, ...] | None) -> Any:
 
 
 class BlockwiseRun:
-    """Runs on behalf of the Segment section: its progress bar, Cancel, worker slot and messages."""
+    """A large or lazy image segmented block by block, as a job of the Segment section: the labels
+    zarr becomes a labels layer; ``report(image, found, scale)`` shows the result's summary."""
 
     block = DEFAULT_BLOCK  # block side in pixels
 
-    def __init__(self, section: SegmentSection) -> None:
-        self.section = section
+    def __init__(self, state: State, job: Job, saved: SavedResults,
+                 report: Callable[[Image, str, float], None]) -> None:
+        self.state, self.job, self.saved, self.report = state, job, saved, report
 
-    def start(self, layer: Image, plane: tuple[int, ...] | None) -> None:
-        s, state = self.section, self.section.state
-        model = state.model
+    def start(self, layer: Image, plane: tuple[int, ...] | None, options: BlockwiseOptions, channel: Any) -> None:
+        """Segment ``layer`` (or its one ``plane``) with ``options`` in the background."""
+        state, model = self.state, self.state.model
         try:
             source, out = blockwise_source(layer, plane), output_path(layer, plane)
         except OSError as exc:
             return state.error(f"Could not create the labels folder: {os_error_sentence(exc)}")
-        scale = "auto" if s.auto_scale.value else float(s.scale.value)  # one scale for every block
-        options = BlockwiseOptions(block=self.block, tile=s.tile.value, overlap=s.overlap.value,
-                                   batch_size=s.batch.value, device=s.device.value, scale=scale,
-                                   postprocess=s.postprocess(), threads=ui_threads())
-        channel_axis, channel = (-1 if layer.rgb else None), s.channel.value
+        channel_axis = -1 if layer.rgb else None
         pixel = layer_pixel_size(layer)
-        s._cancel = cancel = threading.Event()
 
-        def work() -> BlockwiseResult | None:
+        def work(cancelled: Callable[[], bool], progress: Callable[[int, int], None]) -> BlockwiseResult | None:
             # an in-process dask cluster of one worker, started and closed within this call
             try:
                 image = open_lazy(source, channel_axis=channel_axis, channel=channel)
                 if image.pixel_size is None and pixel is not None:  # from the layer (or its OME-Zarr)
                     image = replace(image, pixel_size=(pixel, pixel))
-                return segment_blockwise(image, out, model, options=options, workers=1,
-                                         progress=s._bridge.tick.emit, cancel=cancel.is_set)
+                return segment_blockwise(image, out, model, options=options, workers=1, progress=progress,
+                                         cancel=cancelled)
             except Cancelled:
                 return None
 
-        s.target = layer
-        s.run_btn.enabled, s.cancel_btn.enabled = False, True
-        s.progress.max, s.progress.value = 1, 0
-        s.summary.value = ""
         state.message.emit(f"Segmenting {layer.name} block by block into {out}…")
-        s.worker = create_worker(work, _ignore_errors=True)
-        s.worker.returned.connect(lambda result: self._arrived(layer, plane, result, model.info.name))
-        s.worker.errored.connect(s._failed)
-        s.worker.finished.connect(s._finished)
-        s.worker.start()
+        self.job.start(work, lambda result: self._arrived(layer, plane, result, model.info.name), target=layer)
 
     def _arrived(self, image: Image, plane: tuple[int, ...] | None, result: BlockwiseResult | None,
                  model_name: str) -> None:
         import zarr
 
-        state, viewer = self.section.state, self.section.state.viewer
+        state, viewer = self.state, self.state.viewer
         if result is not None:
-            self.section.saved.add(result.out)
+            self.saved.add(result.out)
         if not any(layer is image for layer in viewer.layers):
             kept = f"; its labels are saved in {result.out}" if result else ", so its segmentation was dropped"
             return state.warn(f"The image '{image.name}' was removed{kept}.")
@@ -150,6 +126,5 @@ class BlockwiseRun:
         counts = result.objects
         text = count_sentence(counts)
         text += f"; scale {result.scale.scale:.2f}" + (" (chosen automatically)" if result.scale.how != "given" else "")
-        self.section.show_scale(result.scale.scale)
-        self.section.summary.value = f"{image.name}: {text}"
+        self.report(image, text, result.scale.scale)
         state.info(f"Segmented {image.name} block by block: {text} in layer '{name}', saved in {result.out}.")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,6 @@ from magicgui.widgets import ComboBox, Container, PushButton
 from qtpy.QtCore import QUrl
 from qtpy.QtGui import QDesktopServices
 
-from napari_unet._widget.blockwise_run import labels_dir
 from napari_unet._widget.fit import fit_width
 from napari_unet._widget.state import State
 from napari_unet.errors import NapariUnetError
@@ -28,6 +28,17 @@ def is_labels_zarr(path: Path) -> bool:
     except (NapariUnetError, OSError):
         return False
     return bool(attrs) and LABELS_KEY in attrs
+
+
+def labels_dir() -> Path:
+    """Where labels of images that are not in a writable folder on disk are saved."""
+    if os.environ.get("NAPARI_UNET_DATA_DIR"):
+        return Path(os.environ["NAPARI_UNET_DATA_DIR"]) / "labels"
+    try:
+        from platformdirs import user_data_dir
+    except ImportError:
+        return Path.home() / ".local" / "share" / "napari-unet" / "labels"
+    return Path(user_data_dir("napari-unet", appauthor=False)) / "labels"
 
 
 class SavedResults:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import threading
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -11,25 +11,23 @@ import torch
 from magicgui.widgets import Container, Label, ProgressBar, PushButton, create_widget
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
-from qtpy.QtCore import QObject, QTimer, Signal
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QFileDialog
 
 from napari_unet._widget.blockwise_run import BlockwiseRun
+from napari_unet._widget.job import Job
 from napari_unet._widget.labels import LabelsWriter
 from napari_unet._widget.regions import wants_blockwise
 from napari_unet._widget.saved_results import SavedResults
 from napari_unet._widget.segment_options import STACK_CHOICES, SegmentOptions, stack_choice_for
 from napari_unet._widget.state import State, digest, ui_threads
 from napari_unet._widget.stepped_add import NEXT_TURN_MS
+from napari_unet.blockwise.engine import BlockwiseOptions
 from napari_unet.engine.measure import measure_objects
 from napari_unet.engine.segmentation import Segmentation, segment_image
 from napari_unet.errors import Cancelled, NapariUnetError, os_error_sentence
 from napari_unet.io.pixel_size import layer_pixel_size
 from napari_unet.io.table import write_csv
-
-
-class _Progress(QObject):
-    tick = Signal(int, int)  # from the worker thread, queued into the main thread
 
 
 class SegmentSection(SegmentOptions):
@@ -39,11 +37,7 @@ class SegmentSection(SegmentOptions):
     def __init__(self, state: State) -> None:
         super().__init__(state)
         self.writer = LabelsWriter(state, on_relabel=self._relabelled)
-        self.blockwise = BlockwiseRun(self)  # large or lazy (dask/zarr/multiscale) layers
-        self.worker = None
-        self.target: Image | None = None
         self.placeholder = None  # the empty labels layer added at the click (``LabelsWriter.prepare``)
-        self._cancel = threading.Event()
         self.image = create_widget(annotation=Image, label="image", options={
             "tooltip": "The image to segment. The result goes to a labels layer named '<image> labels'."})
         self.run_btn = PushButton(text="Segment", tooltip="Run the model on the image above (in the background).")
@@ -64,12 +58,11 @@ class SegmentSection(SegmentOptions):
         self.main = Container(widgets=[self.image, self.stack, self.stain, self.channel, self.scale_row,
                                        self.threshold, self.seeds, self.min_size, buttons, self.progress, self.summary,
                                        self.saved.main])
-        self._bridge = _Progress()
-        self._bridge.tick.connect(self._on_progress)
+        self.job = Job(self.run_btn, self.cancel_btn, self.progress, on_error=self._failed, on_finished=self._finished)
+        self.blockwise = BlockwiseRun(state, self.job, self.saved, self._report_blockwise)  # large or lazy layers
         self.run_btn.changed.connect(self.run)
         self.image.changed.connect(self._stack_from_axes)
         self._stack_from_axes(self.image.value)
-        self.cancel_btn.changed.connect(self.cancel)
         self.table_btn.changed.connect(self._save_table)
         self.last: Labels | None = None  # the labels layer of the last result (Save table…)
         self.measuring: set[Any] = set()  # measurement workers still running
@@ -96,7 +89,12 @@ class SegmentSection(SegmentOptions):
             if plane is None and STACK_CHOICES[self.stack.value] != "planes":
                 return self.state.error(f"'{layer.name}' is too large to segment in memory, and blockwise segmentation "
                                         f"labels plane by plane; choose 'whole stack' for {self.stack.value.lower()}.")
-            return self.blockwise.start(layer, plane)
+            scale = "auto" if self.auto_scale.value else float(self.scale.value)  # one scale for every block
+            options = BlockwiseOptions(block=self.blockwise.block, tile=self.tile.value, overlap=self.overlap.value,
+                                       batch_size=self.batch.value, device=self.device.value, scale=scale,
+                                       postprocess=self.postprocess(), threads=ui_threads())
+            self.summary.value = ""
+            return self.blockwise.start(layer, plane, options, self.channel.value)
         try:
             image = np.asarray(layer.data[plane] if plane is not None else layer.data)
         except Exception as exc:  # noqa: BLE001 - lazy arrays can fail to load
@@ -106,34 +104,37 @@ class SegmentSection(SegmentOptions):
             scale="auto" if self.auto_scale.value else self.scale.value, channel_axis=-1 if layer.rgb else None,
             channel=self.channel_for(layer.rgb), stain=self.stain.value, pixel_size_um=layer_pixel_size(layer),
             **self._stack_options(layer, plane))
-        self._cancel = cancel = threading.Event()
         torch.set_num_threads(ui_threads())
 
-        def work() -> tuple[Segmentation, np.ndarray, str] | None:
+        def work(cancelled: Callable[[], bool],
+                 progress: Callable[[int, int], None]) -> tuple[Segmentation, np.ndarray, str] | None:
             # torch leaves napari's main thread a core (ui_threads); the worker keeps its priority,
             # so a busy machine slows a click no more than it slows segment() itself
             try:
-                result = segment_image(model, image, postprocess=post, progress=self._bridge.tick.emit,
-                                       cancel=cancel.is_set, **options)  # sizes follow the scale
+                result = segment_image(model, image, postprocess=post, progress=progress, cancel=cancelled,
+                                       **options)  # sizes follow the scale
             except Cancelled:
                 return None
             labels = self.writer.compact(result.labels)
             return result, labels, digest(labels)  # all off the main thread
 
-        self.target = layer
-        self.run_btn.enabled, self.cancel_btn.enabled = False, True
-        self.progress.max, self.progress.value = 1, 0
         self.summary.value = ""
         self.state.message.emit(f"Segmenting {layer.name}…")  # replaces any old error
-        self.worker = create_worker(work, _ignore_errors=True)
-        self.worker.returned.connect(lambda out: self._done(layer, plane, out, model.info.name))
-        self.worker.errored.connect(self._failed)
-        self.worker.finished.connect(self._finished)
         # the network starts at once (torch leaves the main thread a core); napari's build of the
         # new labels layer (~0.3 s of main-thread work on 2 cores with software OpenGL, whatever
         # the data) follows in steps meanwhile, so it is not paid when the result arrives
-        self.worker.start()
+        self.job.start(work, lambda out: self._done(layer, plane, out, model.info.name), target=layer)
         QTimer.singleShot(NEXT_TURN_MS, lambda: self._begin(layer))
+
+    @property
+    def worker(self) -> Any:
+        """The running Segment's thread worker (None when idle)."""
+        return self.job.worker
+
+    @property
+    def target(self) -> Image | None:
+        """The image layer the running Segment works on."""
+        return self.job.target
 
     def _stack_from_axes(self, layer: Image | None) -> None:
         """Choose the stack option from the layer's axis names when napari knows them."""
@@ -155,21 +156,17 @@ class SegmentSection(SegmentOptions):
         if image in self.state.viewer.layers:
             self.placeholder = self.writer.prepare(image)
 
-    def _on_progress(self, done: int, total: int) -> None:
-        if self.worker is not None and not self._cancel.is_set():  # after a cancel the widgets may be gone
-            self.progress.max, self.progress.value = max(1, total), done
-
     def cancel(self, *_: Any) -> None:
-        self._cancel.set()
+        self.job.cancel()
 
     def detach(self) -> None:
         """The dock is gone: cancel a running segmentation and stop following the viewer."""
-        self._cancel.set()
+        self.job.cancel()
         self.state.viewer.layers.events.removed.disconnect(self._layer_removed)
 
     def _layer_removed(self, event: Any) -> None:
         if self.worker is not None and event.value is self.target:
-            self._cancel.set()
+            self.job.cancel()
         self.state.forget(event.value)
 
     def _failed(self, exc: Exception) -> None:
@@ -179,12 +176,8 @@ class SegmentSection(SegmentOptions):
             self.state.error(f"Segmentation failed ({type(exc).__name__}: {exc}).")
 
     def _finished(self) -> None:
-        placeholder, self.worker, self.target, self.placeholder = self.placeholder, None, None, None
+        placeholder, self.placeholder = self.placeholder, None
         QTimer.singleShot(0, lambda: self.writer.discard(placeholder))  # if no result went into it
-        try:
-            self.run_btn.enabled, self.cancel_btn.enabled = True, False
-        except RuntimeError:  # napari was closed meanwhile: the buttons are gone
-            pass
 
     def _done(self, image: Image, plane: tuple[int, ...] | None, out: Any, model_name: str) -> None:
         if not any(layer is image for layer in self.state.viewer.layers):
@@ -205,6 +198,11 @@ class SegmentSection(SegmentOptions):
         if result.warning is not None:  # after the result line, so the status line keeps the warning
             self.summary.value += f"\n⚠ {result.warning}"
             self.state.warn(result.warning)
+
+    def _report_blockwise(self, image: Image, found: str, scale: float) -> None:
+        """The summary line of a block-by-block result (the status line says where it is saved)."""
+        self.show_scale(scale)
+        self.summary.value = f"{image.name}: {found}"
 
     def _report(self, layer: Labels, found: str, scale: float, min_size: int | None, verb: str) -> None:
         """The summary line and the status line: what was found and the numbers actually used."""

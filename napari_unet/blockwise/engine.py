@@ -458,7 +458,15 @@ class _Run:
             os.rename(self.part, self.out)
 
     def discard(self) -> None:
-        _remove(self.part)
+        """Remove the part folder. After a failed write zarr's I/O thread may still finish another
+        write into it (creating it again), so it is looked at again for a moment."""
+        for _ in range(6):
+            _remove(self.part)
+            time.sleep(0.05)
+            if not self.part.exists():
+                time.sleep(0.05)
+                if not self.part.exists():
+                    return
 
 
 def _remove(path: Path) -> None:

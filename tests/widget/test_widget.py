@@ -152,8 +152,8 @@ def test_labels_added_in_steps_end_as_add_labels_does(qtbot, make_napari_viewer,
     picked = add_in_steps(viewer, data, name="selected by hand at once")
     viewer.layers.selection.active = picked  # napari shows its controls: built at once
     assert picked in canvas.layer_to_visual and container.currentWidget() is controls[picked]
-    qtbot.wait(300)  # the remaining steps do nothing to the removed layer
-    assert gone not in viewer.layers and not gone.visible and picked.visible
+    qtbot.waitUntil(lambda: picked.visible, timeout=10_000)  # the remaining steps (slow on a busy machine)
+    assert gone not in viewer.layers and not gone.visible  # ... did nothing to the removed layer
 
 
 def test_layers_added_in_steps_survive_moves_3d_clear_and_close(qtbot, make_napari_viewer):
@@ -472,7 +472,7 @@ def test_dock_close_reopen_cancel_rerun_and_napari_close(qtbot, make_napari_view
     qtbot.waitUntil(lambda: session.runner.started, timeout=120_000)
     pid, t0 = session.pid, time.monotonic()
     viewer.close()  # closing napari stops the training process within seconds
-    assert _gone(pid) and time.monotonic() - t0 < 8
+    assert _gone(pid) and time.monotonic() - t0 < 30  # stopped, not left running (seconds; more on a busy machine)
 
 
 def test_reopened_dock_remembers_which_image_labels_belong_to(qtbot, make_napari_viewer, misc):

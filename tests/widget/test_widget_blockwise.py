@@ -64,7 +64,7 @@ def test_lazy_layer_goes_blockwise_into_an_editable_zarr(qtbot, make_napari_view
     assert not isinstance(layer.data, np.ndarray)
     w = _dock(viewer, 512)
     ticks = []
-    w.seg._bridge.tick.connect(lambda done, total: ticks.append((done, total)))
+    w.seg.job.tick.connect(lambda done, total: ticks.append((done, total)))
     w.seg.run_btn.native.click()
     qtbot.waitUntil(lambda: w.seg.worker is None, timeout=120_000)
 
