@@ -5,11 +5,17 @@ import numpy as np
 from napari_unet.engine.metrics import object_errors, wrong_objects
 
 
-def test_unmatched_merged_and_split_objects_are_wrong():
+def four_nuclei() -> np.ndarray:
+    """Two touching nuclei (1, 2), a large one (3) and a lone one (4)."""
     gt = np.zeros((100, 100), np.int32)
-    gt[5:25, 5:25], gt[5:25, 25:45] = 1, 2  # two touching nuclei
+    gt[5:25, 5:25], gt[5:25, 25:45] = 1, 2
     gt[50:80, 50:80] = 3
     gt[5:25, 60:80] = 4
+    return gt
+
+
+def test_unmatched_merged_and_split_objects_are_wrong():
+    gt = four_nuclei()
     pred = np.zeros_like(gt)
     pred[5:25, 5:45] = 1  # 1 and 2 merged
     pred[50:80, 50:65], pred[50:80, 65:80] = 2, 3  # 3 split in two
@@ -31,10 +37,7 @@ def test_a_swallowed_speck_is_no_merge():
 
 
 def test_object_errors_count_merges_misses_and_false_objects():
-    gt = np.zeros((100, 100), np.int32)
-    gt[5:25, 5:25], gt[5:25, 25:45] = 1, 2  # two touching nuclei
-    gt[50:80, 50:80] = 3
-    gt[5:25, 60:80] = 4
+    gt = four_nuclei()
     pred = np.zeros_like(gt)
     pred[5:30, 5:45] = 1  # 1 and 2 merged (IoU 0.4 with each)
     pred[5:25, 60:80] = 4  # right
