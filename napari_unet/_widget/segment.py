@@ -107,7 +107,7 @@ class SegmentSection(SegmentOptions):
         torch.set_num_threads(ui_threads())
 
         def work(cancelled: Callable[[], bool],
-                 progress: Callable[[int, int], None]) -> tuple[Segmentation, np.ndarray, str] | None:
+                 progress: Callable[[int, int], None]) -> tuple[Segmentation, np.ndarray, str, str] | None:
             # torch leaves napari's main thread a core (ui_threads); the worker keeps its priority,
             # so a busy machine slows a click no more than it slows segment() itself
             try:
@@ -116,7 +116,7 @@ class SegmentSection(SegmentOptions):
             except Cancelled:
                 return None
             labels = self.writer.compact(result.labels)
-            return result, labels, digest(labels)  # all off the main thread
+            return result, labels, digest(labels), result.summary()  # all off the main thread (a count is slow)
 
         self.summary.value = ""
         self.state.message.emit(f"Segmenting {layer.name}…")  # replaces any old error
@@ -184,7 +184,7 @@ class SegmentSection(SegmentOptions):
             return self.state.warn(f"The image '{image.name}' was removed, so its segmentation was dropped.")
         if out is None:
             return self._say("Segmentation cancelled; nothing was changed.")
-        result, labels, labels_digest = out
+        result, labels, labels_digest, found = out
         # class maps, 3D objects and tracks are not re-labelled plane by plane
         probs = None if result.semantic or result.stack != "planes" else result.probabilities
         layer = self.writer.write(image, plane, labels, probs, model_name, labels_digest if plane is None else None,
@@ -194,7 +194,7 @@ class SegmentSection(SegmentOptions):
             self._measure(layer)
         if self.show_probs.value:
             self._show_probabilities(image, result.probabilities)
-        self._report(layer, result.summary(), result.scale.scale, result.min_size_used, "Segmented")
+        self._report(layer, found, result.scale.scale, result.min_size_used, "Segmented")
         if result.warning is not None:  # after the result line, so the status line keeps the warning
             self.summary.value += f"\n⚠ {result.warning}"
             self.state.warn(result.warning)
