@@ -167,13 +167,16 @@ def hold_out_objects(samples: list[Sample], fraction: float, seed: int) -> tuple
             train_s.append(s)
             continue
         regions = region_maps[k]
-        outside = None if s.reviewed is None else s.reviewed & (regions == 0)  # regions are units of their own
-        terr = territories(s.labels, outside, ids, radius) if len(ids) else np.zeros(s.labels.shape, np.int64)
+        terr = territories(s.labels, s.reviewed, ids, radius) if len(ids) else np.zeros(s.labels.shape, np.int64)
         terr = terr.astype(np.int64)
         offset = int(s.labels.max(initial=0))  # erased regions get ids above every object's
-        for r in held_regions:
-            terr[regions == r] = offset + r
-        region_ids.append([offset + r for r in held_regions])
+        placed = []
+        for r in held_regions:  # what a held-out object's territory already covers stays scored there
+            px = (regions == r) & (terr == 0)
+            if px.any():
+                terr[px] = offset + r
+                placed.append(offset + r)
+        region_ids.append(placed)
         reviewed = (np.ones(s.labels.shape, bool) if s.reviewed is None else s.reviewed) & (terr == 0)
         train_s.append(Sample(s.image, s.labels, reviewed, s.name))
         ys, xs = np.nonzero(terr)
@@ -181,9 +184,9 @@ def hold_out_objects(samples: list[Sample], fraction: float, seed: int) -> tuple
         sl = (slice(max(0, ys.min() - m), ys.max() + 1 + m), slice(max(0, xs.min() - m), xs.max() + 1 + m))
         val_s.append(Sample(s.image[(slice(None), *sl)], s.labels[sl], terr[sl] > 0, s.name + "[held-out]"))
         terrs.append(terr[sl])
-    n_regions = sum(1 for _, _, bg in held if bg)
+    n_regions = sum(len(r) for r in region_ids)
     train_s = [s for s in train_s if s.reviewed is None or s.reviewed.any()]  # all of it held out: nothing to learn
-    return train_s, HeldOut(val_s, terrs, n_val - n_regions, n_regions, region_ids)
+    return train_s, HeldOut(val_s, terrs, sum(1 for _, _, bg in held if not bg), n_regions, region_ids)
 
 
 def _counts(probs: list[np.ndarray], held: HeldOut, post: PostprocessConfig) -> ObjectCounts:
