@@ -212,9 +212,10 @@ def run_finetune(
     recorded as the new model's ``object_area`` so ``scale="auto"`` chooses as the base did.
     Returns the ``done`` event (also emitted). Errors raise NapariUnetError for the caller to report.
 
-    ``done`` fields: ``improved`` (offer the new model: the held-out objects' F1 rose and the
-    replay F1 fell by at most 0.02), ``verdict`` (one sentence: the change ± its bootstrap
-    standard deviation, how many objects it rests on, and why not when not better), ``base_f1`` /
+    ``done`` fields: ``improved`` (offer the new model: the held-out units' F1 rose, at least one
+    held-out object is among them, and the replay F1 fell by at most 0.02), ``verdict`` (one
+    sentence: the change ± its bootstrap standard deviation, how many objects and erased regions it
+    rests on, and why not when not better), ``base_f1`` /
     ``f1`` (F1 at IoU 0.5 on the held-out objects, each model with its post-processing tuned there),
     ``delta_f1`` / ``delta_f1_sd``, ``validation_objects`` / ``validation_regions`` /
     ``validation_pairs`` (held-out objects, held-out erased regions, and the pairs they are in),
@@ -330,7 +331,7 @@ def run_finetune(
     replay_new = _replay_f1(net, replay_val, config, device, state["postprocess"]) if replay_val else None
     delta, spread = bootstrap_change(base_counts, new_counts, options.seed)
     forgot = replay_base is not None and replay_base - replay_new > MAX_FORGETTING
-    improved = f1 > base_f1 and not forgot
+    improved = f1 > base_f1 and not forgot and held.n_objects > 0  # erased regions alone reward finding less
     replay_pair = None if replay_base is None else (replay_base, replay_new)
     verdict = verdict_text(f1 - base_f1, spread, held.n_objects, replay_pair, improved, held.n_regions)
     save(out, net, {"epoch": result.best_epoch, "val_f1": f1}, "best")

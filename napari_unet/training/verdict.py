@@ -23,6 +23,8 @@ from napari_unet.engine.metrics import overlaps
 MIN_COVERED = 0.9  # an object counts as reviewed when this share of its pixels is reviewed
 TERRITORY_RADII = 3.0  # a held-out object's territory reaches this many object radii beyond it
 MAX_FORGETTING = 0.02  # largest replay F1 drop a fine-tune may cost and still be offered
+# A gain on held-out erased regions alone is not offered: a model that finds fewer nuclei also
+# finds fewer false ones there, so at least one held-out object must show nuclei are still found.
 BOOTSTRAP = 1000
 REGION_GAP = 4  # reviewed background this close to a labelled object belongs to the object's ring
 MIN_REGION = 16  # smaller pieces of reviewed background (brush specks) are no erased region
@@ -149,4 +151,6 @@ def verdict_text(delta: float, spread: float, n_objects: int, replay: tuple[floa
         return f"{change}{kept}"
     if forgot:
         return f"forgot: replay F1 {replay[0]:.2f} → {replay[1]:.2f} ({change})"
+    if delta > 0 and not n_objects:
+        return f"not offered: no held-out object shows that nuclei are still found ({change}{kept})"
     return f"no gain on your objects: {change}{kept}"

@@ -128,6 +128,10 @@ def test_verdict_counts_false_objects_on_held_out_erased_regions():
     delta, _ = bootstrap_change(counts, clean)
     text = verdict_text(delta, 0.05, 1, None, improved=True, n_regions=4)
     assert text == "+0.33 ± 0.05 F1 on 1 held-out object and 4 erased regions"
+    # erased regions alone cannot show that nuclei are still found: a gain there is not offered
+    text = verdict_text(1.0, 0.0, 0, (0.91, 0.90), improved=False, n_regions=2)
+    assert text == "not offered: no held-out object shows that nuclei are still found (+1.00 ± 0.00 F1 on " \
+                   "2 held-out erased regions, replay F1 0.91 → 0.90)"
 
 
 def test_a_background_only_pair_fine_tunes_and_is_judged_on_erased_regions(tmp_path, tiny_model):
@@ -152,4 +156,5 @@ def test_a_background_only_pair_fine_tunes_and_is_judged_on_erased_regions(tmp_p
     )
     assert done["validation_objects"] == 0 and done["validation_regions"] == max(round(0.2 * 9), 9 // 3)
     assert f"on {done['validation_regions']} held-out erased regions" in done["verdict"]
+    assert not done["improved"]  # no held-out object: never offered
     assert load_model(done["path"]).config == tiny_model.config
