@@ -101,12 +101,12 @@ def run(kind: str, ks: list[int], steps: int, held_out: int, seed: int, tune: di
                 n_true = len(np.unique(truth)) - 1
             else:
                 ids, touched = correct(chosen, predicted, truth)
-                if not ids:
-                    print(f"  k={k} {choice}: no true nucleus under the reviewed objects; skipped", flush=True)
+                if not ids and not touched.any():
+                    print(f"  k={k} {choice}: nothing reviewed to export; skipped", flush=True)
                     rows.append({**rows[0], "k": k, "choice": choice, "true_objects": 0,
-                                 "verdict": "no true nucleus under the reviewed objects: nothing to export"})
+                                 "verdict": "nothing reviewed to export"})
                     continue
-                export_reviewed_objects(pairs, image, truth, ids, touched, source="user")
+                export_reviewed_objects(pairs, image, truth, ids, touched, source="user")  # erased regions too
                 n_true = len(ids)
             options = FineTuneOptions(pairs=pairs, out=Path(tmp) / "ft.safetensors", device="cpu",
                                       epochs=max(1, steps // 20), steps_per_epoch=20, seed=seed, **(tune or {}))
@@ -126,7 +126,7 @@ def run(kind: str, ks: list[int], steps: int, held_out: int, seed: int, tune: di
                "original_f1": orig_tuned if kept is tuned else orig_base, "original_f1_tuned": orig_tuned,
                "cpu_min": round(cpu, 2), "steps": done.get("steps"), "improved": bool(done["improved"]),
                "verdict": done.get("verdict", ""), "validation_objects": done.get("validation_objects"),
-               "settings": tune or {}}
+               "validation_regions": done.get("validation_regions"), "settings": tune or {}}
         rows.append(row)
         print(f"  k={k} {choice}: F1 {row['f1']:.3f} (fine-tuned {f1_tuned:.3f}), original {row['original_f1']:.3f} "
               f"(fine-tuned {orig_tuned:.3f}), {cpu:.2f} CPU min, {row['verdict']}", flush=True)

@@ -16,6 +16,7 @@ from napari_unet._widget.state import State, ui_threads
 from napari_unet.errors import NapariUnetError
 from napari_unet.training.pairs import count_pairs
 from napari_unet.training.runner import FineTuneRequest
+from napari_unet.training.verdict import units_text
 
 DEFAULTS = {"time_budget": 120, "epochs": 30}
 
@@ -139,7 +140,7 @@ class FinetuneSection:
     def _done(self, event: dict[str, Any]) -> None:
         before, after = event["base_f1"], event["f1"]
         scores = (f"validation F1 {before:.3f} → {after:.3f} on {event.get('validation_pairs', '?')} pair(s), "
-                  f"{event.get('validation_objects', '?')} objects")
+                  f"{units_text(event.get('validation_objects', 0), event.get('validation_regions') or 0)}")
         if event.get("verdict"):  # the change ± its uncertainty, and why not when not better
             scores += f"; {event['verdict']}"
         name = self.models.name_of(Path(event["path"]))  # a version's readable name, else the file's

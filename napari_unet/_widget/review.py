@@ -24,6 +24,7 @@ from napari_unet._widget.state import State, ui_threads
 from napari_unet.errors import NapariUnetError
 from napari_unet.training.pairs import export_reviewed_objects
 from napari_unet.training.review import Doubt, review_table
+from napari_unet.training.verdict import units_text
 
 if TYPE_CHECKING:
     from napari_unet._widget.corrections import CorrectionsSection
@@ -286,8 +287,9 @@ class ReviewSection:
         except (NapariUnetError, OSError) as exc:
             return self.state.error(f"Could not export the reviewed objects: {exc}")
         if record is None:
-            return self.state.info("These reviewed objects are already exported; review more objects first.")
+            return self.state.info("These reviewed objects and erased regions are already exported; review more "
+                                   "objects first.")
         self.corrections.refresh_count()
         self.state.pairs_changed.emit()
-        self.state.info(f"Exported {len(reviewed)} reviewed objects of '{r.labels.name}' as pair {record.name} "
-                        f"in {folder}.")
+        what = units_text(len(record.object_ids or []), record.erased_regions or 0)
+        self.state.info(f"Exported {what} of '{r.labels.name}' (reviewed) as pair {record.name} in {folder}.")

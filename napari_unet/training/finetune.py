@@ -38,6 +38,7 @@ from napari_unet.training.verdict import (
     TERRITORY_RADII,
     ObjectCounts,
     bootstrap_change,
+    erased_regions,
     object_counts,
     reviewed_objects,
     territories,
@@ -125,36 +126,57 @@ def rescale_sample(s: Sample, scale: float) -> Sample:
 
 @dataclass
 class HeldOut:
-    """Validation crops of held-out objects: each sample's ``reviewed`` is its territories' union."""
+    """Validation crops of held-out units: each sample's ``reviewed`` is its territories' union;
+    ``regions[k]`` are the territory ids of crop k that are erased regions."""
 
     samples: list[Sample]
     territories: list[np.ndarray]
     n_objects: int
+    n_regions: int = 0
+    regions: list[list[int]] | None = None
 
 
 def hold_out_objects(samples: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], HeldOut]:
-    """Hold out reviewed objects (not only whole pairs) with their territories for validation.
+    """Hold out reviewed units (objects and erased regions, not only whole pairs) for validation.
 
-    ``round(fraction · n)`` of the n reviewed objects, at least ``min(n // 3, 10)`` and one, and at
-    most n − 1, drawn at random across all pairs; their territories are removed from the training
-    pairs' reviewed masks (ignored by the loss) and cropped out as validation samples.
+    ``round(fraction · n)`` of the n reviewed units, at least ``min(n // 3, 10)`` and one, and at
+    most n − 1, drawn at random across all pairs; their territories (an erased region: its pixels)
+    are removed from the training pairs' reviewed masks (ignored by the loss) and cropped out as
+    validation samples.
     """
-    objects = [(k, i) for k, s in enumerate(samples) for i in reviewed_objects(s.labels, s.reviewed).tolist()]
-    n = len(objects)
+    units, region_maps = [], []
+    for k, s in enumerate(samples):
+        regions = erased_regions(s.labels, s.reviewed)
+        region_maps.append(regions)
+        units += [(k, i, False) for i in reviewed_objects(s.labels, s.reviewed).tolist()]
+        units += [(k, r, True) for r in range(1, int(regions.max(initial=0)) + 1)]
+    n = len(units)
     if n < 2:
-        raise InputError("Fine-tuning needs at least 2 reviewed objects: some to learn from and some to check "
-                         "the result on.")
+        raise InputError("Fine-tuning needs at least 2 reviewed objects or erased regions: some to learn from "
+                         "and some to check the result on.")
     n_val = min(n - 1, max(1, round(fraction * n), min(n // 3, 10)))
     rng = np.random.default_rng(seed)
-    held = [objects[j] for j in rng.permutation(n)[:n_val]]
-    radius = TERRITORY_RADII * float(np.sqrt(np.median(_reviewed_areas(samples)) / np.pi))
-    train_s, val_s, terrs = [], [], []
+    held = [units[j] for j in rng.permutation(n)[:n_val]]
+    areas = _reviewed_areas(samples)
+    radius = TERRITORY_RADII * float(np.sqrt(np.median(areas) / np.pi)) if len(areas) else 0.0
+    train_s, val_s, terrs, region_ids = [], [], [], []
     for k, s in enumerate(samples):
-        ids = np.array([i for kk, i in held if kk == k], dtype=s.labels.dtype)
-        if not len(ids):
+        ids = np.array([i for kk, i, bg in held if kk == k and not bg], dtype=s.labels.dtype)
+        held_regions = [r for kk, r, bg in held if kk == k and bg]
+        if not len(ids) and not held_regions:
             train_s.append(s)
             continue
-        terr = territories(s.labels, s.reviewed, ids, radius)
+        regions = region_maps[k]
+        terr = territories(s.labels, s.reviewed, ids, radius) if len(ids) else np.zeros(s.labels.shape, np.int64)
+        terr = terr.astype(np.int64)
+        offset = int(s.labels.max(initial=0))  # erased regions get ids above every object's
+        placed = []
+        for r in held_regions:  # what a held-out object's territory already covers stays scored there
+            px = (regions == r) & (terr == 0)
+            if px.any():
+                terr[px] = offset + r
+                placed.append(offset + r)
+        region_ids.append(placed)
         reviewed = (np.ones(s.labels.shape, bool) if s.reviewed is None else s.reviewed) & (terr == 0)
         train_s.append(Sample(s.image, s.labels, reviewed, s.name))
         ys, xs = np.nonzero(terr)
@@ -162,13 +184,16 @@ def hold_out_objects(samples: list[Sample], fraction: float, seed: int) -> tuple
         sl = (slice(max(0, ys.min() - m), ys.max() + 1 + m), slice(max(0, xs.min() - m), xs.max() + 1 + m))
         val_s.append(Sample(s.image[(slice(None), *sl)], s.labels[sl], terr[sl] > 0, s.name + "[held-out]"))
         terrs.append(terr[sl])
-    return train_s, HeldOut(val_s, terrs, n_val)
+    n_regions = sum(len(r) for r in region_ids)
+    train_s = [s for s in train_s if s.reviewed is None or s.reviewed.any()]  # all of it held out: nothing to learn
+    return train_s, HeldOut(val_s, terrs, sum(1 for _, _, bg in held if not bg), n_regions, region_ids)
 
 
 def _counts(probs: list[np.ndarray], held: HeldOut, post: PostprocessConfig) -> ObjectCounts:
+    regions = held.regions or [[] for _ in held.samples]
     return ObjectCounts.concat([
-        object_counts(s.labels, labels_from_probabilities(p, post), t)
-        for p, s, t in zip(probs, held.samples, held.territories)
+        object_counts(s.labels, labels_from_probabilities(p, post), t, r)
+        for p, s, t, r in zip(probs, held.samples, held.territories, regions)
     ])
 
 
@@ -187,12 +212,14 @@ def run_finetune(
     recorded as the new model's ``object_area`` so ``scale="auto"`` chooses as the base did.
     Returns the ``done`` event (also emitted). Errors raise NapariUnetError for the caller to report.
 
-    ``done`` fields: ``improved`` (offer the new model: the held-out objects' F1 rose and the
-    replay F1 fell by at most 0.02), ``verdict`` (one sentence: the change ± its bootstrap
-    standard deviation, how many objects it rests on, and why not when not better), ``base_f1`` /
+    ``done`` fields: ``improved`` (offer the new model: the held-out units' F1 rose, at least one
+    held-out object is among them, and the replay F1 fell by at most 0.02), ``verdict`` (one
+    sentence: the change ± its bootstrap standard deviation, how many objects and erased regions it
+    rests on, and why not when not better), ``base_f1`` /
     ``f1`` (F1 at IoU 0.5 on the held-out objects, each model with its post-processing tuned there),
-    ``delta_f1`` / ``delta_f1_sd``, ``validation_objects`` / ``validation_pairs`` (held-out objects
-    and the pairs they are in), ``train_objects``, ``replay_base_f1`` / ``replay_f1`` (the replay
+    ``delta_f1`` / ``delta_f1_sd``, ``validation_objects`` / ``validation_regions`` /
+    ``validation_pairs`` (held-out objects, held-out erased regions, and the pairs they are in),
+    ``train_objects``, ``replay_base_f1`` / ``replay_f1`` (the replay
     validation crops, base with its own post-processing, new model with its new one; None when the
     replay set does not suit the base; scored even with ``replay=False``), ``replay_objects``,
     ``train_scale`` (the pairs' resize factor) and ``object_area``,
@@ -218,7 +245,8 @@ def run_finetune(
     pairs = [p for p in pairs if p.name not in {n for n, _ in skipped}]
     train_scale = training_scale(samples, base)
     samples = [rescale_sample(s, train_scale) for s in samples]
-    object_area = round(float(np.median(_reviewed_areas(samples))), 1) or None
+    areas = _reviewed_areas(samples)
+    object_area = (round(float(np.median(areas)), 1) or None) if len(areas) else None
     train_s, held = hold_out_objects(samples, options.val_fraction, options.seed)
     replay_train, replay_val = load_replay(base)  # forgetting is checked even when replay does not train
     replay_train = replay_train if options.replay else []
@@ -242,7 +270,7 @@ def run_finetune(
         "pairs_skipped": [{"name": n, "reason": r} for n, r in skipped],
         "train_samples": len(train_s), "val_samples": len(held.samples), "device": str(device),
         "base": str(base.path or "default"), "train_objects": n_train, "validation_objects": held.n_objects,
-        "replay_samples": len(replay_train), "train_scale": round(train_scale, 3),
+        "validation_regions": held.n_regions, "replay_samples": len(replay_train), "train_scale": round(train_scale, 3),
         "parameters": {"epochs": options.epochs, "time_limit": options.time_limit, "lr": options.lr,
                        "batch_size": options.batch_size, "crop_size": crop, "val_fraction": options.val_fraction,
                        "replay_fraction": config.replay_fraction, "l2sp": options.l2sp, "layers": options.layers},
@@ -303,9 +331,9 @@ def run_finetune(
     replay_new = _replay_f1(net, replay_val, config, device, state["postprocess"]) if replay_val else None
     delta, spread = bootstrap_change(base_counts, new_counts, options.seed)
     forgot = replay_base is not None and replay_base - replay_new > MAX_FORGETTING
-    improved = f1 > base_f1 and not forgot
+    improved = f1 > base_f1 and not forgot and held.n_objects > 0  # erased regions alone reward finding less
     replay_pair = None if replay_base is None else (replay_base, replay_new)
-    verdict = verdict_text(f1 - base_f1, spread, held.n_objects, replay_pair, improved)
+    verdict = verdict_text(f1 - base_f1, spread, held.n_objects, replay_pair, improved, held.n_regions)
     save(out, net, {"epoch": result.best_epoch, "val_f1": f1}, "best")
     done = {
         "event": "done", "base_f1": base_f1, "f1": f1, "improved": bool(improved), "verdict": verdict,
@@ -313,7 +341,8 @@ def run_finetune(
         "postprocess": state["postprocess"].to_dict(),
         "best_epoch": result.best_epoch, "epochs": len(result.history), "path": str(out),
         "steps": result.history[-1]["step"] if result.history else 0,
-        "validation_pairs": len(held.samples), "validation_objects": held.n_objects, "train_objects": n_train,
+        "validation_pairs": len(held.samples), "validation_objects": held.n_objects,
+        "validation_regions": held.n_regions, "train_objects": n_train,
         "replay_base_f1": replay_base, "replay_f1": replay_new,
         "replay_objects": int(sum(len(np.unique(s.labels)) - 1 for s in replay_val)),
         "train_scale": round(train_scale, 3), "object_area": object_area,

@@ -9,7 +9,11 @@ Layout (documented in the README, "Training-pairs folder")::
 
 A pair of reviewed objects (:func:`export_reviewed_objects`) lists their label ids in its manifest
 entry (``object_ids``) with a fingerprint of the image plane (``image_key``): objects already
-exported from the same image are not exported again. Older manifests simply lack both fields.
+exported from the same image are not exported again. Reviewed background the user erased or
+painted (erased false detections) is exported too, even without any reviewed object (a
+background-only pair: empty labels, a reviewed mask); background pixels already exported from the
+same image (read back from those pairs' reviewed masks) are not exported again. ``erased_regions``
+records how many erased regions a pair holds. Older manifests simply lack these fields.
 
 Every manifest update happens under an exclusive lock on ``PAIRS/.napari-unet-pairs.lock``, so
 several napari windows or processes can export into one folder at once without losing pairs.
@@ -38,6 +42,7 @@ from napari_unet.errors import InputError, NapariUnetError, os_error_sentence
 from napari_unet.io.atomic import atomic_path
 from napari_unet.io.locking import exclusive_lock
 from napari_unet.io.tiff import read_image
+from napari_unet.training.verdict import erased_regions
 
 FORMAT = "napari-unet-pairs"
 FORMAT_VERSION = 1
@@ -62,6 +67,7 @@ class PairRecord:
     reviewed: bool = False  # a reviewed mask file exists
     object_ids: list[int] | None = None  # the reviewed label ids of an object-wise export
     image_key: str = ""  # fingerprint of the image plane the object ids belong to
+    erased_regions: int | None = None  # erased regions (reviewed background away from objects) in the pair
 
 
 @dataclass
@@ -131,6 +137,7 @@ def export_pair(
     origin: tuple[int, int] = (0, 0),
     object_ids: list[int] | None = None,
     image_key: str = "",
+    allow_background: bool = False,
 ) -> PairRecord:
     """Write a new pair for one image plane and its corrected labels; return its manifest entry.
 
@@ -138,6 +145,7 @@ def export_pair(
     some context around it); ``reviewed`` gives an arbitrary reviewed mask instead. ``origin``:
     where ``image[0, 0]`` lies in the source plane, when only a region of a large plane is given.
     ``object_ids`` and ``image_key`` are recorded as given (see :func:`export_reviewed_objects`).
+    ``allow_background``: a reviewed region without any object is exported (reviewed background only).
     """
     folder = Path(folder)
     image, labels = np.asarray(image), np.asarray(labels)
@@ -145,7 +153,7 @@ def export_pair(
         raise InputError(f"The image plane is {image.shape[:2]} but the labels are {labels.shape}.")
     if not np.issubdtype(labels.dtype, np.integer) or labels.min(initial=0) < 0:
         raise InputError("Labels must be non-negative integers.")
-    if not labels.any():
+    if not labels.any() and not allow_background:
         raise InputError("The labels are empty; paint some objects before exporting.")
     crop = None
     if rect is not None:
@@ -163,7 +171,7 @@ def export_pair(
         image, labels, reviewed = image[cy0:cy1, cx0:cx1], labels[cy0:cy1, cx0:cx1], mask[cy0:cy1, cx0:cx1]
         oy, ox = (int(v) for v in origin)
         crop = [cy0 + oy, cx0 + ox, cy1 + oy, cx1 + ox]
-        if not labels[reviewed].any():
+        if not (reviewed.any() if allow_background else labels[reviewed].any()):
             raise InputError("There are no labelled objects inside the rectangle.")
     if reviewed is not None and np.asarray(reviewed).shape != labels.shape:
         raise InputError("The reviewed mask does not have the shape of the labels.")
@@ -180,6 +188,7 @@ def export_pair(
             name=name, source=source, plane=list(plane), crop=crop, time=time.strftime("%Y-%m-%dT%H:%M:%S"),
             model=model, edited_pixels=edited_pixels, reviewed=reviewed is not None,
             object_ids=object_ids, image_key=image_key,
+            erased_regions=None if reviewed is None else int(erased_regions(labels, np.asarray(reviewed)).max()),
         )
         with _manifest_lock(folder):  # read-modify-write: another exporter may be doing the same
             manifest = _read_manifest(folder)
@@ -207,6 +216,31 @@ def exported_object_ids(folder: Path | str, key: str) -> set[int]:
             for i in (p.get("object_ids") or []) if isinstance(i, int)}
 
 
+def exported_background(folder: Path | str, key: str, shape: tuple[int, int],
+                        origin: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """Background pixels of the plane (``shape``, its corner at ``origin`` in the source plane)
+    already exported as reviewed from the image with fingerprint ``key`` into ``folder``."""
+    folder = Path(folder)
+    out = np.zeros(shape, bool)
+    if not (folder / MANIFEST).exists():
+        return out
+    for p in _read_manifest(folder)["pairs"]:
+        if not (isinstance(p, dict) and p.get("image_key") == key and p.get("reviewed") and p.get("crop")):
+            continue
+        try:
+            reviewed = read_image(folder / "reviewed" / f"{p['name']}.tif") != 0
+            labels = read_image(folder / "labels" / f"{p['name']}.tif")
+        except (NapariUnetError, OSError, ValueError):
+            continue  # a missing or damaged pair: read_pairs reports it
+        y0, x0 = p["crop"][0] - origin[0], p["crop"][1] - origin[1]
+        if reviewed.shape != labels.shape or y0 < 0 or x0 < 0:
+            continue
+        h, w = min(reviewed.shape[0], shape[0] - y0), min(reviewed.shape[1], shape[1] - x0)
+        if h > 0 and w > 0:
+            out[y0:y0 + h, x0:x0 + w] |= reviewed[:h, :w] & (labels[:h, :w] == 0)
+    return out
+
+
 def export_reviewed_objects(
     folder: Path | str,
     image: np.ndarray,
@@ -222,9 +256,10 @@ def export_reviewed_objects(
 ) -> PairRecord | None:
     """Write a sparse pair: only the reviewed objects (and ``ring`` pixels of background around
     them) and the background the user painted or erased (``touched``) count for training; the rest
-    of the plane is ignored by the loss. Objects already exported from this image are left out;
-    returns None (writing nothing) when none is left. The saved image is cropped to the reviewed
-    region with :data:`CONTEXT` pixels around it."""
+    of the plane is ignored by the loss. With no reviewed object, the touched background alone (the
+    user's erased false detections) makes the pair. Objects and touched background already exported
+    from this image are left out; returns None (writing nothing) when nothing is left. The saved
+    image is cropped to the reviewed region with :data:`CONTEXT` pixels around it."""
     image, labels = np.asarray(image), np.asarray(labels)
     if image.shape[:2] != labels.shape:
         raise InputError(f"The image plane is {image.shape[:2]} but the labels are {labels.shape}.")
@@ -233,23 +268,25 @@ def export_reviewed_objects(
     key = image_fingerprint(image)
     wanted = {int(i) for i in np.asarray(list(reviewed_ids)).ravel() if int(i) > 0}
     present = wanted & set(np.unique(labels).tolist())
-    if not present:
-        raise InputError("None of the reviewed objects is in the labels.")
+    background = np.zeros(labels.shape, bool) if touched is None else np.asarray(touched, bool) & (labels == 0)
+    if not present and not background.any():
+        raise InputError("None of the reviewed objects is in the labels, and no background was erased.")
     new = sorted(present - exported_object_ids(folder, key))
-    if not new:
+    if background.any():
+        background &= ~exported_background(folder, key, labels.shape, origin)
+    if not new and not background.any():
         return None
     objects = np.isin(labels, new)
-    near = ndi.binary_dilation(objects, iterations=ring) if ring > 0 else objects
-    mask = objects | (near & (labels == 0))
-    if touched is not None:
-        mask |= np.asarray(touched, bool) & (labels == 0)
+    near = ndi.binary_dilation(objects, iterations=ring) if ring > 0 and new else objects
+    mask = objects | (near & (labels == 0)) | background
     ys, xs = np.nonzero(mask)
     y0, x0, y1, x1 = ys.min(), xs.min(), ys.max() + 1, xs.max() + 1
     y0, x0 = max(0, min(y0, y1 - 8)), max(0, min(x0, x1 - 8))  # the rectangle is at least 8×8
     y1, x1 = max(y1, y0 + 8), max(x1, x0 + 8)
     edited = None if touched is None else int(np.count_nonzero(touched))
     return export_pair(folder, image, labels, rect=(y0, x0, y1, x1), reviewed=mask, source=source, plane=plane,
-                       model=model, edited_pixels=edited, origin=origin, object_ids=new, image_key=key)
+                       model=model, edited_pixels=edited, origin=origin, object_ids=new, image_key=key,
+                       allow_background=True)
 
 
 def count_pairs(folder: Path | str) -> int:
@@ -272,15 +309,15 @@ def _load_pair(name: str, image_path: Path, labels_path: Path, reviewed_path: Pa
         raise InputError(f"labels have data type {labels.dtype}; integers are expected")
     if image.shape[:2] != labels.shape:
         raise InputError(f"image is {image.shape[:2]} but labels are {labels.shape}")
-    if not labels.any():
+    if not labels.any() and reviewed_path is None:
         raise InputError("labels are empty")
     reviewed = None
-    if reviewed_path is not None:
+    if reviewed_path is not None:  # a sparse pair: reviewed background alone (erased false detections) is fine
         reviewed = read_image(reviewed_path) != 0
         if reviewed.shape != labels.shape:
             raise InputError(f"reviewed mask is {reviewed.shape} but labels are {labels.shape}")
-        if not (labels[reviewed] > 0).any():
-            raise InputError("no labelled object inside the reviewed region")
+        if not reviewed.any():
+            raise InputError("the reviewed region is empty")
     return Pair(name, image, labels.astype(np.uint32), reviewed)
 
 

@@ -1,10 +1,13 @@
-"""The fine-tune verdict: held-out reviewed objects, scored object by object, with a bootstrap.
+"""The fine-tune verdict: held-out reviewed units, scored unit by unit, with a bootstrap.
 
-Some of the user's reviewed objects are held out of training, each with its *territory* (the
-reviewed pixels nearer to it than to any other labelled object, up to a few object radii), so
-false detections around it count too. Each territory gives (true positive, false positive, false
-negative) counts at IoU 0.5; F1 pools them, and the uncertainty of a change in F1 comes from
-resampling the held-out objects (a paired bootstrap: both models scored on the same draw).
+A reviewed *unit* is a reviewed object or an *erased region*: a connected region of reviewed
+background away from any labelled object (where the user erased a false detection). Some units are
+held out of training: an object with its *territory* (the reviewed pixels nearer to it than to any
+other labelled object, up to a few object radii), so false detections around it count too; an
+erased region with its own pixels. Each unit gives (true positive, false positive, false negative)
+counts at IoU 0.5 (an erased region: no true object, and a false positive for each predicted object
+lying mostly on it); F1 pools them, and the uncertainty of a change in F1 comes from resampling the
+held-out units (a paired bootstrap: both models scored on the same draw).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage as ndi
 from skimage.segmentation import expand_labels
 
 from napari_unet.engine.metrics import overlaps
@@ -19,7 +23,11 @@ from napari_unet.engine.metrics import overlaps
 MIN_COVERED = 0.9  # an object counts as reviewed when this share of its pixels is reviewed
 TERRITORY_RADII = 3.0  # a held-out object's territory reaches this many object radii beyond it
 MAX_FORGETTING = 0.02  # largest replay F1 drop a fine-tune may cost and still be offered
+# A gain on held-out erased regions alone is not offered: a model that finds fewer nuclei also
+# finds fewer false ones there, so at least one held-out object must show nuclei are still found.
 BOOTSTRAP = 1000
+REGION_GAP = 4  # reviewed background this close to a labelled object belongs to the object's ring
+MIN_REGION = 16  # smaller pieces of reviewed background (brush specks) are no erased region
 
 
 def reviewed_objects(labels: np.ndarray, reviewed: np.ndarray | None) -> np.ndarray:
@@ -31,6 +39,22 @@ def reviewed_objects(labels: np.ndarray, reviewed: np.ndarray | None) -> np.ndar
     covered = dict(zip(ids_r.tolist(), area_r.tolist()))
     keep = [i for i, a in zip(ids.tolist(), area.tolist()) if i > 0 and covered.get(i, 0) >= MIN_COVERED * a]
     return np.array(keep, dtype=labels.dtype)
+
+
+def erased_regions(labels: np.ndarray, reviewed: np.ndarray | None) -> np.ndarray:
+    """Label image (1..n) of the erased regions: connected reviewed background at least
+    :data:`REGION_GAP` pixels from every labelled object and :data:`MIN_REGION` pixels large.
+    A fully reviewed plane (``reviewed`` None) has none: its background is scored around its objects."""
+    if reviewed is None:
+        return np.zeros(labels.shape, np.int32)
+    near = ndi.binary_dilation(labels > 0, iterations=REGION_GAP) if labels.any() else np.zeros(labels.shape, bool)
+    regions, n = ndi.label(np.asarray(reviewed, bool) & ~near)
+    if not n:
+        return regions
+    keep = np.bincount(regions.ravel()) >= MIN_REGION
+    keep[0] = False
+    _, out = np.unique(np.where(keep[regions], regions, 0), return_inverse=True)
+    return out.reshape(labels.shape).astype(np.int32)
 
 
 def territories(labels: np.ndarray, reviewed: np.ndarray | None, held: np.ndarray, radius: float) -> np.ndarray:
@@ -60,17 +84,23 @@ class ObjectCounts:
                               for k in ("tp", "fn", "fp")))
 
 
-def object_counts(truth: np.ndarray, pred: np.ndarray, territory: np.ndarray) -> ObjectCounts:
-    """Score ``pred`` against ``truth`` in each territory of ``territory`` (ids = object ids)."""
+def object_counts(truth: np.ndarray, pred: np.ndarray, territory: np.ndarray,
+                  regions: np.ndarray | list[int] = ()) -> ObjectCounts:
+    """Score ``pred`` against ``truth`` in each territory of ``territory`` (ids = unit ids).
+
+    Ids in ``regions`` are erased regions: no true object (no true positive, no false negative),
+    and a false positive for each unmatched predicted object with at least half its pixels on it."""
     ids = np.unique(territory)
     ids = ids[ids > 0]
+    is_region = np.isin(ids, np.asarray(regions, dtype=ids.dtype))
+    pred_area = np.bincount(pred.ravel().astype(np.int64))
     inside = territory > 0
     gt = np.where(inside, truth, 0)
     pr = np.where(inside, pred, 0)
     ov = overlaps(gt, pr)
     hit = ov.iou >= 0.5
     matched_gt, matched_pr = set(ov.gt_ids[hit].tolist()), set(ov.pred_ids[hit].tolist())
-    tp = np.array([int(i in matched_gt) for i in ids.tolist()], dtype=int)
+    tp = np.array([int(i in matched_gt and not r) for i, r in zip(ids.tolist(), is_region.tolist())], dtype=int)
     # each unmatched predicted object is a false positive of the territory holding most of it
     fp = np.zeros(len(ids), dtype=int)
     where = {t: k for k, t in enumerate(ids.tolist())}
@@ -80,9 +110,10 @@ def object_counts(truth: np.ndarray, pred: np.ndarray, territory: np.ndarray) ->
     for (p, t), c in zip(keys.T.tolist(), counts.tolist()):
         if p not in matched_pr and c > best.get(p, (0, 0))[0]:
             best[p] = (c, t)
-    for _, t in best.values():
-        fp[where[t]] += 1
-    return ObjectCounts(tp, 1 - tp, fp)
+    for p, (c, t) in best.items():
+        if not is_region[where[t]] or 2 * c >= pred_area[p]:
+            fp[where[t]] += 1
+    return ObjectCounts(tp, np.where(is_region, 0, 1 - tp), fp)
 
 
 def bootstrap_change(before: ObjectCounts, after: ObjectCounts, seed: int = 0) -> tuple[float, float]:
@@ -96,16 +127,30 @@ def bootstrap_change(before: ObjectCounts, after: ObjectCounts, seed: int = 0) -
     return delta, float(np.std(draws))
 
 
+def units_text(n_objects: int, n_regions: int) -> str:
+    """``"3 objects and 4 erased regions"`` (either part left out when zero)."""
+    parts = [f"{n_objects} object{'s' if n_objects != 1 else ''}"] if n_objects or not n_regions else []
+    if n_regions:
+        parts.append(f"{n_regions} erased region{'s' if n_regions != 1 else ''}")
+    return " and ".join(parts)
+
+
 def verdict_text(delta: float, spread: float, n_objects: int, replay: tuple[float, float] | None,
-                 improved: bool) -> str:
-    """The verdict in words: the change on the user's held-out objects (± its uncertainty, on how many),
-    the replay F1 before → after, and why the model is not better when it is not."""
+                 improved: bool, n_regions: int = 0) -> str:
+    """The verdict in words: the change on the user's held-out units (± its uncertainty, on how many
+    objects and erased regions), the replay F1 before → after, and why the model is not better when
+    it is not."""
     pm = "" if not np.isfinite(spread) else f" ± {spread:.2f}"
-    change = f"{delta:+.2f}{pm} F1 on {n_objects} held-out object{'s' if n_objects != 1 else ''}"
+    held = units_text(n_objects, n_regions).replace(" object", " held-out object", 1)
+    if not n_objects and n_regions:
+        held = held.replace(" erased region", " held-out erased region", 1)
+    change = f"{delta:+.2f}{pm} F1 on {held}"
     forgot = replay is not None and replay[0] - replay[1] > MAX_FORGETTING
     kept = "" if replay is None else f", replay F1 {replay[0]:.2f} → {replay[1]:.2f}"
     if improved:
         return f"{change}{kept}"
     if forgot:
         return f"forgot: replay F1 {replay[0]:.2f} → {replay[1]:.2f} ({change})"
+    if delta > 0 and not n_objects:
+        return f"not offered: no held-out object shows that nuclei are still found ({change}{kept})"
     return f"no gain on your objects: {change}{kept}"

@@ -110,3 +110,51 @@ def test_replay_set_ships_with_the_package_and_suits_only_matching_models():
     assert len(train) >= 16 and len(val) >= 8 and replay_path().stat().st_size < 3e6
     assert all(s.image.shape[0] == 1 and s.image.shape[1:] == s.labels.shape and s.labels.any() for s in train + val)
     assert load_replay(make_tiny_model(in_channels=2)) == ([], [])
+
+
+def test_verdict_counts_false_objects_on_held_out_erased_regions():
+    truth = _discs((64, 160), [(30, 30)])
+    territory = np.where(truth > 0, 1, 0)
+    territory[10:50, 80:120] = 7  # an erased region: the user removed a false detection there
+    pred = truth.copy()
+    pred[25:35, 95:105] = 2  # detected again, wholly on the erased region
+    pred[5:12, 130:150] = 3  # another one mostly outside any reviewed pixels: not counted
+    pred[45:52, 110:160] = 4  # touches the region with a small part only: not counted either
+    counts = object_counts(truth, pred, territory, regions=[7])
+    assert counts.tp.tolist() == [1, 0] and counts.fn.tolist() == [0, 0] and counts.fp.tolist() == [0, 1]
+    assert counts.f1() == pytest.approx(2 / 3)
+    clean = object_counts(truth, truth, territory, regions=[7])
+    assert clean.f1() == 1.0
+    delta, _ = bootstrap_change(counts, clean)
+    text = verdict_text(delta, 0.05, 1, None, improved=True, n_regions=4)
+    assert text == "+0.33 ± 0.05 F1 on 1 held-out object and 4 erased regions"
+    # erased regions alone cannot show that nuclei are still found: a gain there is not offered
+    text = verdict_text(1.0, 0.0, 0, (0.91, 0.90), improved=False, n_regions=2)
+    assert text == "not offered: no held-out object shows that nuclei are still found (+1.00 ± 0.00 F1 on " \
+                   "2 held-out erased regions, replay F1 0.91 → 0.90)"
+
+
+def test_a_background_only_pair_fine_tunes_and_is_judged_on_erased_regions(tmp_path, tiny_model):
+    """Only erased false detections reviewed: the pair loads and the fine-tune holds out erased regions."""
+    from napari_unet.io.checkpoint import ModelInfo, save_checkpoint
+    from napari_unet.training.pairs import export_reviewed_objects, read_pairs
+
+    rng = np.random.default_rng(0)
+    spots = [(y, x) for y in range(24, 128, 40) for x in range(24, 128, 40)]
+    image = (rng.normal(20, 3, (128, 128)) + 200 * (_discs((128, 128), spots) > 0)).astype(np.uint16)
+    labels = np.zeros(image.shape, np.uint32)  # every bright spot was a false detection, erased
+    touched = ndi.binary_dilation(_discs((128, 128), spots) > 0, iterations=2)
+    rec = export_reviewed_objects(tmp_path / "pairs", image, labels, [], touched)
+    assert rec.erased_regions == len(spots)
+    (pair,), _ = read_pairs(tmp_path / "pairs")
+    assert not pair.labels.any() and pair.reviewed.any()
+    base = save_checkpoint(tmp_path / "tiny.safetensors", tiny_model.net, ModelInfo(name="tiny"))
+    done = run_finetune(
+        FineTuneOptions(pairs=tmp_path / "pairs", out=tmp_path / "ft.safetensors", base=base, epochs=1,
+                        steps_per_epoch=2, batch_size=2, crop_size=64, device="cpu"),
+        lambda e: None,
+    )
+    assert done["validation_objects"] == 0 and done["validation_regions"] == max(round(0.2 * 9), 9 // 3)
+    assert f"on {done['validation_regions']} held-out erased regions" in done["verdict"]
+    assert not done["improved"]  # no held-out object: never offered
+    assert load_model(done["path"]).config == tiny_model.config

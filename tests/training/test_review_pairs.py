@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import tifffile
 from scipy import ndimage as ndi
 
 from napari_unet import InputError
@@ -64,3 +65,37 @@ def test_reviewed_ids_not_in_labels_is_one_sentence(tmp_path, misc, misc_labels)
     with pytest.raises(InputError, match="None of the reviewed objects"):
         export_reviewed_objects(tmp_path, misc, misc_labels, [9999])
     assert not (tmp_path / "pairs.json").exists()
+
+
+def _erased(shape, boxes):
+    touched = np.zeros(shape, bool)
+    for y0, x0, y1, x1 in boxes:
+        touched[y0:y1, x0:x1] = True
+    return touched
+
+
+def test_erased_false_detections_alone_make_a_pair_exported_once(tmp_path, misc, misc_labels):
+    labels = misc_labels.copy()
+    far = ndi.distance_transform_edt(labels == 0) > 12
+    far[:10], far[-10:], far[:, :10], far[:, -10:] = False, False, False, False
+    bg = np.argwhere(far)
+    (y, x), (v, u) = bg[0], bg[-1]  # two places far from every object, as if detections were erased there
+    touched = _erased(labels.shape, [(y - 5, x - 5, y + 5, x + 5), (v - 5, u - 5, v + 5, u + 5)])
+    touched &= labels == 0
+    rec = export_reviewed_objects(tmp_path, misc, labels, [], touched)
+    assert rec.object_ids == [] and rec.erased_regions == 2
+    (pair,), skipped = read_pairs(tmp_path)
+    assert not skipped and not pair.labels[pair.reviewed].any() and pair.reviewed.sum() == touched.sum()
+    assert export_reviewed_objects(tmp_path, misc, labels, [], touched) is None  # the same erasures again
+    more = touched | _erased(labels.shape, [(y - 8, x - 8, y + 8, x + 8)]) & (labels == 0)
+    again = export_reviewed_objects(tmp_path, misc, labels, [], more)  # only the newly erased pixels
+    pairs, _ = read_pairs(tmp_path)
+    assert again.erased_regions == 1 and pairs[1].reviewed.sum() == (more & ~touched).sum()
+
+
+def test_a_full_pair_with_empty_labels_is_still_refused(tmp_path, misc, misc_labels):
+    export_pair(tmp_path, misc, misc_labels)
+    name = next((tmp_path / "labels").iterdir()).name
+    tifffile.imwrite(tmp_path / "labels" / name, np.zeros(misc_labels.shape, np.uint32))
+    pairs, skipped = read_pairs(tmp_path)
+    assert not pairs and "labels are empty" in skipped[0][1]

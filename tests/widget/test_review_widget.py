@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 
 from napari_unet.training.pairs import read_pairs
 from tests.widget.test_widget import _config_dir, _dock, _segment  # noqa: F401 - the fixture is autouse
@@ -61,9 +62,24 @@ def test_next_doubtful_looks_right_brush_and_sparse_export(qtbot, reviewed, tmp_
     assert len(kept) == 2  # only the two reviewed objects count
     everything = set(np.unique(pair.labels)) - {0}
     assert len(everything) > len(kept)  # other objects are in the crop but not reviewed
+    assert "Exported 2 objects of" in w.status.text()
     w.review.export_btn.native.click()  # nothing new: not exported twice
     assert len(read_pairs(tmp_path / "pairs")[0]) == 1
     assert "already exported" in w.status.text()
+
+    # a doubtful object that is a false detection: erased whole, it exports as reviewed background
+    others = labels.data > 0
+    false = next(d for d in r.rows if not d.missed and d.id not in r.reviewed and d.area >= 16
+                 and not (ndi.binary_dilation(labels.data == d.id, iterations=8) & others
+                          & (labels.data != d.id)).any())
+    where = tuple(int(c) for c in np.argwhere(labels.data == false.id)[0])
+    labels.fill(where, 0)
+    qtbot.waitUntil(lambda: r.touched is not None and r.touched[where], timeout=5000)
+    w.review.export_btn.native.click()
+    assert "Exported 1 erased region of" in w.status.text()
+    pairs, problems = read_pairs(tmp_path / "pairs")
+    assert not problems and len(pairs) == 2
+    assert not pairs[1].labels[pairs[1].reviewed].any()  # only background is reviewed in it
 
 
 def test_finetune_from_ten_reviewed_objects_gives_an_honest_verdict(qtbot, reviewed, tmp_path):
