@@ -31,6 +31,11 @@ HISTORY_PIXELS = 1 << 20
 RelabelFn = Callable[[Labels, str, float, int], None]
 
 
+def _earlier(result: Result) -> tuple[str, ...]:
+    """The digests Ctrl+Z may bring back once ``result``'s labels are replaced: its earlier ones and its current one."""
+    return (*result.earlier, result.written)[-HISTORY_DIGESTS:]
+
+
 def with_plane(stack: np.ndarray, plane: tuple[int, ...], labels: np.ndarray) -> np.ndarray:
     """A copy of ``stack`` (widened if needed) with ``labels`` written into ``plane``."""
     out = np.array(stack, dtype=np.result_type(stack.dtype, labels.dtype))
@@ -67,7 +72,7 @@ class LabelsWriter:
                 continue
             self._generation += 1  # a re-labelling still running would replace them again
             self._replace(layer, before)
-            result.earlier = (*result.earlier, result.written)[-HISTORY_DIGESTS:]
+            result.earlier = _earlier(result)
             result.written = digest(np.asarray(layer.data))
             return layer
         return None
@@ -172,7 +177,7 @@ class LabelsWriter:
             else:
                 self._remember(layer)
                 self._replace(layer, data)
-                earlier = (*old.earlier, old.written)[-HISTORY_DIGESTS:]
+                earlier = _earlier(old)
         same = labels_digest is not None and layer.data is labels  # napari kept the array as given
         written = labels_digest if same else digest(np.asarray(layer.data))
         self.state.set_result(layer, Result(weakref.ref(image), plane, probs, written, model_name, scale,
@@ -227,7 +232,7 @@ class LabelsWriter:
                 continue
             self._remember(layer)
             self._replace(layer, labels if result.plane is None else with_plane(layer.data, result.plane, labels))
-            result.earlier = (*result.earlier, result.written)[-HISTORY_DIGESTS:]
+            result.earlier = _earlier(result)
             result.written = digest(np.asarray(layer.data))
             if self.on_relabel is not None:
                 self.on_relabel(layer, found, scale, min_size)

@@ -14,11 +14,11 @@ from qtpy.QtGui import QDesktopServices
 from napari_unet._widget.fit import fit_width
 from napari_unet._widget.state import State
 from napari_unet.errors import NapariUnetError
+from napari_unet.io.lazy import LABELS_FORMAT
 from napari_unet.io.ome_zarr import group_attributes
 
 SETTING = "saved_results"  # the zarrs the dock wrote, newest first (remembered from one napari start to the next)
 MAX_LISTED = 20
-LABELS_KEY = "napari-unet-labels"  # the attributes every labels zarr napari-unet writes carries
 
 
 def is_labels_zarr(path: Path) -> bool:
@@ -27,7 +27,7 @@ def is_labels_zarr(path: Path) -> bool:
         attrs = group_attributes(path) if path.is_dir() else None
     except (NapariUnetError, OSError):
         return False
-    return bool(attrs) and LABELS_KEY in attrs
+    return bool(attrs) and LABELS_FORMAT in attrs
 
 
 def labels_dir() -> Path:

@@ -33,8 +33,6 @@ SCALE = {"auto_scale": True, "scale": 1.0}  # defaults; a settings file without 
 STACK_CHOICES = {"current plane": "planes", "whole stack": "planes", "3D objects": "3d", "track through time": "time"}
 
 
-
-
 def stack_choice_for(layer: Any) -> str | None:
     """The stack choice a layer's axis names ask for: a ``t``/``time`` axis before Y, X tracks through
     time, a ``z`` axis gives 3D objects; None when napari does not know the names."""

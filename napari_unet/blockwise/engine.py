@@ -50,7 +50,7 @@ from napari_unet.errors import (
     first_line,
     os_error_sentence,
 )
-from napari_unet.io.lazy import LazyImage, create_labels_zarr, open_lazy
+from napari_unet.io.lazy import LABELS_FORMAT, LazyImage, create_labels_zarr, open_lazy
 from napari_unet.models import load_model
 
 DEFAULT_BLOCK = 2048
@@ -443,9 +443,9 @@ class _Run:
         import zarr
 
         root = zarr.open_group(str(self.part), mode="r+")
-        info = dict(root.attrs["napari-unet-labels"])
+        info = dict(root.attrs[LABELS_FORMAT])
         info["objects"] = self.result.objects
-        root.attrs["napari-unet-labels"] = info
+        root.attrs[LABELS_FORMAT] = info
         if self.out.exists():
             if not self.overwrite:  # the caller discards the part: name only what stays
                 raise InputError(f"{self.out} appeared while segmenting (another run wrote it); it was kept and "

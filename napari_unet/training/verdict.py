@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.segmentation import expand_labels
+from skimage.segmentation import expand_labels, relabel_sequential
 
 from napari_unet.engine.metrics import overlaps
 
@@ -53,8 +53,7 @@ def erased_regions(labels: np.ndarray, reviewed: np.ndarray | None) -> np.ndarra
         return regions
     keep = np.bincount(regions.ravel()) >= MIN_REGION
     keep[0] = False
-    _, out = np.unique(np.where(keep[regions], regions, 0), return_inverse=True)
-    return out.reshape(labels.shape).astype(np.int32)
+    return relabel_sequential(np.where(keep[regions], regions, 0))[0].astype(np.int32)
 
 
 def territories(labels: np.ndarray, reviewed: np.ndarray | None, held: np.ndarray, radius: float) -> np.ndarray:
