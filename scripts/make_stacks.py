@@ -3,9 +3,10 @@
 * ``make_zstack``: each 2D nucleus of a crop becomes an ellipsoid: its mask and its real texture
   shrunk about its centre plane by plane, with a dimmer rim at the tips, at a given z/xy voxel
   ratio; blurred by an anisotropic PSF, with noise and empty (blur and noise only) planes above and
-  below. Neighbours that touch in 2D touch in 3D. Ground truth: one id per nucleus in 3D.
+  below. Neighbours that touch in 2D touch in 3D; with a second crop (``below``) a second layer of
+  nuclei lies under the first, so nuclei also touch in z. Ground truth: one id per nucleus in 3D.
 * ``make_timelapse``: the nuclei of a crop move (1–3 px a frame, random directions that drift),
-  rotate and stay inside the frame; ground truth keeps one id per nucleus.
+  rotate, never overlap one another and stay inside the frame; ground truth keeps one id per nucleus.
 """
 
 from __future__ import annotations
@@ -28,68 +29,113 @@ def crowded_crop(image: np.ndarray, labels: np.ndarray, side: int) -> tuple[np.n
     return image[y : y + side, x : x + side].astype(np.float32), lab
 
 
+def _warp(labels: np.ndarray, i: int, factor: float, angle: float, shift, shape) -> tuple:
+    """Source coordinates ``(sy, sx)`` of nucleus ``i`` scaled by ``factor``, rotated and shifted."""
+    yy, xx = np.indices(shape, dtype=np.float32)
+    cy, cx = ndi.center_of_mass(labels == i)
+    ty, tx = yy - cy - shift[0], xx - cx - shift[1]
+    c, s = np.cos(angle), np.sin(angle)
+    return (c * ty - s * tx) / factor + cy, (s * ty + c * tx) / factor + cx
+
+
+def _mask(labels: np.ndarray, i: int, coords) -> np.ndarray:
+    return ndi.map_coordinates((labels == i).astype(np.float32), list(coords), order=1) > 0.5
+
+
 def _render(image: np.ndarray, labels: np.ndarray, ids: np.ndarray, transforms: list, shape) -> tuple:
-    """Paint each nucleus ``i`` (mask and texture) through its inverse map ``(factor, angle, shift)``."""
+    """Paint each nucleus ``i`` (mask and texture) through its inverse map ``(factor, angle, shift, gain)``."""
     out_img = np.zeros(shape, np.float32)
     out_lab = np.zeros(shape, np.int32)
-    yy, xx = np.indices(shape, dtype=np.float32)
-    for i, (factor, angle, (dy, dx), gain) in zip(ids, transforms):
+    for i, (factor, angle, shift, gain) in zip(ids, transforms):
         if factor <= 0:
             continue
-        cy, cx = ndi.center_of_mass(labels == i)
-        ty, tx = yy - cy - dy, xx - cx - dx
-        c, s = np.cos(angle), np.sin(angle)
-        sy, sx = (c * ty - s * tx) / factor + cy, (s * ty + c * tx) / factor + cx
-        mask = ndi.map_coordinates((labels == i).astype(np.float32), [sy, sx], order=1) > 0.5
-        tex = ndi.map_coordinates(image, [sy, sx], order=1)
+        coords = _warp(labels, i, factor, angle, shift, shape)
+        mask = _mask(labels, i, coords)
+        tex = ndi.map_coordinates(image, list(coords), order=1)
         out_img[mask] = tex[mask] * gain
         out_lab[mask] = i
     return out_img, out_lab
 
 
 def make_zstack(image: np.ndarray, labels: np.ndarray, ratio: float, rng: np.random.Generator, *,
-                empty_planes: int = 4, noise: float = 0.03) -> tuple[np.ndarray, np.ndarray]:
-    """``(stack uint16 (Z, H, W), ground truth (Z, H, W))``; ``ratio`` = z spacing / xy pixel size."""
-    ids = np.unique(labels)[1:]
-    areas = ndi.sum(np.ones_like(labels), labels, ids)
-    half = np.sqrt(areas / np.pi) * rng.uniform(0.7, 1.0, len(ids)) / ratio  # half depth in planes
-    body = int(np.ceil(2 * half.max() * 1.3)) + 1
-    depth = body + 2 * empty_planes
-    zc = empty_planes + rng.uniform(half, np.maximum(half, body - half))
+                empty_planes: int = 4, noise: float = 0.03,
+                below: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(stack uint16 (Z, H, W), ground truth (Z, H, W))``; ``ratio`` = z spacing / xy pixel size.
+
+    ``below``: a second crop ``(image, labels)`` of the same size whose nuclei form a second layer
+    under the first, so nuclei also touch in z (packed tissue).
+    """
+    layers = [(image, labels)] + ([below] if below is not None else [])
+    halves = []
+    for _, lab in layers:
+        ids = np.unique(lab)[1:]
+        areas = ndi.sum(np.ones_like(lab), lab, ids)
+        halves.append(np.sqrt(areas / np.pi) * rng.uniform(0.7, 1.0, len(ids)) / ratio)  # half depth in planes
+    top = max(h.max() for h in halves)
+    body = int(np.ceil(2 * top * 1.3)) + 1
+    # the second layer starts where the first one's thickest nuclei end, so the two layers touch
+    offsets = [0.0, 2 * top] if below is not None else [0.0]
+    depth = int(np.ceil(offsets[-1])) + body + 2 * empty_planes
+    planes = np.zeros((depth,) + labels.shape, np.float32)
+    truth = np.zeros((depth,) + labels.shape, np.int32)
+    first_id = 0
+    for (img, lab), half, offset in zip(layers, halves, offsets):
+        ids = np.unique(lab)[1:]
+        zc = empty_planes + offset + rng.uniform(half, np.maximum(half, body - half))
+        background = float(np.median(img[lab == 0])) if (lab == 0).any() else float(img.min())
+        for z in range(depth):
+            d = (z - zc) / np.maximum(half, 0.5)
+            factor = np.sqrt(np.clip(1 - d**2, 0, 1))
+            transforms = [(f, 0.0, (0.0, 0.0), 0.6 + 0.4 * f) for f in factor]
+            plane, plab = _render(img - background, lab, ids, transforms, lab.shape)
+            inside = plab > 0
+            planes[z][inside] = plane[inside]
+            truth[z][inside] = plab[inside] + first_id
+        first_id += int(lab.max())
     background = float(np.median(image[labels == 0])) if (labels == 0).any() else float(image.min())
-    planes, truth = [], []
-    for z in range(depth):
-        d = (z - zc) / np.maximum(half, 0.5)
-        factor = np.sqrt(np.clip(1 - d**2, 0, 1))
-        transforms = [(f, 0.0, (0.0, 0.0), 0.6 + 0.4 * f) for f in factor]
-        img, lab = _render(image - background, labels, ids, transforms, labels.shape)
-        planes.append(img)
-        truth.append(lab)
-    stack = np.stack(planes)
-    stack = ndi.gaussian_filter(stack, sigma=(max(0.3, 2.5 / ratio), 1.0, 1.0))
+    stack = ndi.gaussian_filter(planes, sigma=(max(0.3, 2.5 / ratio), 1.0, 1.0))
     peak = float(np.percentile(stack, 99.9))
     stack = stack + background + rng.normal(0, noise * peak, stack.shape)
-    return np.clip(stack, 0, 65535).astype(np.uint16), np.stack(truth)
+    truth = np.unique(truth, return_inverse=True)[1].reshape(truth.shape).astype(np.int32)
+    return np.clip(stack, 0, 65535).astype(np.uint16), truth
 
 
 def make_timelapse(image: np.ndarray, labels: np.ndarray, frames: int, rng: np.random.Generator, *,
                    speed: tuple[float, float] = (1.0, 3.0), noise: float = 0.03) -> tuple[np.ndarray, np.ndarray]:
-    """``(frames uint16 (T, H, W), ground truth (T, H, W) with one id per nucleus)``."""
+    """``(frames uint16 (T, H, W), ground truth (T, H, W) with one id per nucleus)``.
+
+    Nuclei move like cells in a monolayer: a move that would overlap another nucleus or take a
+    nucleus's centre out of the frame is not made (the nucleus stays and turns).
+    """
     ids = np.unique(labels)[1:]
     n = len(ids)
     heading = rng.uniform(0, 2 * np.pi, n)
     step = rng.uniform(*speed, n)
     spin = rng.uniform(-0.06, 0.06, n)
     pos = np.zeros((n, 2))
+    centres = np.array(ndi.center_of_mass(np.ones_like(labels), labels, ids)).reshape(n, 2)
+    shape = labels.shape
+    masks = [_mask(labels, i, _warp(labels, i, 1.0, 0.0, (0.0, 0.0), shape)) for i in ids]
     background = float(np.median(image[labels == 0])) if (labels == 0).any() else float(image.min())
     movies, truth = [], []
     for t in range(frames):
         transforms = [(1.0, spin[k] * t, tuple(pos[k]), 1.0) for k in range(n)]
-        img, lab = _render(image - background, labels, ids, transforms, labels.shape)
+        img, lab = _render(image - background, labels, ids, transforms, shape)
         movies.append(ndi.gaussian_filter(img, 1.0))
         truth.append(lab)
         heading += rng.normal(0, 0.3, n)
-        pos += step[:, None] * np.stack([np.sin(heading), np.cos(heading)], axis=1)
+        for k in rng.permutation(n):
+            new = pos[k] + step[k] * np.array([np.sin(heading[k]), np.cos(heading[k])])
+            centre = centres[k] + new
+            if not (0 <= centre[0] < shape[0] and 0 <= centre[1] < shape[1]):
+                heading[k] += np.pi
+                continue
+            mask = _mask(labels, ids[k], _warp(labels, ids[k], 1.0, spin[k] * (t + 1), tuple(new), shape))
+            others = np.any([m for j, m in enumerate(masks) if j != k], axis=0) if n > 1 else np.zeros(shape, bool)
+            if (mask & others).any():
+                heading[k] += np.pi
+                continue
+            pos[k], masks[k] = new, mask
     movie = np.stack(movies)
     peak = float(np.percentile(movie, 99.9))
     movie = movie + background + rng.normal(0, noise * peak, movie.shape)

@@ -92,14 +92,14 @@ def _label_plane(p: np.ndarray, c: PostprocessConfig) -> np.ndarray:
         seeds_mask &= foreground & (dist > 1)
         elevation = -dist
     seeds, _ = ndi.label(seeds_mask)
-    seeds = _drop_small(seeds, c.min_seed_size)
+    seeds = drop_small(seeds, c.min_seed_size)
     if c.seeds == "shape":
         seeds = shape_seeds(seeds > 0, c.seed_h)
     labels = watershed(elevation, seeds, mask=foreground)
     orphans, n = ndi.label(foreground & (labels == 0))
     if n:  # foreground without a seed is still an object
         labels = np.where(orphans > 0, orphans + labels.max(), labels)
-    labels, _, _ = relabel_sequential(_drop_small(labels, c.min_size, c.edge_size))
+    labels, _, _ = relabel_sequential(drop_small(labels, c.min_size, c.edge_size))
     return labels.astype(np.uint32, copy=False)
 
 
@@ -118,9 +118,9 @@ def shape_seeds(region: np.ndarray, h: float) -> np.ndarray:
     return watershed(-dist, seeds, mask=region)
 
 
-def _drop_small(labels: np.ndarray, min_size: int, edge_size: int | None = None) -> np.ndarray:
-    """Zero out labelled objects smaller than ``min_size`` pixels (``edge_size`` for those that
-    touch the plane's edge)."""
+def drop_small(labels: np.ndarray, min_size: int, edge_size: int | None = None) -> np.ndarray:
+    """Zero out labelled objects (of a plane or a volume) smaller than ``min_size`` pixels
+    (``edge_size`` for those that touch the image's edge, cut by it)."""
     if min_size <= 1 or not labels.any():
         return labels
     areas = np.bincount(labels.ravel())
@@ -133,8 +133,8 @@ def _drop_small(labels: np.ndarray, min_size: int, edge_size: int | None = None)
 
 
 def edge_ids(labels: np.ndarray) -> np.ndarray:
-    """The labels (0 included) present on the plane's first/last rows and columns."""
-    return np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    """The labels (0 included) present on the image's faces (a plane's first/last rows and columns)."""
+    return np.unique(np.concatenate([np.take(labels, [0, -1], axis=a).ravel() for a in range(labels.ndim)]))
 
 
 def median_object_area(labels: Sequence[np.ndarray]) -> float:

@@ -19,7 +19,7 @@ from scipy.optimize import linear_sum_assignment
 from skimage.morphology import h_maxima
 from skimage.segmentation import relabel_sequential, watershed
 
-from napari_unet.engine.postprocess import PostprocessConfig
+from napari_unet.engine.postprocess import PostprocessConfig, drop_small
 from napari_unet.errors import InputError
 
 STACK_MODES = ("planes", "3d", "time")
@@ -76,7 +76,8 @@ def labels_3d(
     overlapping ones, where that plane has no foreground at all, is bridged (see :func:`z_gap`), so a
     nucleus the network missed in a plane stays one object, while two nuclei with a boundary between
     them in z stay two. ``min_size`` (default ``config.min_size``) is in voxels and applies to whole 3D
-    objects, so a nucleus keeps its thin ends.
+    objects, so a nucleus keeps its thin ends; an object cut by the stack's faces needs only the
+    plane's edge size (``config.edge_size``), as in a plane.
     """
     if probs.ndim != 4 or probs.shape[1] < 2:
         raise ValueError("labels_3d needs probabilities shaped (Z, K, H, W) with K >= 2")
@@ -103,26 +104,22 @@ def labels_3d(
     orphans, n = ndi.label(foreground & (labels == 0))
     if n:  # foreground without a seed is still an object
         labels = np.where(orphans > 0, orphans + labels.max(), labels)
-    labels = _drop_small(labels, config.min_size if min_size is None else min_size)
+    size = config.min_size if min_size is None else min_size
+    labels = drop_small(labels, size, min(size, config.edge_size))
     return relabel_sequential(labels)[0].astype(np.uint32, copy=False)
-
-
-def _drop_small(labels: np.ndarray, min_size: int) -> np.ndarray:
-    if min_size <= 1 or not labels.any():
-        return labels
-    small = np.bincount(labels.ravel()) < min_size
-    small[0] = False
-    return np.where(small[labels], 0, labels)
 
 
 def link_frames(frames: np.ndarray, *, max_gap: int = 1, min_iou: float = 0.1, moving: bool = True) -> np.ndarray:
     """Labels ``(T, ...)`` whose objects keep one id through time; each frame's labels are independent.
 
-    Objects of a frame are assigned to the tracks seen in the previous ``1 + max_gap`` frames by
-    Hungarian assignment: on IoU (at least ``min_iou``) first, then on centroid distance (within the
-    larger object's equivalent diameter; only when ``moving``) for objects that moved off their old
-    place. A track whose object splits into two that each lie largely inside it, none continuing it
-    (a division), ends; unmatched objects start new tracks. Ids are numbered 1..N in order of appearance.
+    First, an object cut in two in one frame only (its pieces lie in one object of the frame before
+    and one of the frame after) is made whole again. Then the objects of each frame are assigned to
+    the tracks of the previous frame by Hungarian assignment: on IoU (at least ``min_iou``) first,
+    then on centroid distance (within the larger object's equivalent diameter; only when ``moving``)
+    for objects that moved off their old place; objects left over are assigned, the same way, to
+    tracks last seen up to ``max_gap`` frames earlier. A track whose object splits into two that each
+    lie largely inside it, none continuing it (a division), ends; unmatched objects start new tracks.
+    Ids are numbered 1..N in order of appearance.
     """
     frames = np.asarray(frames)
     out = np.zeros(frames.shape, dtype=np.uint32)
@@ -130,17 +127,22 @@ def link_frames(frames: np.ndarray, *, max_gap: int = 1, min_iou: float = 0.1, m
     next_id = 1
     for t, frame in enumerate(frames):
         cur = relabel_sequential(frame.astype(np.int64, copy=False))[0]
+        if 0 < t < len(frames) - 1:
+            cur = _heal_cuts(cur, frames[t - 1], frames[t + 1])
         n_cur = int(cur.max())
-        memory = np.zeros(cur.shape, dtype=np.int64)  # the tracks still open, where last seen (newest on top)
-        for s in range(max(0, t - 1 - max_gap), t):
-            alive = [k for k, seen in last_seen.items() if seen == s]
-            if alive:
-                old = out[s].astype(np.int64)
-                keep = np.isin(old, alive) & (memory == 0)
-                memory[keep] = old[keep]
         mapping = np.zeros(n_cur + 1, dtype=np.int64)
-        if n_cur and memory.any():
-            mapping = _assign(cur, memory, n_cur, min_iou, moving)
+        for s in range(t - 1, max(-1, t - 2 - max_gap), -1):  # the previous frame first, then the gap
+            alive = [k for k, seen in last_seen.items() if seen == s]
+            todo = mapping == 0
+            todo[0] = False
+            if not alive or not n_cur or not todo.any():
+                continue
+            old = out[s].astype(np.int64)
+            memory = np.where(np.isin(old, alive), old, 0)
+            found, ended = _assign(np.where(todo[cur], cur, 0), memory, n_cur, min_iou, moving)
+            mapping[todo] = found[todo]
+            for k in ended:  # a division ends its track for good
+                last_seen.pop(k, None)
         for i in range(1, n_cur + 1):
             if mapping[i] == 0:
                 mapping[i] = next_id
@@ -150,8 +152,51 @@ def link_frames(frames: np.ndarray, *, max_gap: int = 1, min_iou: float = 0.1, m
     return out
 
 
-def _assign(cur: np.ndarray, memory: np.ndarray, n_cur: int, min_iou: float, moving: bool) -> np.ndarray:
-    """Track id for each object 1..n_cur of ``cur`` (0: none) from the open tracks in ``memory``."""
+def _heal_cuts(cur: np.ndarray, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """``cur`` with two objects at most a pixel apart merged where both overlap most the same object
+    of the frame before and the same object of the frame after, and together match each of those
+    better (IoU) than either does alone: one nucleus cut in two in one frame only."""
+    n = int(cur.max())
+    if n < 2:
+        return cur
+    area = np.bincount(cur.ravel(), minlength=n + 1)
+    tables = []
+    for other in (before, after):
+        other = np.asarray(other, dtype=np.int64)
+        m = int(other.max()) + 1
+        inter = np.bincount(cur.ravel() * m + other.ravel(), minlength=(n + 1) * m).reshape(n + 1, m)
+        inter[:, 0] = 0
+        tables.append((inter, inter.argmax(1), np.bincount(other.ravel(), minlength=m)))
+    touching = set()  # pairs of objects at most one pixel apart
+    for axis in range(cur.ndim):
+        a = np.moveaxis(cur, axis, 0)
+        for step in (1, 2):
+            pair = np.stack([a[:-step].ravel(), a[step:].ravel()])
+            pair = pair[:, (pair[0] != pair[1]) & (pair[0] > 0) & (pair[1] > 0)]
+            touching.update(map(tuple, np.unique(np.sort(pair, axis=0), axis=1).T.tolist()))
+    parent = np.arange(n + 1)
+    for i, j in sorted(touching):
+        whole = True
+        for inter, home, other_area in tables:
+            k = home[i]
+            if k == 0 or home[j] != k or inter[i, k] == 0 or inter[j, k] == 0:
+                whole = False
+                break
+            iou = [inter[x, k] / (area[x] + other_area[k] - inter[x, k]) for x in (i, j)]
+            both = inter[i, k] + inter[j, k]
+            whole &= both / (area[i] + area[j] + other_area[k] - both) > max(iou)
+        if whole:
+            ri, rj = parent[i], parent[j]
+            parent[parent == max(ri, rj)] = min(ri, rj)
+    if (parent == np.arange(n + 1)).all():
+        return cur
+    return relabel_sequential(parent[cur])[0]
+
+
+def _assign(cur: np.ndarray, memory: np.ndarray, n_cur: int, min_iou: float,
+            moving: bool) -> tuple[np.ndarray, list[int]]:
+    """Track id for each object 1..n_cur of ``cur`` (0: none) from the open tracks in ``memory``,
+    and the tracks that divided."""
     tracks, mem = np.unique(memory, return_inverse=True)
     mem = mem.reshape(memory.shape)
     n_mem = len(tracks)  # index 0 is background
@@ -165,6 +210,7 @@ def _assign(cur: np.ndarray, memory: np.ndarray, n_cur: int, min_iou: float, mov
     reach = 2 * np.sqrt(np.maximum(area_c[1:, None], area_m[None, 1:]) / np.pi)
     near = (cost >= _NO) & (dist <= reach) & moving
     cost[near] = 1.0 + dist[near] / reach[near]
+    cost[area_c[1:] == 0] = _NO  # objects assigned already (absent from ``cur``)
     inside = inter / np.maximum(area_c[1:, None], 1)  # fraction of each object inside each old one
     # a division: no object continues the old one (IoU < 0.5) and two or more lie largely inside it
     divided = (((inside >= 0.3) & (iou < 0.5)).sum(0) >= 2) & (iou.max(0) < 0.5)
@@ -173,7 +219,7 @@ def _assign(cur: np.ndarray, memory: np.ndarray, n_cur: int, min_iou: float, mov
     mapping = np.zeros(n_cur + 1, dtype=np.int64)
     ok = cost[rows, cols] < _NO
     mapping[rows[ok] + 1] = tracks[cols[ok] + 1]
-    return mapping
+    return mapping, tracks[1:][divided].tolist()
 
 
 def _centroids(labels: np.ndarray, n: int) -> np.ndarray:

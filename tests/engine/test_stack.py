@@ -105,6 +105,30 @@ def test_link_frames_bridges_a_missed_frame_and_ends_divided_tracks():
     assert len(daughters) == 2 and 1 not in daughters
 
 
+def cut_in_two(frame: np.ndarray, label: int, new: int) -> np.ndarray:
+    """``frame`` with object ``label`` cut down its middle column; the right half becomes ``new``."""
+    frame = frame.copy()
+    cols = np.indices(frame.shape)[1]
+    middle = round(ndi.center_of_mass(frame == label)[1])
+    frame[(frame == label) & (cols > middle)] = new
+    frame[(frame == label) & (cols == middle)] = 0
+    return frame
+
+
+def test_link_frames_heals_an_object_cut_in_one_frame_but_not_a_lasting_division():
+    truth = moving_discs(5, 3)
+    flicker = truth.copy()
+    flicker[2] = cut_in_two(flicker[2], 1, 4)  # cut in frame 2 only, whole again in frame 3
+    linked = link_frames(flicker)
+    assert all(set(np.unique(linked[t][truth[t] == 1]).tolist()) - {0} == {1} for t in range(5))
+    divided = truth.copy()
+    for t in (3, 4):
+        divided[t] = cut_in_two(divided[t], 1, 4)  # two from frame 3 on
+    linked = link_frames(divided)
+    daughters = set(np.unique(linked[3][truth[3] == 1]).tolist()) - {0}
+    assert len(daughters) == 2 and 1 not in daughters
+
+
 @pytest.mark.slow
 def test_shipped_model_gives_3d_nuclei_and_nothing_on_empty_planes(default_model):
     image = tifffile.imread(SAMPLES / "nuclei_misc.tif")
