@@ -72,7 +72,8 @@ def labels_3d(
     edge (in voxel units, so anisotropy counts) that rises :data:`SEED_DEPTH` of the typical peak
     above its saddle (``skimage.morphology.h_maxima``): nuclei whose interiors touch across planes
     still get a seed each. With 2 classes the distance is to the background. A watershed on the
-    distance grows the seeds through the foreground. An interior missing in one plane between two
+    distance grows the seeds through the foreground; an object that narrows to a neck in z is cut
+    there (:func:`split_at_z_necks`). An interior missing in one plane between two
     overlapping ones, where that plane has no foreground at all, is bridged (see :func:`z_gap`), so a
     nucleus the network missed in a plane stays one object, while two nuclei with a boundary between
     them in z stay two. ``min_size`` (default ``config.min_size``) is in voxels and applies to whole 3D
@@ -104,9 +105,43 @@ def labels_3d(
     orphans, n = ndi.label(foreground & (labels == 0))
     if n:  # foreground without a seed is still an object
         labels = np.where(orphans > 0, orphans + labels.max(), labels)
+    labels = split_at_z_necks(labels)
     size = config.min_size if min_size is None else min_size
     labels = drop_small(labels, size, min(size, config.edge_size))
     return relabel_sequential(labels)[0].astype(np.uint32, copy=False)
+
+
+NECK = 0.6  # a plane whose section is below this share of the largest sections above and below it is a neck
+
+
+def split_at_z_necks(labels: np.ndarray) -> np.ndarray:
+    """3D ``labels`` with each object that narrows to a neck in z (a plane whose section is below
+    :data:`NECK` of the largest sections on both sides, with at least two planes on each side) cut
+    there: two nuclei stacked in z that share one seed. The neck plane goes to the side it overlaps more."""
+    labels = labels.astype(np.int64, copy=True)
+    next_id = int(labels.max()) + 1
+    for i, box in enumerate(ndi.find_objects(labels), 1):
+        if box is None:
+            continue
+        todo = [(i, box[0].start, box[0].stop)]
+        while todo:
+            label, z0, z1 = todo.pop()
+            obj = labels[z0:z1, box[1], box[2]] == label
+            area = obj.sum(axis=(1, 2)).astype(np.float64)
+            best, cut = NECK, None
+            for z in range(2, len(area) - 2):
+                ratio = area[z] / max(min(area[:z].max(), area[z + 1:].max()), 1.0)
+                if ratio < best:
+                    best, cut = ratio, z
+            if cut is None:
+                continue
+            above = (obj[cut] & obj[cut - 1]).sum() >= (obj[cut] & obj[cut + 1]).sum()
+            start = z0 + cut + (1 if above else 0)
+            part = labels[start:z1, box[1], box[2]]
+            part[part == label] = next_id
+            todo += [(label, z0, start), (next_id, start, z1)]
+            next_id += 1
+    return labels
 
 
 def link_frames(frames: np.ndarray, *, max_gap: int = 1, min_iou: float = 0.1, moving: bool = True) -> np.ndarray:

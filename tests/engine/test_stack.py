@@ -13,7 +13,7 @@ from scipy import ndimage as ndi
 from napari_unet import segment, segment_image
 from napari_unet.engine.metrics import instance_scores
 from napari_unet.engine.postprocess import PostprocessConfig
-from napari_unet.engine.stack import labels_3d, link_frames
+from napari_unet.engine.stack import labels_3d, link_frames, split_at_z_necks
 from napari_unet.errors import InputError
 from tests.helpers import SAMPLES
 
@@ -61,6 +61,15 @@ def test_a_nucleus_missing_in_one_plane_stays_one_object():
     # planes far apart (z spacing 6 pixel widths): a missing plane is a real gap
     apart = labels_3d(probs, PostprocessConfig(min_size=30), voxel_size=(3.0, 0.5, 0.5))
     assert len(np.unique(apart)) == 3
+
+
+def test_two_nuclei_stacked_in_z_under_one_label_are_cut_at_their_neck():
+    truth = ellipsoids((18, 48, 48), [(5, 24, 24), (11, 25, 23)], [(3, 10, 10), (3, 12, 12)])
+    merged = (truth > 0).astype(np.int32)  # one seed for both: one label
+    cut = split_at_z_necks(merged)
+    assert instance_scores(truth, cut, thresholds=(0.5,), volume=True).f1[0.5] == 1.0
+    single = ellipsoids((18, 48, 48), [(8, 24, 24)], [(6, 14, 14)])
+    assert np.array_equal(split_at_z_necks(single), single)
 
 
 def test_min_size_counts_voxels_so_thin_tips_stay():
