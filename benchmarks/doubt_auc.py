@@ -2,7 +2,8 @@
 is wrong" (no true object matched at IoU ≥ 0.5, or part of a merge/split), per image set, with
 the shipped model and its own segmentation.
 
-Sets: mnfinder training-data (the only set the weights are fitted on, ``--fit``), validation-data,
+Sets: mnfinder training-data and shifted versions of its images (dim, crowded, shrunk-noisy: the
+only sets the weights are fitted on, ``--fit``, see ``FIT_SETS``), validation-data,
 shifted versions of validation-data (contrast-inverted + blurred; shrunk 0.35× with shot noise;
 crowded composites; dim with a cytoplasmic background) and the project's two samples. Also
 reports how many "possibly missed" candidates lie on a true nucleus that no object matched, and
@@ -29,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from finetune_usefulness import dim_cytoplasm  # noqa: E402
-from make_crowded_proxy import build_proxy, shrink  # noqa: E402
+from make_crowded_proxy import build_proxy, composite, shrink  # noqa: E402
 from mnfinder_data import load_split  # noqa: E402
 
 from napari_unet.api import segment  # noqa: E402
@@ -57,6 +58,19 @@ def shrunk_noisy(image, labels, rng):
     return rng.poisson(np.clip(x, 0, None) * 20.0).astype(np.float32) / 20.0, lab
 
 
+def crowded_composites(images, seed: int = 0):
+    """Each image's own nuclei pasted so that each touches another (``make_crowded_proxy.composite``)."""
+    return [(f"{n.replace('/', '_')}_composite", *composite(im, lab, np.random.default_rng(seed + i)))
+            for i, (n, im, lab) in enumerate(images)]
+
+
+# The weights are fitted on these sets only: mnfinder training-data and the same shifts applied to
+# training-data images (every FIT_STEP-th), so that the fit sees the kinds of objects the model gets
+# wrong on dim and crowded images. Validation-data and everything made from it are scored, never fitted.
+FIT_SETS = ("training-data", "train shrunk_noisy", "train dim_cytoplasm", "train crowded")
+FIT_STEP = 2
+
+
 def image_sets() -> dict[str, list[tuple[str, np.ndarray, np.ndarray]]]:
     val = load_split("validation-data")
     sets = {"validation-data": val}
@@ -66,7 +80,14 @@ def image_sets() -> dict[str, list[tuple[str, np.ndarray, np.ndarray]]]:
     sets["val crowded"] = [e for e in build_proxy() if e[0].endswith("_composite")]
     sets["samples"] = [(n, tifffile.imread(SAMPLES / f"nuclei_{n}.tif"),
                         tifffile.imread(SAMPLES / f"nuclei_{n}_labels.tif")) for n in ("u2os", "misc")]
-    sets["training-data"] = load_split("training-data")
+    train = load_split("training-data")
+    sets["training-data"] = train
+    some = train[::FIT_STEP]
+    for shift in (shrunk_noisy, dim_cytoplasm):
+        rng = np.random.default_rng(1)
+        sets[f"train {shift.__name__}"] = [(n, *shift(im, lab, rng)) for n, im, lab in some]
+    sets["train crowded"] = crowded_composites(some, seed=1)
+    assert not set(FIT_SETS) & {k for k in sets if k.startswith("val")}
     return sets
 
 
@@ -75,7 +96,8 @@ def predicted(model, image, views: int, cache: Path | None, scale: float) -> rev
     if cache is not None and cache.exists():
         d = np.load(cache)
         return review.Views(d["probabilities"].astype(np.float32), d["labels"], list(d["view_labels"]),
-                            float(d["scale"]), postprocess_at_scale(model.postprocess, float(d["scale"])))
+                            float(d["scale"]), postprocess_at_scale(model.postprocess, float(d["scale"])),
+                            review.intensity_plane(image, model.config.in_channels))
     t = time.perf_counter()
     v = review.predict_views(model, image, views=views, device="cpu", scale=scale)
     print(f"    predicted in {time.perf_counter() - t:.1f} s", flush=True)
@@ -120,16 +142,18 @@ def auc(score: np.ndarray, label: np.ndarray) -> float:
     return float((r[label].sum() - pos * (pos + 1) / 2) / (pos * neg))
 
 
-def fit_logistic(X: np.ndarray, y: np.ndarray, l2: float = 1.0) -> tuple[float, np.ndarray]:
+def fit_logistic(X: np.ndarray, y: np.ndarray, l2: float = 1.0,
+                 sample_weight: np.ndarray | None = None) -> tuple[float, np.ndarray]:
     """L2-regularised logistic regression by Newton's method: (intercept, weights)."""
+    s = np.ones(len(X)) if sample_weight is None else np.asarray(sample_weight, float)
     A = np.hstack([np.ones((len(X), 1)), X])
     w = np.zeros(A.shape[1])
     reg = np.full(A.shape[1], l2)
     reg[0] = 0.0
     for _ in range(50):
         p = 1 / (1 + np.exp(-A @ w))
-        g = A.T @ (p - y) + reg * w
-        H = (A * (p * (1 - p))[:, None]).T @ A + np.diag(reg + 1e-9)
+        g = A.T @ (s * (p - y)) + reg * w
+        H = (A * (s * p * (1 - p))[:, None]).T @ A + np.diag(reg + 1e-9)
         step = np.linalg.solve(H, g)
         w -= step
         if np.abs(step).max() < 1e-8:
@@ -144,6 +168,7 @@ def main() -> None:
     ap.add_argument("--cache", default=None, help="folder for measured features (reused when present)")
     ap.add_argument("--sets", default=None, help="comma-separated subset of sets")
     ap.add_argument("--cached-only", action="store_true", help="only the images whose views are cached")
+    ap.add_argument("--no-timing", action="store_true", help="skip the review time on the U2OS sample")
     args = ap.parse_args()
     torch.set_num_threads(1)
     model = load_model()
@@ -161,15 +186,17 @@ def main() -> None:
             m = measure(predicted(model, image, args.views, path, right_scale(model, gt)), gt)
             print(f"  {set_name} {name}: {len(m['wrong'])} objects, {m['wrong'].sum()} wrong", flush=True)
             measured[set_name].append(m)
-    if args.fit and "training-data" in measured:
-        X = np.concatenate([m["X"] for m in measured["training-data"]])
-        y = np.concatenate([m["wrong"] for m in measured["training-data"]]).astype(float)
+    fit_sets = [k for k in FIT_SETS if k in measured]
+    if args.fit and fit_sets:
+        X = np.concatenate([m["X"] for k in fit_sets for m in measured[k]])
+        y = np.concatenate([m["wrong"] for k in fit_sets for m in measured[k]]).astype(float)
         fixed = review.FEATURES.index("disagree")  # always 0 on the model's own labels: kept as set
         free = [k for k in range(X.shape[1]) if k != fixed]
         b, w_free = fit_logistic(X[:, free], y)
         w = np.array(review.WEIGHTS, dtype=float)
         w[free] = w_free
         review.INTERCEPT, review.WEIGHTS = b, tuple(w)
+        print(f"fitted on {', '.join(fit_sets)}: {len(y)} objects, {int(y.sum())} wrong")
         print(f"INTERCEPT = {b:.3f}\nWEIGHTS = ({', '.join(f'{x:.3f}' for x in w)})")
     print(f"\n{'set':26s} {'objects':>7s} {'wrong':>6s} {'AUC':>6s} {'AUC tta':>8s} {'cands':>6s} "
           f"{'on missed':>9s} {'missed':>6s}")
@@ -179,7 +206,7 @@ def main() -> None:
         c = np.sum([m["cand"] for m in ms], axis=0)
         print(f"{set_name:26s} {len(y):7d} {y.sum():6d} {auc(review.doubt_from_features(X), y):6.3f} "
               f"{auc(X[:, review.FEATURES.index('tta')], y):8.3f} {c[0]:6d} {c[1]:9d} {c[2]:6d}")
-    if args.cached_only:
+    if args.cached_only or args.no_timing:
         return
     u2os = tifffile.imread(SAMPLES / "nuclei_u2os.tif")
     for label, fn in (("segment", lambda: segment(u2os, model, device="cpu")),

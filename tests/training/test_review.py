@@ -65,10 +65,11 @@ def test_damaged_objects_rank_on_top(default_model, u2os, u2os_labels, u2os_prob
     assert all(0.0 <= d.doubt <= 1.0 for d in table)
     assert [d.doubt for d in table] == sorted((d.doubt for d in table), reverse=True)
     # the sample's own labels hold some objects the model doubts too (tiny specks, a nucleus it
-    # sees as one): the damaged ones must still be in the top 15%, all with a doubt above 0.9
+    # sees as one): the damaged ones must still be in the top 15%, all with a doubt above 0.8 (the
+    # dock counts 0.5 and above as doubtful)
     top = [d.id for d in objects[: int(0.15 * len(objects))]]
     assert set(merged) <= set(top) and fake in top
-    assert min(d.doubt for d in objects if d.id in (*merged, fake)) > 0.9
+    assert min(d.doubt for d in objects if d.id in (*merged, fake)) > 0.8
     assert np.median([d.doubt for d in objects if d.id not in (*merged, fake)]) < 0.3  # the rest mostly trusted
     missed = [d for d in table if d.missed and d.bbox[0] <= removed_at[0] < d.bbox[2]
               and d.bbox[1] <= removed_at[1] < d.bbox[3]]
@@ -98,3 +99,12 @@ def test_views_line_up_on_a_non_square_plane(default_model, u2os):
     ids, X, _ = object_features(views.labels, views)
     assert len(ids) >= 5
     assert np.median(X[:, FEATURES.index("tta")]) < 0.1  # flipped/rotated views mapped back in place
+    # an object drawn on empty background holds nothing but pixel noise; the model's nuclei stand out of it
+    labels = views.labels.astype(np.int64)
+    far = ndi.distance_transform_edt(labels == 0)
+    y, x = np.unravel_index(np.argmax(far), far.shape)
+    yy, xx = np.ogrid[: labels.shape[0], : labels.shape[1]]
+    labels[((yy - y) ** 2 + (xx - x) ** 2 <= 8**2) & (labels == 0)] = labels.max() + 1
+    ids, X, _ = object_features(labels, views)
+    noise = X[:, FEATURES.index("noise")]
+    assert noise[ids == labels.max()][0] > 0.5 > 2 * np.median(noise[ids != labels.max()])
