@@ -96,21 +96,13 @@ def scale_for_area(measured_area: float, model_area: float) -> float:
 def postprocess_at_scale(config: PostprocessConfig, scale: float) -> PostprocessConfig:
     """A model's post-processing sizes are in training-scale pixels; at ``scale`` an object covers
     ``1/scale²`` as many image pixels, so ``min_size`` and ``min_seed_size`` shrink (or grow) with it
-    (and the seed height ``seed_h``, a length, with ``scale``)."""
+    (and the seed height ``seed_h``, a length, with ``scale``: divided by it)."""
     if scale == 1.0:
         return config
     edge = config.edge_min_size
     return replace(config, min_size=max(1, round(config.min_size / scale**2)),
-                   min_seed_size=max(1, round(config.min_seed_size / scale**2)), seed_h=config.seed_h * scale,
+                   min_seed_size=max(1, round(config.min_seed_size / scale**2)), seed_h=config.seed_h / scale,
                    edge_min_size=None if edge is None else max(1, round(edge / scale**2)))
-
-
-
-
-
-
-
-
 
 
 def inner_areas(labels: np.ndarray) -> np.ndarray:

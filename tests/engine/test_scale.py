@@ -66,6 +66,9 @@ def test_min_size_follows_the_scale():
     assert postprocess_at_scale(post, 2.0).min_size == 38  # a quarter of the pixels at 2x
     assert postprocess_at_scale(post, 0.5).min_size == 600
     assert postprocess_at_scale(post, 1.0) == post
+    shaped = PostprocessConfig(min_size=150, seeds="shape", seed_h=3.0)
+    assert postprocess_at_scale(shaped, 2.0).seed_h == 1.5  # a length: half as many pixels at 2x
+    assert postprocess_at_scale(shaped, 0.5).seed_h == 6.0
 
 
 def test_version1_checkpoint_segments_exactly_as_before(misc):
