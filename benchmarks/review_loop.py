@@ -108,8 +108,9 @@ def run(kind: str, ks: list[int], steps: int, held_out: int, seed: int, tune: di
                     continue
                 export_reviewed_objects(pairs, image, truth, ids, touched, source="user")  # erased regions too
                 n_true = len(ids)
-            options = FineTuneOptions(pairs=pairs, out=Path(tmp) / "ft.safetensors", device="cpu",
-                                      epochs=max(1, steps // 20), steps_per_epoch=20, seed=seed, **(tune or {}))
+            epochs = -(-steps // 20)  # validations every 20 steps or fewer, ``steps`` in all
+            options = FineTuneOptions(pairs=pairs, out=Path(tmp) / "ft.safetensors", device="cpu", epochs=epochs,
+                                      steps_per_epoch=-(-steps // epochs), seed=seed, **(tune or {}))
             cpu = time.process_time()
             try:
                 done = run_finetune(options, lambda event: None)

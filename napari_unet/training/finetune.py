@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 
 from napari_unet.engine.device import resolve_device
-from napari_unet.engine.metrics import pooled_f1
 from napari_unet.engine.model import SegmentationModel
 from napari_unet.engine.network import UNet, build_network
 from napari_unet.engine.planes import to_planes
@@ -34,15 +33,14 @@ from napari_unet.training.loop import Sample, TrainConfig, train, validation_pro
 from napari_unet.training.pairs import Pair, read_pairs
 from napari_unet.training.replay import load_replay
 from napari_unet.training.verdict import (
-    MAX_FORGETTING,
     TERRITORY_RADII,
     ObjectCounts,
-    bootstrap_change,
     erased_regions,
+    judge,
     object_counts,
     reviewed_objects,
     territories,
-    verdict_text,
+    whole_counts,
 )
 from napari_unet.validate import check_limit, check_number
 
@@ -197,9 +195,11 @@ def _counts(probs: list[np.ndarray], held: HeldOut, post: PostprocessConfig) -> 
     ])
 
 
-def _replay_f1(net: UNet, samples: list[Sample], config: TrainConfig, device: Any, post: PostprocessConfig) -> float:
+def _replay_counts(net: UNet, samples: list[Sample], config: TrainConfig, device: Any,
+                   post: PostprocessConfig) -> ObjectCounts:
     probs = validation_probabilities(net, samples, config, device)
-    return pooled_f1([(s.labels, labels_from_probabilities(p, post)) for s, p in zip(samples, probs)])
+    return ObjectCounts.concat([whole_counts(s.labels, labels_from_probabilities(p, post))
+                                for s, p in zip(samples, probs)])
 
 
 def run_finetune(
@@ -216,12 +216,14 @@ def run_finetune(
     held-out object is among them, and the replay F1 fell by at most 0.02), ``verdict`` (one
     sentence: the change ± its bootstrap standard deviation, how many objects and erased regions it
     rests on, and why not when not better), ``base_f1`` /
-    ``f1`` (F1 at IoU 0.5 on the held-out objects, each model with its post-processing tuned there),
-    ``delta_f1`` / ``delta_f1_sd``, ``validation_objects`` / ``validation_regions`` /
-    ``validation_pairs`` (held-out objects, held-out erased regions, and the pairs they are in),
-    ``train_objects``, ``replay_base_f1`` / ``replay_f1`` (the replay
+    ``f1`` (F1 at IoU 0.5 pooled from the held-out units' counts, each model with its
+    post-processing tuned there), ``delta_f1`` / ``delta_f1_sd`` (their difference, and its bootstrap
+    standard deviation over the same units: one counting rule for both), ``validation_objects`` /
+    ``validation_regions`` / ``validation_pairs`` (held-out objects, held-out erased regions, and the
+    pairs they are in), ``train_objects``, ``replay_base_f1`` / ``replay_f1`` (the replay
     validation crops, base with its own post-processing, new model with its new one; None when the
-    replay set does not suit the base; scored even with ``replay=False``), ``replay_objects``,
+    replay set does not suit the base; scored even with ``replay=False``), ``replay_delta_sd`` (the
+    bootstrap standard deviation of their change over the replay objects), ``replay_objects``,
     ``train_scale`` (the pairs' resize factor) and ``object_area``,
     ``postprocess``, ``best_epoch``, ``epochs``, ``steps``, ``path``, ``latest_path``,
     ``stopped_early``, ``seconds``, ``seconds_per_epoch``. ``progress`` events' ``val_f1`` is the F1
@@ -279,9 +281,10 @@ def run_finetune(
     # chosen on the held-out objects, and so is the fine-tuned model at the end (same grid, same data).
     truths, masks = [s.labels for s in held.samples], [s.reviewed for s in held.samples]
     base_probs = validation_probabilities(base.net, held.samples, config, device)
-    config.postprocess, base_f1 = choose_postprocess(base_probs, truths, base.postprocess, masks)
+    config.postprocess, _ = choose_postprocess(base_probs, truths, base.postprocess, masks)
     base_counts = _counts(base_probs, held, config.postprocess)
-    replay_base = _replay_f1(base.net, replay_val, config, device, base.postprocess) if replay_val else None
+    base_f1 = base_counts.f1()  # one counting rule (per-unit counts) for the scores, the change and its ±
+    replay_base = _replay_counts(base.net, replay_val, config, device, base.postprocess) if replay_val else None
     base_name = base.info.name
     net = build_network(base.config)
     net.load_state_dict(base.net.state_dict())
@@ -326,24 +329,22 @@ def run_finetune(
     result = train(net, train_s, held.samples, config, device=device, on_event=on_event,
                    on_best=on_best, should_stop=stop, save_initial=True, replay=replay_train)
     new_probs = validation_probabilities(net, held.samples, config, device)  # net holds the best weights
-    state["postprocess"], f1 = choose_postprocess(new_probs, truths, config.postprocess, masks)
+    state["postprocess"], _ = choose_postprocess(new_probs, truths, config.postprocess, masks)
     new_counts = _counts(new_probs, held, state["postprocess"])
-    replay_new = _replay_f1(net, replay_val, config, device, state["postprocess"]) if replay_val else None
-    delta, spread = bootstrap_change(base_counts, new_counts, options.seed)
-    forgot = replay_base is not None and replay_base - replay_new > MAX_FORGETTING
-    improved = f1 > base_f1 and not forgot and held.n_objects > 0  # erased regions alone reward finding less
-    replay_pair = None if replay_base is None else (replay_base, replay_new)
-    verdict = verdict_text(f1 - base_f1, spread, held.n_objects, replay_pair, improved, held.n_regions)
-    save(out, net, {"epoch": result.best_epoch, "val_f1": f1}, "best")
+    replay_new = _replay_counts(net, replay_val, config, device, state["postprocess"]) if replay_val else None
+    v = judge(base_counts, new_counts, held.n_objects, held.n_regions,
+              None if replay_base is None else (replay_base, replay_new), options.seed)
+    save(out, net, {"epoch": result.best_epoch, "val_f1": v.f1}, "best")
     done = {
-        "event": "done", "base_f1": base_f1, "f1": f1, "improved": bool(improved), "verdict": verdict,
-        "delta_f1": round(f1 - base_f1, 4), "delta_f1_sd": None if not np.isfinite(spread) else round(spread, 4),
+        "event": "done", "base_f1": v.base_f1, "f1": v.f1, "improved": bool(v.improved), "verdict": v.text,
+        "delta_f1": round(v.delta, 4), "delta_f1_sd": None if not np.isfinite(v.spread) else round(v.spread, 4),
         "postprocess": state["postprocess"].to_dict(),
         "best_epoch": result.best_epoch, "epochs": len(result.history), "path": str(out),
         "steps": result.history[-1]["step"] if result.history else 0,
         "validation_pairs": len(held.samples), "validation_objects": held.n_objects,
         "validation_regions": held.n_regions, "train_objects": n_train,
-        "replay_base_f1": replay_base, "replay_f1": replay_new,
+        "replay_base_f1": v.replay[0] if v.replay else None, "replay_f1": v.replay[1] if v.replay else None,
+        "replay_delta_sd": None if not np.isfinite(v.replay_spread) else round(v.replay_spread, 4),
         "replay_objects": int(sum(len(np.unique(s.labels)) - 1 for s in replay_val)),
         "train_scale": round(train_scale, 3), "object_area": object_area,
         "latest_path": str(latest), "stopped_early": result.stopped_early,

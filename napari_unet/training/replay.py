@@ -33,7 +33,10 @@ def load_replay(model: SegmentationModel) -> tuple[list[Sample], list[Sample]]:
         return [], []
     with np.load(path) as data:
         def samples(which: str) -> list[Sample]:
+            images = [img.astype(np.float32) for img in data[f"{which}_images"]]
+            if f"{which}_range" in data:  # stored as uint8 steps between each crop's lowest and highest value
+                images = [lo + img / 255 * (hi - lo) for img, (lo, hi) in zip(images, data[f"{which}_range"])]
             return [Sample(img.astype(np.float32), lab.astype(np.uint32), None, f"replay-{which}-{i}")
-                    for i, (img, lab) in enumerate(zip(data[f"{which}_images"], data[f"{which}_labels"]))]
+                    for i, (img, lab) in enumerate(zip(images, data[f"{which}_labels"]))]
 
         return samples("train"), samples("val")

@@ -126,6 +126,47 @@ def bootstrap_change(before: ObjectCounts, after: ObjectCounts, seed: int = 0) -
     return delta, float(np.std(draws))
 
 
+def whole_counts(truth: np.ndarray, pred: np.ndarray) -> ObjectCounts:
+    """Per-object counts over a fully annotated crop: every pixel belongs to its nearest true object's
+    territory, so the pooled F1 is the crop's instance F1 (used for the replay crops)."""
+    ids = np.unique(truth)
+    ids = ids[ids > 0]
+    if not len(ids):
+        return ObjectCounts(np.zeros(0, int), np.zeros(0, int), np.zeros(0, int))
+    return object_counts(truth, pred, territories(truth, None, ids, float(max(truth.shape))))
+
+
+@dataclass
+class Verdict:
+    """The judgement of a fine-tune: unit F1 before/after on the held-out units, the change and its
+    bootstrap standard deviation (the same counts), the replay F1 before/after, and whether to offer it."""
+
+    base_f1: float
+    f1: float
+    delta: float
+    spread: float
+    replay: tuple[float, float] | None
+    replay_spread: float
+    improved: bool
+    text: str
+
+
+def judge(before: ObjectCounts, after: ObjectCounts, n_objects: int, n_regions: int = 0,
+          replay: tuple[ObjectCounts, ObjectCounts] | None = None, seed: int = 0) -> Verdict:
+    """Offer the fine-tuned model only when the held-out units' F1 rose, at least one held-out object
+    is among them (erased regions alone reward finding less), and the replay F1 fell by at most
+    :data:`MAX_FORGETTING`. Scores, change and ± all come from the same per-unit counts."""
+    delta, spread = bootstrap_change(before, after, seed)
+    pair, replay_spread = None, float("nan")
+    if replay is not None and len(replay[0].tp):
+        pair = (replay[0].f1(), replay[1].f1())
+        replay_spread = bootstrap_change(*replay, seed)[1]
+    forgot = pair is not None and pair[0] - pair[1] > MAX_FORGETTING
+    improved = delta > 0 and not forgot and n_objects > 0
+    text = verdict_text(delta, spread, n_objects, pair, improved, n_regions)
+    return Verdict(before.f1(), after.f1(), delta, spread, pair, replay_spread, improved, text)
+
+
 def units_text(n_objects: int, n_regions: int) -> str:
     """``"3 objects and 4 erased regions"`` (either part left out when zero)."""
     parts = [f"{n_objects} object{'s' if n_objects != 1 else ''}"] if n_objects or not n_regions else []

@@ -7,13 +7,23 @@ import pytest
 from scipy import ndimage as ndi
 
 from napari_unet import load_model
+from napari_unet.engine.metrics import pooled_f1
 from napari_unet.engine.predict import choose_scale
 from napari_unet.training.augment import AugmentConfig, transform_crop
 from napari_unet.training.finetune import FineTuneOptions, hold_out_objects, run_finetune
 from napari_unet.training.loop import Sample
 from napari_unet.training.pairs import export_pair
 from napari_unet.training.replay import load_replay, replay_path
-from napari_unet.training.verdict import bootstrap_change, object_counts, reviewed_objects, verdict_text
+from napari_unet.training.verdict import (
+    MAX_FORGETTING,
+    ObjectCounts,
+    bootstrap_change,
+    judge,
+    object_counts,
+    reviewed_objects,
+    verdict_text,
+    whole_counts,
+)
 from tests.helpers import make_tiny_model
 
 
@@ -51,6 +61,35 @@ def test_verdict_counts_objects_and_false_detections_around_them():
     assert delta == pytest.approx(1 - 6 / 9) and 0 < spread < delta
     text = verdict_text(delta, spread, 5, (0.93, 0.88), improved=False)
     assert "5 held-out objects" in text and "±" in text and "forgot" in text and "0.93 → 0.88" in text
+
+
+def _units(found: int, n: int, false: int = 0) -> ObjectCounts:
+    """Counts of n objects of which the first ``found`` are found, with ``false`` false detections."""
+    tp = (np.arange(n) < found).astype(int)
+    return ObjectCounts(tp, 1 - tp, (np.arange(n) < false).astype(int))
+
+
+def test_the_change_and_its_spread_come_from_the_same_per_unit_counts():
+    before, after = _units(4, 10, false=3), _units(8, 10, false=1)
+    v = judge(before, after, n_objects=10)
+    assert (v.base_f1, v.f1) == (before.f1(), after.f1()) and v.delta == pytest.approx(v.f1 - v.base_f1)
+    draws = [after.f1(i) - before.f1(i) for i in np.random.default_rng(0).integers(0, 10, size=(1000, 10))]
+    assert v.spread == pytest.approx(np.std(draws)) and abs(np.mean(draws) - v.delta) < v.spread / 4
+    assert v.improved and v.text == f"{v.delta:+.2f} ± {v.spread:.2f} F1 on 10 held-out objects"
+    assert not judge(after, before, n_objects=10).improved
+
+
+def test_forgetting_is_judged_on_replay_objects_with_its_spread():
+    truth = _discs((64, 256), [(32, x) for x in range(16, 256, 32)])
+    missed = truth.copy()
+    missed[truth == 3] = 0
+    assert whole_counts(truth, missed).f1() == pytest.approx(14 / 15) == pooled_f1([(truth, missed)])
+    base = _units(400, 400)
+    for lost, offered in ((8, True), (24, False)):  # an F1 drop of 0.010 / 0.031 on 400 replay objects
+        v = judge(_units(3, 10), _units(8, 10), 10, replay=(base, _units(400 - lost, 400)))
+        assert v.improved == offered and v.replay[0] - v.replay[1] == pytest.approx(lost / (800 - lost))
+        assert 0 < v.replay_spread < MAX_FORGETTING
+        assert ("forgot" in v.text) != offered
 
 
 def test_objects_are_held_out_with_their_territory():
@@ -155,6 +194,7 @@ def test_a_background_only_pair_fine_tunes_and_is_judged_on_erased_regions(tmp_p
         lambda e: None,
     )
     assert done["validation_objects"] == 0 and done["validation_regions"] == max(round(0.2 * 9), 9 // 3)
+    assert done["delta_f1"] == pytest.approx(done["f1"] - done["base_f1"], abs=1e-4)
     assert f"on {done['validation_regions']} held-out erased regions" in done["verdict"]
     assert not done["improved"]  # no held-out object: never offered
     assert load_model(done["path"]).config == tiny_model.config
