@@ -79,6 +79,14 @@ def test_the_change_and_its_spread_come_from_the_same_per_unit_counts():
     assert not judge(after, before, n_objects=10).improved
 
 
+def test_a_gain_within_twice_its_uncertainty_is_not_offered():
+    noisy = judge(_units(2, 4), _units(3, 4), n_objects=4)  # one more of 4 objects found: +0.2 on few units
+    assert noisy.delta > 0 and noisy.delta <= 2 * noisy.spread
+    assert not noisy.improved and noisy.text.startswith("not sure")
+    clear = judge(_units(10, 40), _units(30, 40), n_objects=40)
+    assert clear.delta > 2 * clear.spread and clear.improved
+
+
 def test_forgetting_is_judged_on_replay_objects_with_its_spread():
     truth = _discs((64, 256), [(32, x) for x in range(16, 256, 32)])
     missed = truth.copy()
