@@ -24,6 +24,7 @@ MIN_COVERED = 0.9  # an object counts as reviewed when this share of its pixels 
 TERRITORY_RADII = 3.0  # a held-out object's territory reaches this many object radii beyond it
 MAX_FORGETTING = 0.02  # largest replay F1 drop a fine-tune may cost and still be offered
 SURE = 2.0  # a gain is offered only when it exceeds this many bootstrap standard deviations
+MIN_HELD_OBJECTS = 5  # fewer held-out objects cannot show that nuclei are still found
 # A gain on held-out erased regions alone is not offered: a model that finds fewer nuclei also
 # finds fewer false ones there, so at least one held-out object must show nuclei are still found.
 BOOTSTRAP = 1000
@@ -155,8 +156,9 @@ class Verdict:
 def judge(before: ObjectCounts, after: ObjectCounts, n_objects: int, n_regions: int = 0,
           replay: tuple[ObjectCounts, ObjectCounts] | None = None, seed: int = 0) -> Verdict:
     """Offer the fine-tuned model only when the held-out units' F1 rose by more than :data:`SURE`
-    times its bootstrap standard deviation (a gain within its own noise is no gain), at least one
-    held-out object is among them (erased regions alone reward finding less), and the replay F1 fell
+    times its bootstrap standard deviation (a gain within its own noise is no gain), at least
+    :data:`MIN_HELD_OBJECTS` held-out objects are among them (erased regions reward finding less,
+    and a few objects cannot show that nuclei are still found), and the replay F1 fell
     by at most :data:`MAX_FORGETTING`. Scores, change and ± all come from the same per-unit counts."""
     delta, spread = bootstrap_change(before, after, seed)
     pair, replay_spread = None, float("nan")
@@ -165,7 +167,7 @@ def judge(before: ObjectCounts, after: ObjectCounts, n_objects: int, n_regions: 
         replay_spread = bootstrap_change(*replay, seed)[1]
     forgot = pair is not None and pair[0] - pair[1] > MAX_FORGETTING
     sure = delta > 0 and (not np.isfinite(spread) or delta > SURE * spread)
-    improved = sure and not forgot and n_objects > 0
+    improved = sure and not forgot and n_objects >= MIN_HELD_OBJECTS
     text = verdict_text(delta, spread, n_objects, pair, improved, n_regions)
     return Verdict(before.f1(), after.f1(), delta, spread, pair, replay_spread, improved, text)
 
@@ -194,8 +196,9 @@ def verdict_text(delta: float, spread: float, n_objects: int, replay: tuple[floa
         return f"{change}{kept}"
     if forgot:
         return f"forgot: replay F1 {replay[0]:.2f} → {replay[1]:.2f} ({change})"
-    if delta > 0 and not n_objects:
-        return f"not offered: no held-out object shows that nuclei are still found ({change}{kept})"
+    if delta > 0 and n_objects < MIN_HELD_OBJECTS:
+        return (f"not offered: fewer than {MIN_HELD_OBJECTS} held-out objects cannot show that nuclei are "
+                f"still found; review more objects ({change}{kept})")
     if delta > 0 and np.isfinite(spread) and delta <= SURE * spread:
         return f"not sure: the gain is within twice its uncertainty ({change}{kept})"
     return f"no gain on your objects: {change}{kept}"
