@@ -32,14 +32,17 @@ from napari_unet.models import load_model
 from napari_unet.training.loop import Sample, TrainConfig, train, validation_probabilities
 from napari_unet.training.pairs import Pair, read_pairs
 from napari_unet.training.replay import load_replay
+from napari_unet.training.review import trusted_objects
 from napari_unet.training.verdict import (
     TERRITORY_RADII,
+    TRUSTED_DOUBT,
     ObjectCounts,
     erased_regions,
     judge,
     object_counts,
     reviewed_objects,
     territories,
+    trusted_kept,
     whole_counts,
 )
 from napari_unet.validate import check_limit, check_number
@@ -202,6 +205,21 @@ def _replay_counts(net: UNet, samples: list[Sample], config: TrainConfig, device
                                 for s, p in zip(samples, probs)])
 
 
+def _trusted(net: UNet, samples: list[Sample], config: TrainConfig, device: Any) -> list[np.ndarray]:
+    """The trusted objects (:func:`training.review.trusted_objects`) of each sparse pair: what the
+    base model found off the reviewed pixels and does not doubt, which a fine-tune must keep finding."""
+    probs = validation_probabilities(net, samples, config, device)
+    return [trusted_objects(s.image.mean(axis=0), p, config.postprocess, s.reviewed, TRUSTED_DOUBT)
+            for s, p in zip(samples, probs)]
+
+
+def _kept(net: UNet, samples: list[Sample], trusted: list[np.ndarray], config: TrainConfig, device: Any,
+          post: PostprocessConfig) -> tuple[int, int]:
+    found = [trusted_kept(t, labels_from_probabilities(p, post))
+             for t, p in zip(trusted, validation_probabilities(net, samples, config, device))]
+    return sum(k for k, _ in found), sum(n for _, n in found)
+
+
 def run_finetune(
     options: FineTuneOptions, emit: EventFn, should_stop: Callable[[], bool] | None = None
 ) -> dict[str, Any]:
@@ -212,15 +230,16 @@ def run_finetune(
     recorded as the new model's ``object_area`` so ``scale="auto"`` chooses as the base did.
     Returns the ``done`` event (also emitted). Errors raise NapariUnetError for the caller to report.
 
-    ``done`` fields: ``improved`` (offer the new model: the held-out units' F1 rose, at least one
-    held-out object is among them, and the replay F1 fell by at most 0.02), ``verdict`` (one
+    ``done`` fields: ``improved`` (offer the new model: :func:`training.verdict.judge`), ``verdict`` (one
     sentence: the change ± its bootstrap standard deviation, how many objects and erased regions it
     rests on, and why not when not better), ``base_f1`` /
     ``f1`` (F1 at IoU 0.5 pooled from the held-out units' counts, each model with its
     post-processing tuned there), ``delta_f1`` / ``delta_f1_sd`` (their difference, and its bootstrap
     standard deviation over the same units: one counting rule for both), ``validation_objects`` /
     ``validation_regions`` / ``validation_pairs`` (held-out objects, held-out erased regions, and the
-    pairs they are in), ``train_objects``, ``replay_base_f1`` / ``replay_f1`` (the replay
+    pairs they are in), ``train_objects``, ``trusted_objects`` / ``trusted_kept`` (the base model's
+    undoubted objects off the reviewed pixels of sparse pairs, and how many the new model still finds),
+    ``replay_base_f1`` / ``replay_f1`` (the replay
     validation crops, base with its own post-processing, new model with its new one; None when the
     replay set does not suit the base; scored even with ``replay=False``), ``replay_delta_sd`` (the
     bootstrap standard deviation of their change over the replay objects), ``replay_objects``,
@@ -285,6 +304,8 @@ def run_finetune(
     base_counts = _counts(base_probs, held, config.postprocess)
     base_f1 = base_counts.f1()  # one counting rule (per-unit counts) for the scores, the change and its ±
     replay_base = _replay_counts(base.net, replay_val, config, device, base.postprocess) if replay_val else None
+    sparse = [s for s in samples if s.reviewed is not None]
+    trusted = _trusted(base.net, sparse, config, device)
     base_name = base.info.name
     net = build_network(base.config)
     net.load_state_dict(base.net.state_dict())
@@ -332,8 +353,9 @@ def run_finetune(
     state["postprocess"], _ = choose_postprocess(new_probs, truths, config.postprocess, masks)
     new_counts = _counts(new_probs, held, state["postprocess"])
     replay_new = _replay_counts(net, replay_val, config, device, state["postprocess"]) if replay_val else None
+    kept = _kept(net, sparse, trusted, config, device, state["postprocess"])
     v = judge(base_counts, new_counts, held.n_objects, held.n_regions,
-              None if replay_base is None else (replay_base, replay_new), options.seed)
+              None if replay_base is None else (replay_base, replay_new), options.seed, kept)
     save(out, net, {"epoch": result.best_epoch, "val_f1": v.f1}, "best")
     done = {
         "event": "done", "base_f1": v.base_f1, "f1": v.f1, "improved": bool(v.improved), "verdict": v.text,
@@ -343,6 +365,7 @@ def run_finetune(
         "steps": result.history[-1]["step"] if result.history else 0,
         "validation_pairs": len(held.samples), "validation_objects": held.n_objects,
         "validation_regions": held.n_regions, "train_objects": n_train,
+        "trusted_objects": kept[1], "trusted_kept": kept[0],
         "replay_base_f1": v.replay[0] if v.replay else None, "replay_f1": v.replay[1] if v.replay else None,
         "replay_delta_sd": None if not np.isfinite(v.replay_spread) else round(v.replay_spread, 4),
         "replay_objects": int(sum(len(np.unique(s.labels)) - 1 for s in replay_val)),

@@ -16,11 +16,12 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.measure import regionprops
+from skimage.segmentation import clear_border
 
 from napari_unet.engine.metrics import overlaps
 from napari_unet.engine.model import SegmentationModel
 from napari_unet.engine.planes import to_planes
-from napari_unet.engine.postprocess import PostprocessConfig
+from napari_unet.engine.postprocess import PostprocessConfig, labels_from_probabilities
 from napari_unet.engine.predict import choose_scale, predict
 from napari_unet.engine.scale import checked_scale, postprocess_at_scale
 from napari_unet.engine.segmentation import instance_labels
@@ -51,6 +52,8 @@ REASONS = {
     "noise": "faint in the image",
 }
 NO_NUCLEUS = "no nucleus seen here"
+NOT_NUCLEUS = "may not be a nucleus"
+UNCLEAR_INSIDE = 0.45  # a cut nucleus' pieces are clear inside; above this entropy, pieces of background
 MISSED = "possibly missed"
 Z_CLIP = 5.0
 
@@ -212,6 +215,18 @@ def doubt_from_features(X: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-(INTERCEPT + np.asarray(X) @ np.asarray(WEIGHTS))))
 
 
+def trusted_objects(plane: np.ndarray, probabilities: np.ndarray, config: PostprocessConfig,
+                    reviewed: np.ndarray, max_doubt: float) -> np.ndarray:
+    """The model's own objects it does not doubt: a label image of those with doubt below
+    ``max_doubt`` (one view) that touch neither a reviewed pixel nor the border. ``plane``: the image
+    ``(H, W)``; ``probabilities``: the model's ``(K, H, W)`` on it, at the scale ``config`` is for."""
+    labels = labels_from_probabilities(probabilities, config)
+    ids, X, _ = object_features(labels, Views(probabilities, labels, [labels], 1.0, config, plane))
+    keep = ids[doubt_from_features(X) < max_doubt]
+    off = np.setdiff1d(keep, labels[np.asarray(reviewed, bool)])
+    return clear_border(np.where(np.isin(labels, off), labels, 0))
+
+
 def _reason(x: np.ndarray) -> str:
     """The words for the strongest sign; disagreement with the model only when nothing else shows."""
     if x[FEATURES.index("faint")] > 0.75:
@@ -220,7 +235,10 @@ def _reason(x: np.ndarray) -> str:
     contributions[0] = 0.0
     if contributions.max() < 0.5 and x[0] > 0.3:
         return DISAGREE_REASON
-    return REASONS[FEATURES[int(np.argmax(contributions))]]
+    strongest = FEATURES[int(np.argmax(contributions))]
+    if strongest == "weak_split" and x[FEATURES.index("entropy_inside")] > UNCLEAR_INSIDE:
+        return NOT_NUCLEUS  # unclear inside as well as at its contacts: fragments of a textured background
+    return REASONS[strongest]
 
 
 def missed_candidates(labels: np.ndarray, views: Views, typical_area: float) -> list[Doubt]:

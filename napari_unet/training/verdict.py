@@ -6,8 +6,10 @@ held out of training: an object with its *territory* (the reviewed pixels nearer
 other labelled object, up to a few object radii), so false detections around it count too; an
 erased region with its own pixels. Each unit gives (true positive, false positive, false negative)
 counts at IoU 0.5 (an erased region: no true object, and a false positive for each predicted object
-lying mostly on it); F1 pools them, and the uncertainty of a change in F1 comes from resampling the
-held-out units (a paired bootstrap: both models scored on the same draw).
+lying mostly on it or covering most of it); F1 pools them, and the uncertainty of a change in F1 comes
+from resampling the held-out units (a paired bootstrap: both models scored on the same draw). The
+base model's undoubted objects off the reviewed pixels (*trusted objects*) show whether nuclei are
+still found.
 """
 
 from __future__ import annotations
@@ -24,9 +26,12 @@ MIN_COVERED = 0.9  # an object counts as reviewed when this share of its pixels 
 TERRITORY_RADII = 3.0  # a held-out object's territory reaches this many object radii beyond it
 MAX_FORGETTING = 0.02  # largest replay F1 drop a fine-tune may cost and still be offered
 SURE = 2.0  # a gain is offered only when it exceeds this many bootstrap standard deviations
-MIN_HELD_OBJECTS = 5  # fewer held-out objects cannot show that nuclei are still found
-# A gain on held-out erased regions alone is not offered: a model that finds fewer nuclei also
-# finds fewer false ones there, so at least one held-out object must show nuclei are still found.
+MIN_HELD_OBJECTS = 5  # fewer held-out objects (and trusted objects) cannot show that nuclei are still found
+# A gain on held-out erased regions alone is not offered on its own: a model that finds fewer nuclei
+# also finds fewer false ones there. Nuclei still found are shown by held-out reviewed objects, or by
+# the *trusted objects*: the base model's own objects, off every reviewed pixel, that it does not doubt.
+TRUSTED_DOUBT = 0.1  # a base object below this doubt, lying off the reviewed pixels, is trusted
+MAX_LOST = 0.05  # largest share of the trusted objects a fine-tune may lose (IoU < 0.5) and still be offered
 BOOTSTRAP = 1000
 REGION_GAP = 4  # reviewed background this close to a labelled object belongs to the object's ring
 MIN_REGION = 16  # smaller pieces of reviewed background (brush specks) are no erased region
@@ -90,11 +95,14 @@ def object_counts(truth: np.ndarray, pred: np.ndarray, territory: np.ndarray,
     """Score ``pred`` against ``truth`` in each territory of ``territory`` (ids = unit ids).
 
     Ids in ``regions`` are erased regions: no true object (no true positive, no false negative),
-    and a false positive for each unmatched predicted object with at least half its pixels on it."""
+    and a false positive for each unmatched predicted object with at least half its pixels on it or
+    covering at least half of it (a false detection the user erased reaches past the region, which
+    stops short of the labelled objects beside it)."""
     ids = np.unique(territory)
     ids = ids[ids > 0]
     is_region = np.isin(ids, np.asarray(regions, dtype=ids.dtype))
     pred_area = np.bincount(pred.ravel().astype(np.int64))
+    unit_area = np.bincount(territory.ravel().astype(np.int64))
     inside = territory > 0
     gt = np.where(inside, truth, 0)
     pr = np.where(inside, pred, 0)
@@ -112,7 +120,7 @@ def object_counts(truth: np.ndarray, pred: np.ndarray, territory: np.ndarray,
         if p not in matched_pr and c > best.get(p, (0, 0))[0]:
             best[p] = (c, t)
     for p, (c, t) in best.items():
-        if not is_region[where[t]] or 2 * c >= pred_area[p]:
+        if not is_region[where[t]] or 2 * c >= pred_area[p] or 2 * c >= unit_area[t]:
             fp[where[t]] += 1
     return ObjectCounts(tp, np.where(is_region, 0, 1 - tp), fp)
 
@@ -138,6 +146,15 @@ def whole_counts(truth: np.ndarray, pred: np.ndarray) -> ObjectCounts:
     return object_counts(truth, pred, territories(truth, None, ids, float(max(truth.shape))))
 
 
+def trusted_kept(trusted: np.ndarray, pred: np.ndarray) -> tuple[int, int]:
+    """``(kept, n)``: how many of the ``n`` trusted objects (a label image) ``pred`` still finds at IoU 0.5."""
+    n = len(np.unique(trusted)) - int(trusted.min(initial=0) == 0) if trusted.size else 0
+    if not n:
+        return 0, 0
+    ov = overlaps(trusted, pred)
+    return len(set(ov.gt_ids[ov.iou >= 0.5].tolist())), n
+
+
 @dataclass
 class Verdict:
     """The judgement of a fine-tune: unit F1 before/after on the held-out units, the change and its
@@ -151,15 +168,18 @@ class Verdict:
     replay_spread: float
     improved: bool
     text: str
+    trusted: tuple[int, int] | None = None
 
 
 def judge(before: ObjectCounts, after: ObjectCounts, n_objects: int, n_regions: int = 0,
-          replay: tuple[ObjectCounts, ObjectCounts] | None = None, seed: int = 0) -> Verdict:
+          replay: tuple[ObjectCounts, ObjectCounts] | None = None, seed: int = 0,
+          trusted: tuple[int, int] | None = None) -> Verdict:
     """Offer the fine-tuned model only when the held-out units' F1 rose by more than :data:`SURE`
-    times its bootstrap standard deviation (a gain within its own noise is no gain), at least
-    :data:`MIN_HELD_OBJECTS` held-out objects are among them (erased regions reward finding less,
-    and a few objects cannot show that nuclei are still found), and the replay F1 fell
-    by at most :data:`MAX_FORGETTING`. Scores, change and ± all come from the same per-unit counts."""
+    times its bootstrap standard deviation (a gain within its own noise is no gain), nuclei are
+    shown to be still found (at least :data:`MIN_HELD_OBJECTS` held-out objects, or as many trusted
+    objects), at most :data:`MAX_LOST` of the trusted objects were lost (``trusted``: kept, of how
+    many), and the replay F1 fell by at most :data:`MAX_FORGETTING`. Scores, change and ± all come
+    from the same per-unit counts."""
     delta, spread = bootstrap_change(before, after, seed)
     pair, replay_spread = None, float("nan")
     if replay is not None and len(replay[0].tp):
@@ -167,9 +187,12 @@ def judge(before: ObjectCounts, after: ObjectCounts, n_objects: int, n_regions: 
         replay_spread = bootstrap_change(*replay, seed)[1]
     forgot = pair is not None and pair[0] - pair[1] > MAX_FORGETTING
     sure = delta > 0 and (not np.isfinite(spread) or delta > SURE * spread)
-    improved = sure and not forgot and n_objects >= MIN_HELD_OBJECTS
-    text = verdict_text(delta, spread, n_objects, pair, improved, n_regions)
-    return Verdict(before.f1(), after.f1(), delta, spread, pair, replay_spread, improved, text)
+    n_trusted = trusted[1] if trusted else 0
+    lost = bool(n_trusted) and trusted[0] < (1 - MAX_LOST) * n_trusted
+    shown = n_objects >= MIN_HELD_OBJECTS or n_trusted >= MIN_HELD_OBJECTS
+    improved = sure and not forgot and not lost and shown
+    text = verdict_text(delta, spread, n_objects, pair, improved, n_regions, trusted)
+    return Verdict(before.f1(), after.f1(), delta, spread, pair, replay_spread, improved, text, trusted)
 
 
 def units_text(n_objects: int, n_regions: int) -> str:
@@ -181,22 +204,27 @@ def units_text(n_objects: int, n_regions: int) -> str:
 
 
 def verdict_text(delta: float, spread: float, n_objects: int, replay: tuple[float, float] | None,
-                 improved: bool, n_regions: int = 0) -> str:
+                 improved: bool, n_regions: int = 0, trusted: tuple[int, int] | None = None) -> str:
     """The verdict in words: the change on the user's held-out units (± its uncertainty, on how many
-    objects and erased regions), the replay F1 before → after, and why the model is not better when
-    it is not."""
+    objects and erased regions), the trusted objects still found, the replay F1 before → after, and
+    why the model is not better when it is not."""
     pm = "" if not np.isfinite(spread) else f" ± {spread:.2f}"
     held = units_text(n_objects, n_regions).replace(" object", " held-out object", 1)
     if not n_objects and n_regions:
         held = held.replace(" erased region", " held-out erased region", 1)
     change = f"{delta:+.2f}{pm} F1 on {held}"
     forgot = replay is not None and replay[0] - replay[1] > MAX_FORGETTING
-    kept = "" if replay is None else f", replay F1 {replay[0]:.2f} → {replay[1]:.2f}"
+    n_trusted = trusted[1] if trusted else 0
+    kept = "" if not n_trusted else f", {trusted[0]} of {n_trusted} trusted objects still found"
+    kept += "" if replay is None else f", replay F1 {replay[0]:.2f} → {replay[1]:.2f}"
     if improved:
         return f"{change}{kept}"
     if forgot:
         return f"forgot: replay F1 {replay[0]:.2f} → {replay[1]:.2f} ({change})"
-    if delta > 0 and n_objects < MIN_HELD_OBJECTS:
+    if n_trusted and trusted[0] < (1 - MAX_LOST) * n_trusted:
+        return (f"lost nuclei: {n_trusted - trusted[0]} of the {n_trusted} objects the model was sure of are no "
+                f"longer found ({change}{kept})")
+    if delta > 0 and n_objects < MIN_HELD_OBJECTS and n_trusted < MIN_HELD_OBJECTS:
         return (f"not offered: fewer than {MIN_HELD_OBJECTS} held-out objects cannot show that nuclei are "
                 f"still found; review more objects ({change}{kept})")
     if delta > 0 and np.isfinite(spread) and delta <= SURE * spread:

@@ -21,6 +21,7 @@ from napari_unet.training.verdict import (
     judge,
     object_counts,
     reviewed_objects,
+    trusted_kept,
     verdict_text,
     whole_counts,
 )
@@ -181,6 +182,60 @@ def test_verdict_counts_false_objects_on_held_out_erased_regions():
                    "more objects (+1.00 ± 0.00 F1 on 2 held-out erased regions, replay F1 0.91 → 0.90)"
     few = judge(_units(0, 8), _units(8, 8), n_objects=3, n_regions=5)  # a clear gain, mostly erased regions
     assert few.delta > 2 * few.spread and not few.improved and few.text.startswith("not offered")
+
+
+def test_a_false_detection_covering_an_erased_region_counts_though_it_reaches_past_it():
+    """The region stops short of the objects beside it; the false detection the user erased did not."""
+    truth = _discs((64, 160), [(30, 30)])
+    territory = np.where(truth > 0, 1, 0)
+    territory[20:40, 90:110] = 7  # 400 px erased, trimmed back from a larger false detection
+    pred = truth.copy()
+    pred[12:48, 82:118] = 2  # covers the whole region; only 400 of its 1296 px lie on it
+    counts = object_counts(truth, pred, territory, regions=[7])
+    assert counts.fp.tolist() == [0, 1]
+    pred[30:40, 100:110] = 0  # now it covers only three quarters of the region: still counted
+    assert object_counts(truth, pred, territory, regions=[7]).fp.tolist() == [0, 1]
+    pred[20:40, 90:110] = 0
+    pred[20:24, 90:110] = 2  # an object grazing the region's edge: 80 of its px on it, a fifth of the region
+    assert object_counts(truth, pred, territory, regions=[7]).fp.tolist() == [0, 0]
+
+
+def test_trusted_objects_stand_for_nuclei_still_found():
+    """Erased regions alone are offered when the base model's undoubted objects are still found,
+    and refused when the fine-tune lost more than a few of them."""
+    gain = (_units(0, 6), _units(6, 6))  # six erased regions whose false detections are gone (as units)
+    few_regions = ObjectCounts(np.zeros(6, int), np.zeros(6, int), np.array([1, 1, 1, 1, 1, 1]))
+    gone = ObjectCounts(np.zeros(6, int), np.zeros(6, int), np.zeros(6, int))
+    assert few_regions.f1() == 0.0 and gone.f1() == 1.0
+    v = judge(few_regions, gone, n_objects=0, n_regions=6, trusted=(40, 40))
+    assert v.improved and v.text == "+1.00 ± 0.00 F1 on 6 held-out erased regions, 40 of 40 trusted objects still found"
+    lost = judge(few_regions, gone, n_objects=0, n_regions=6, trusted=(30, 40))
+    assert not lost.improved and lost.text.startswith("lost nuclei: 10 of the 40 objects the model was sure of")
+    assert not judge(few_regions, gone, n_objects=0, n_regions=6, trusted=(3, 3)).improved  # too few to show
+    assert not judge(*gain, n_objects=6, trusted=(30, 40)).improved  # objects gained, trusted ones lost
+    truth = _discs((64, 160), [(30, 30), (30, 80), (30, 130)])
+    pred = truth.copy()
+    pred[truth == 2] = 0
+    assert trusted_kept(truth, pred) == (2, 3) and trusted_kept(np.zeros((4, 4), np.uint32), pred) == (0, 0)
+
+
+def test_trusted_objects_lie_off_the_reviewed_pixels_and_the_border(u2os, default_model):
+    from napari_unet.engine.predict import predict
+    from napari_unet.training.review import Views, doubt_from_features, object_features, trusted_objects
+
+    plane = u2os.astype(np.float32)
+    probs = predict(default_model, u2os, scale=1.0)
+    config = default_model.postprocess
+    reviewed = np.zeros(u2os.shape, bool)
+    reviewed[: u2os.shape[0] // 2] = True
+    trusted = trusted_objects(plane, probs, config, reviewed, 0.1)
+    ids = np.unique(trusted)[1:]
+    assert len(ids) >= 3
+    assert not trusted[reviewed].any()
+    edge = np.concatenate([trusted[0], trusted[-1], trusted[:, 0], trusted[:, -1]])
+    assert not edge.any()
+    _, X, _ = object_features(trusted, Views(probs, trusted, [trusted], 1.0, config, plane))
+    assert (doubt_from_features(X) < 0.1).all()
 
 
 def test_a_background_only_pair_fine_tunes_and_is_judged_on_erased_regions(tmp_path, tiny_model):

@@ -108,3 +108,14 @@ def test_views_line_up_on_a_non_square_plane(default_model, u2os):
     ids, X, _ = object_features(labels, views)
     noise = X[:, FEATURES.index("noise")]
     assert noise[ids == labels.max()][0] > 0.5 > 2 * np.median(noise[ids != labels.max()])
+
+
+def test_a_weak_split_reads_as_a_cut_nucleus_only_when_the_object_is_clear_inside():
+    from napari_unet.training.review import FEATURES, NOT_NUCLEUS, _reason
+
+    x = np.zeros(len(FEATURES))
+    x[FEATURES.index("weak_split")] = 0.9
+    x[FEATURES.index("entropy_inside")] = 0.3  # a clear interior, no boundary where it touches a neighbour
+    assert _reason(x) == "may be one nucleus cut in two"
+    x[FEATURES.index("entropy_inside")] = 0.6  # unclear inside too: a piece of textured background
+    assert _reason(x) == NOT_NUCLEUS
