@@ -34,6 +34,7 @@ from napari_unet.training.pairs import Pair, read_pairs
 from napari_unet.training.replay import load_replay
 from napari_unet.training.review import trusted_objects
 from napari_unet.training.verdict import (
+    MIN_HELD_OBJECTS,
     TERRITORY_RADII,
     TRUSTED_DOUBT,
     ObjectCounts,
@@ -234,8 +235,9 @@ def run_finetune(
     sentence: the change ± its bootstrap standard deviation, how many objects and erased regions it
     rests on, and why not when not better), ``base_f1`` /
     ``f1`` (F1 at IoU 0.5 pooled from the held-out units' counts, each model with its
-    post-processing tuned there), ``delta_f1`` / ``delta_f1_sd`` (their difference, and its bootstrap
-    standard deviation over the same units: one counting rule for both), ``validation_objects`` /
+    post-processing tuned there when at least 5 objects are held out, else the base's),
+    ``delta_f1`` / ``delta_f1_sd`` (their difference, and its bootstrap standard deviation over the
+    same units: one counting rule for both), ``validation_objects`` /
     ``validation_regions`` / ``validation_pairs`` (held-out objects, held-out erased regions, and the
     pairs they are in), ``train_objects``, ``trusted_objects`` / ``trusted_kept`` (the base model's
     undoubted objects off the reviewed pixels of sparse pairs, and how many the new model still finds),
@@ -300,7 +302,11 @@ def run_finetune(
     # chosen on the held-out objects, and so is the fine-tuned model at the end (same grid, same data).
     truths, masks = [s.labels for s in held.samples], [s.reviewed for s in held.samples]
     base_probs = validation_probabilities(base.net, held.samples, config, device)
-    config.postprocess, _ = choose_postprocess(base_probs, truths, base.postprocess, masks)
+    # tuned only on enough held-out objects: on erased regions alone (or a few objects) the best
+    # post-processing is the one that finds nothing, for the base and the new model alike
+    tune = held.n_objects >= MIN_HELD_OBJECTS
+    config.postprocess = choose_postprocess(base_probs, truths, base.postprocess, masks)[0] if tune \
+        else base.postprocess
     base_counts = _counts(base_probs, held, config.postprocess)
     base_f1 = base_counts.f1()  # one counting rule (per-unit counts) for the scores, the change and its ±
     replay_base = _replay_counts(base.net, replay_val, config, device, base.postprocess) if replay_val else None
@@ -350,7 +356,8 @@ def run_finetune(
     result = train(net, train_s, held.samples, config, device=device, on_event=on_event,
                    on_best=on_best, should_stop=stop, save_initial=True, replay=replay_train)
     new_probs = validation_probabilities(net, held.samples, config, device)  # net holds the best weights
-    state["postprocess"], _ = choose_postprocess(new_probs, truths, config.postprocess, masks)
+    if tune:
+        state["postprocess"], _ = choose_postprocess(new_probs, truths, config.postprocess, masks)
     new_counts = _counts(new_probs, held, state["postprocess"])
     replay_new = _replay_counts(net, replay_val, config, device, state["postprocess"]) if replay_val else None
     kept = _kept(net, sparse, trusted, config, device, state["postprocess"])

@@ -261,5 +261,7 @@ def test_a_background_only_pair_fine_tunes_and_is_judged_on_erased_regions(tmp_p
     assert done["validation_objects"] == 0 and done["validation_regions"] == max(round(0.2 * 9), 9 // 3)
     assert done["delta_f1"] == pytest.approx(done["f1"] - done["base_f1"], abs=1e-4)
     assert f"on {done['validation_regions']} held-out erased regions" in done["verdict"]
-    assert not done["improved"]  # no held-out object: never offered
+    assert not done["improved"] and done["trusted_objects"] == 0  # no held-out or trusted object: not offered
+    # post-processing tuned on erased regions alone would be the one that finds nothing: the base's is kept
+    assert done["postprocess"] == load_model(base).postprocess.to_dict()
     assert load_model(done["path"]).config == tiny_model.config
