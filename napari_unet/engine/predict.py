@@ -148,10 +148,10 @@ def choose_scale(
     with ``model``.
 
     Pixel sizes win when both are known and plausible; otherwise a first pass at scale 1 over a central crop
-    (at most two crops, 512² then 1024²) measures the median area of the objects that do not touch
-    the crop's edge, and the scale brings it to the model's ``info.object_area``. A crop that is
-    foreground almost everywhere holds no measurable nuclei: scale 1.0, ``how`` :data:`NO_NUCLEI`.
-    ``predict_options`` go to the first pass.
+    (at most two crops, 512² then 1024²) measures the median area of the clear objects that do not
+    touch the crop's edge (``scale.inner_areas``), and the scale brings it to the model's
+    ``info.object_area``. A crop that is foreground almost everywhere holds no measurable nuclei:
+    scale 1.0, ``how`` :data:`NO_NUCLEI`. ``predict_options`` go to the first pass.
     """
     by_pixels = pixel_size_choice(pixel_size_um, model.info.pixel_size_um)
     if by_pixels is not None:
@@ -171,7 +171,7 @@ def choose_scale(
             # foreground nearly everywhere (noise, a texture): the "objects" are fragments of it, and
             # their size would send the image to the largest scale for nothing
             return ScaleChoice(1.0, NO_NUCLEI)
-        areas = inner_areas(labels_from_probabilities(probs, post))
+        areas = inner_areas(labels_from_probabilities(probs, post), probs)
         if len(areas) >= MIN_OBJECTS or crop.shape[-2:] == plane.shape[-2:]:
             break
     if len(areas) < MIN_OBJECTS:

@@ -125,3 +125,28 @@ def test_edge_min_size_follows_the_scale():
     post = PostprocessConfig(min_size=150, edge_min_size=30)
     assert postprocess_at_scale(post, 2.0).edge_min_size == 8
     assert postprocess_at_scale(PostprocessConfig(), 2.0).edge_min_size is None  # version-1: as min_size
+
+
+def test_unclear_pieces_of_background_do_not_set_the_measured_size():
+    """Many small pieces the network is unsure of (textured background) beside a few clear nuclei:
+    the nuclei's area is measured, so "auto" does not enlarge the image for the pieces."""
+    from napari_unet.engine.scale import inner_areas
+
+    labels = np.zeros((200, 400), np.int32)
+    probs = np.zeros((3, 200, 400), np.float32)
+    probs[0] = 1.0
+    n = 0
+    for k in range(6):  # clear nuclei, 20 x 20
+        n += 1
+        labels[20:40, 10 + 60 * k : 30 + 60 * k] = n
+    for k in range(20):  # unclear pieces, 5 x 5
+        n += 1
+        labels[100 + 10 * (k % 5) : 105 + 10 * (k % 5), 20 + 15 * (k // 5) : 25 + 15 * (k // 5)] = n
+    probs[:, labels > 0] = np.array([0.4, 0.4, 0.2])[:, None]
+    nuclei = (labels > 0) & (labels <= 6)
+    probs[:, nuclei] = np.array([0.05, 0.9, 0.05])[:, None]
+    assert np.median(inner_areas(labels)) == 25
+    assert inner_areas(labels, probs).tolist() == [400] * 6
+    few = np.where(labels <= 3, labels, labels + 100 * (labels > 6))  # only 3 clear: all objects measured
+    few[(labels > 3) & (labels <= 6)] = 0
+    assert len(inner_areas(few, probs)) == 23
