@@ -194,14 +194,12 @@ def _heal_cuts(cur: np.ndarray, before: np.ndarray, after: np.ndarray) -> np.nda
     n = int(cur.max())
     if n < 2:
         return cur
-    area = np.bincount(cur.ravel(), minlength=n + 1)
     tables = []
     for other in (before, after):
-        other = np.asarray(other, dtype=np.int64)
-        m = int(other.max()) + 1
-        inter = np.bincount(cur.ravel() * m + other.ravel(), minlength=(n + 1) * m).reshape(n + 1, m)
+        inter = _overlap_table(cur, np.asarray(other, dtype=np.int64))
+        area, other_area = inter.sum(1), inter.sum(0)
         inter[:, 0] = 0
-        tables.append((inter, inter.argmax(1), np.bincount(other.ravel(), minlength=m)))
+        tables.append((inter, inter.argmax(1), other_area))
     touching = set()  # pairs of objects at most one pixel apart
     for axis in range(cur.ndim):
         a = np.moveaxis(cur, axis, 0)
@@ -235,7 +233,7 @@ def _assign(cur: np.ndarray, memory: np.ndarray, n_cur: int, min_iou: float,
     tracks, mem = np.unique(memory, return_inverse=True)
     mem = mem.reshape(memory.shape)
     n_mem = len(tracks)  # index 0 is background
-    overlap = np.bincount(cur.ravel() * n_mem + mem.ravel(), minlength=(n_cur + 1) * n_mem).reshape(n_cur + 1, n_mem)
+    overlap = _overlap_table(cur, mem, n_cur)
     area_c, area_m = overlap.sum(1), overlap.sum(0)
     inter = overlap[1:, 1:].astype(np.float64)
     iou = inter / np.maximum(area_c[1:, None] + area_m[None, 1:] - inter, 1)
@@ -255,6 +253,14 @@ def _assign(cur: np.ndarray, memory: np.ndarray, n_cur: int, min_iou: float,
     ok = cost[rows, cols] < _NO
     mapping[rows[ok] + 1] = tracks[cols[ok] + 1]
     return mapping, tracks[1:][divided].tolist()
+
+
+def _overlap_table(a: np.ndarray, b: np.ndarray, n_a: int = 0) -> np.ndarray:
+    """Pixels shared by each label of ``a`` (rows 0..max(a.max(), ``n_a``)) and each label of ``b``
+    (columns 0..b.max()); row and column 0 are the background, so the sums are the areas."""
+    rows, cols = max(int(a.max()), n_a) + 1, int(b.max()) + 1
+    pairs = a.ravel().astype(np.int64) * cols + b.ravel()
+    return np.bincount(pairs, minlength=rows * cols).reshape(rows, cols)
 
 
 def _centroids(labels: np.ndarray, n: int) -> np.ndarray:
