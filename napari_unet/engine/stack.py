@@ -24,6 +24,7 @@ from napari_unet.errors import InputError
 
 STACK_MODES = ("planes", "3d", "time")
 _NO = 1e6  # cost of a pair that may not be linked
+DAUGHTER = 0.25  # a daughter of a division covers at least this share of its mother's area
 
 
 def check_stack_mode(stack: str) -> str:
@@ -245,8 +246,10 @@ def _assign(cur: np.ndarray, memory: np.ndarray, n_cur: int, min_iou: float,
     cost[near] = 1.0 + dist[near] / reach[near]
     cost[area_c[1:] == 0] = _NO  # objects assigned already (absent from ``cur``)
     inside = inter / np.maximum(area_c[1:, None], 1)  # fraction of each object inside each old one
-    # a division: no object continues the old one (IoU < 0.5) and two or more lie largely inside it
-    divided = (((inside >= 0.3) & (iou < 0.5)).sum(0) >= 2) & (iou.max(0) < 0.5)
+    # a division: no object continues the old one (IoU < 0.5) and two or more daughters (at least
+    # DAUGHTER of its area, not a fragment that came apart from it) lie largely inside it
+    daughters = (inside >= 0.3) & (iou < 0.5) & (area_c[1:, None] >= DAUGHTER * area_m[None, 1:])
+    divided = (daughters.sum(0) >= 2) & (iou.max(0) < 0.5)
     cost[:, divided] = _NO
     rows, cols = linear_sum_assignment(cost)
     mapping = np.zeros(n_cur + 1, dtype=np.int64)
