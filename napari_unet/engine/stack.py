@@ -154,8 +154,8 @@ def link_frames(frames: np.ndarray, *, max_gap: int = 1, min_iou: float = 0.1, m
     then on centroid distance (within the larger object's equivalent diameter; only when ``moving``)
     for objects that moved off their old place; objects left over are assigned, the same way, to
     tracks last seen up to ``max_gap`` frames earlier. A track whose object splits into two that each
-    lie largely inside it, none continuing it (a division), ends; unmatched objects start new tracks.
-    Ids are numbered 1..N in order of appearance.
+    lie largely inside it and cover at least :data:`DAUGHTER` of its area, none continuing it (a
+    division), ends; unmatched objects start new tracks. Ids are numbered 1..N in order of appearance.
     """
     frames = np.asarray(frames)
     out = np.zeros(frames.shape, dtype=np.uint32)
