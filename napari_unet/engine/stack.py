@@ -24,6 +24,7 @@ from napari_unet.errors import InputError
 
 STACK_MODES = ("planes", "3d", "time")
 _NO = 1e6  # cost of a pair that may not be linked
+DAUGHTER = 0.25  # a daughter of a division covers at least this share of its mother's area
 
 
 def check_stack_mode(stack: str) -> str:
@@ -153,8 +154,8 @@ def link_frames(frames: np.ndarray, *, max_gap: int = 1, min_iou: float = 0.1, m
     then on centroid distance (within the larger object's equivalent diameter; only when ``moving``)
     for objects that moved off their old place; objects left over are assigned, the same way, to
     tracks last seen up to ``max_gap`` frames earlier. A track whose object splits into two that each
-    lie largely inside it, none continuing it (a division), ends; unmatched objects start new tracks.
-    Ids are numbered 1..N in order of appearance.
+    lie largely inside it and cover at least :data:`DAUGHTER` of its area, none continuing it (a
+    division), ends; unmatched objects start new tracks. Ids are numbered 1..N in order of appearance.
     """
     frames = np.asarray(frames)
     out = np.zeros(frames.shape, dtype=np.uint32)
@@ -194,14 +195,12 @@ def _heal_cuts(cur: np.ndarray, before: np.ndarray, after: np.ndarray) -> np.nda
     n = int(cur.max())
     if n < 2:
         return cur
-    area = np.bincount(cur.ravel(), minlength=n + 1)
     tables = []
     for other in (before, after):
-        other = np.asarray(other, dtype=np.int64)
-        m = int(other.max()) + 1
-        inter = np.bincount(cur.ravel() * m + other.ravel(), minlength=(n + 1) * m).reshape(n + 1, m)
+        inter = _overlap_table(cur, np.asarray(other, dtype=np.int64))
+        area, other_area = inter.sum(1), inter.sum(0)
         inter[:, 0] = 0
-        tables.append((inter, inter.argmax(1), np.bincount(other.ravel(), minlength=m)))
+        tables.append((inter, inter.argmax(1), other_area))
     touching = set()  # pairs of objects at most one pixel apart
     for axis in range(cur.ndim):
         a = np.moveaxis(cur, axis, 0)
@@ -235,7 +234,7 @@ def _assign(cur: np.ndarray, memory: np.ndarray, n_cur: int, min_iou: float,
     tracks, mem = np.unique(memory, return_inverse=True)
     mem = mem.reshape(memory.shape)
     n_mem = len(tracks)  # index 0 is background
-    overlap = np.bincount(cur.ravel() * n_mem + mem.ravel(), minlength=(n_cur + 1) * n_mem).reshape(n_cur + 1, n_mem)
+    overlap = _overlap_table(cur, mem, n_cur)
     area_c, area_m = overlap.sum(1), overlap.sum(0)
     inter = overlap[1:, 1:].astype(np.float64)
     iou = inter / np.maximum(area_c[1:, None] + area_m[None, 1:] - inter, 1)
@@ -247,14 +246,24 @@ def _assign(cur: np.ndarray, memory: np.ndarray, n_cur: int, min_iou: float,
     cost[near] = 1.0 + dist[near] / reach[near]
     cost[area_c[1:] == 0] = _NO  # objects assigned already (absent from ``cur``)
     inside = inter / np.maximum(area_c[1:, None], 1)  # fraction of each object inside each old one
-    # a division: no object continues the old one (IoU < 0.5) and two or more lie largely inside it
-    divided = (((inside >= 0.3) & (iou < 0.5)).sum(0) >= 2) & (iou.max(0) < 0.5)
+    # a division: no object continues the old one (IoU < 0.5) and two or more daughters (at least
+    # DAUGHTER of its area, not a fragment that came apart from it) lie largely inside it
+    daughters = (inside >= 0.3) & (iou < 0.5) & (area_c[1:, None] >= DAUGHTER * area_m[None, 1:])
+    divided = (daughters.sum(0) >= 2) & (iou.max(0) < 0.5)
     cost[:, divided] = _NO
     rows, cols = linear_sum_assignment(cost)
     mapping = np.zeros(n_cur + 1, dtype=np.int64)
     ok = cost[rows, cols] < _NO
     mapping[rows[ok] + 1] = tracks[cols[ok] + 1]
     return mapping, tracks[1:][divided].tolist()
+
+
+def _overlap_table(a: np.ndarray, b: np.ndarray, n_a: int = 0) -> np.ndarray:
+    """Pixels shared by each label of ``a`` (rows 0..max(a.max(), ``n_a``)) and each label of ``b``
+    (columns 0..b.max()); row and column 0 are the background, so the sums are the areas."""
+    rows, cols = max(int(a.max()), n_a) + 1, int(b.max()) + 1
+    pairs = a.ravel().astype(np.int64) * cols + b.ravel()
+    return np.bincount(pairs, minlength=rows * cols).reshape(rows, cols)
 
 
 def _centroids(labels: np.ndarray, n: int) -> np.ndarray:

@@ -114,6 +114,18 @@ def test_link_frames_bridges_a_missed_frame_and_ends_divided_tracks():
     assert len(daughters) == 2 and 1 not in daughters
 
 
+def test_link_frames_does_not_end_a_track_when_a_small_piece_comes_away():
+    yy, xx = np.indices((48, 64))
+    frames = np.zeros((3, 48, 64), np.int32)
+    for t, x in enumerate((20, 27, 34)):  # a nucleus moving 7 px a frame, past half its overlap
+        frames[t][(yy - 24) ** 2 + (xx - x) ** 2 <= 64] = 1
+    frames[0][(yy - 24) ** 2 + (xx - 9) ** 2 <= 9] = 2
+    frames[1][(yy - 24) ** 2 + (xx - 16) ** 2 <= 9] = 1  # a small neighbour merged into it in frame 1
+    frames[2][(yy - 24) ** 2 + (xx - 23) ** 2 <= 9] = 2
+    linked = link_frames(frames)
+    assert [np.unique(linked[t][frames[t] == 1]).tolist() for t in (0, 2)] == [[1], [1]]
+
+
 def cut_in_two(frame: np.ndarray, label: int, new: int) -> np.ndarray:
     """``frame`` with object ``label`` cut down its middle column; the right half becomes ``new``."""
     frame = frame.copy()
