@@ -15,7 +15,6 @@ original domain: forgetting), CPU minutes.
     .venv/bin/python benchmarks/review_loop.py [--kind inverted --kind small-noisy] [--k 0 5 10 20 50]
                                                [--steps 60] [--threads 2] [--json out.json] [--png out.png]
                                                [--lr 5e-4] [--replay-fraction 0.5] [--l2sp 0] [--layers all]
-                                               [--teach-trusted 0.5]
 """
 
 from __future__ import annotations
@@ -128,8 +127,7 @@ def run(kind: str, ks: list[int], steps: int, held_out: int, seed: int, tune: di
                "original_f1": orig_tuned if kept is tuned else orig_base, "original_f1_tuned": orig_tuned,
                "cpu_min": round(cpu, 2), "steps": done.get("steps"), "improved": bool(done["improved"]),
                "verdict": done.get("verdict", ""), "validation_objects": done.get("validation_objects"),
-               "validation_regions": done.get("validation_regions"), "trusted_taught": done.get("trusted_taught"),
-               "settings": tune or {}}
+               "validation_regions": done.get("validation_regions"), "settings": tune or {}}
         rows.append(row)
         print(f"  k={k} {choice}: F1 {row['f1']:.3f} (fine-tuned {f1_tuned:.3f}), original {row['original_f1']:.3f} "
               f"(fine-tuned {orig_tuned:.3f}), {cpu:.2f} CPU min, {row['verdict']}", flush=True)
@@ -205,14 +203,12 @@ def main() -> None:
     ap.add_argument("--l2sp", type=float, help="L2-SP weight (pull towards the base weights)")
     ap.add_argument("--layers", choices=["all", "decoder"])
     ap.add_argument("--crop", type=int, help="training crop size")
-    ap.add_argument("--teach-trusted", type=float, help="share of the trusted objects that train")
     ap.add_argument("--choice", nargs="+", default=["doubt", "random", "whole"], choices=["doubt", "random", "whole"])
     ap.add_argument("--json", type=Path)
     ap.add_argument("--png", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    names = {"lr": "lr", "replay_fraction": "replay_fraction", "l2sp": "l2sp", "layers": "layers", "crop": "crop_size",
-             "teach_trusted": "teach_trusted"}
+    names = {"lr": "lr", "replay_fraction": "replay_fraction", "l2sp": "l2sp", "layers": "layers", "crop": "crop_size"}
     tune = {field: getattr(args, arg) for arg, field in names.items() if getattr(args, arg) is not None}
     rows = [r for kind in args.kind or ["inverted", "small-noisy"]
             for r in run(kind, args.k, args.steps, args.held_out, args.seed, tune, tuple(args.choice))]

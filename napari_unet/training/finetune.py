@@ -77,7 +77,6 @@ class FineTuneOptions:
     # the verdict scores the replay validation crops either way
     replay_fraction: float = 0.5
     l2sp: float = 0.0  # L2-SP penalty weight (pull towards the base weights); 0 = off
-    teach_trusted: float = 0.5  # share of the trusted objects of sparse pairs that train (the rest check)
     layers: str = "all"  # "all" (BatchNorm statistics frozen) or "decoder"
 
     def __post_init__(self) -> None:  # the API refuses what the CLI refuses
@@ -91,7 +90,6 @@ class FineTuneOptions:
         self.lr = check_number("learning rate", self.lr, low=0, low_open=True)
         self.replay_fraction = check_number("replay fraction", self.replay_fraction, low=0, high=0.9)
         self.l2sp = check_number("L2-SP weight", self.l2sp, low=0)
-        self.teach_trusted = check_number("share of trusted objects taught", self.teach_trusted, low=0, high=0.9)
         if self.layers not in ("all", "decoder"):
             raise InputError(f"Layers to train must be 'all' or 'decoder', not {self.layers!r}.")
 
@@ -216,32 +214,6 @@ def _trusted(net: UNet, samples: list[Sample], config: TrainConfig, device: Any)
             for s, p in zip(samples, probs)]
 
 
-def teach_trusted(train_s: list[Sample], sparse: list[Sample], trusted: list[np.ndarray], share: float,
-                  seed: int) -> tuple[list[Sample], list[np.ndarray]]:
-    """Let ``share`` of each sparse pair's trusted objects (drawn at random) train as reviewed objects
-    — the user's own nuclei the base model is sure of, so that a few reviews, or erased false
-    detections alone, do not teach the model to find less — and keep the rest as the check.
-
-    Returns the training samples with those objects labelled and reviewed, and the trusted objects
-    left to check (one label image per sparse pair)."""
-    rng = np.random.default_rng(seed)
-    where = {s.name: k for k, s in enumerate(train_s)}
-    out, check = list(train_s), []
-    for s, t in zip(sparse, trusted):
-        ids = np.unique(t)[1:]
-        taught = np.isin(t, ids[rng.random(len(ids)) < share])
-        check.append(np.where(taught, 0, t))
-        k = where.get(s.name)
-        if k is None or not taught.any():  # the pair was held out whole: nothing of it trains
-            continue
-        ts = out[k]
-        labels = ts.labels.astype(np.int64)
-        labels[taught] = t[taught] + int(labels.max(initial=0))
-        reviewed = taught if ts.reviewed is None else np.asarray(ts.reviewed, bool) | taught
-        out[k] = Sample(ts.image, labels, reviewed, ts.name)
-    return out, check
-
-
 def _kept(net: UNet, samples: list[Sample], trusted: list[np.ndarray], config: TrainConfig, device: Any,
           post: PostprocessConfig) -> tuple[int, int]:
     found = [trusted_kept(t, labels_from_probabilities(p, post))
@@ -269,7 +241,6 @@ def run_finetune(
     ``validation_regions`` / ``validation_pairs`` (held-out objects, held-out erased regions, and the
     pairs they are in), ``train_objects``, ``trusted_objects`` / ``trusted_kept`` (the base model's
     undoubted objects off the reviewed pixels of sparse pairs, and how many the new model still finds),
-    ``trusted_taught`` (those that trained, :func:`teach_trusted`; not counted in ``trusted_objects``),
     ``replay_base_f1`` / ``replay_f1`` (the replay
     validation crops, base with its own post-processing, new model with its new one; None when the
     replay set does not suit the base; scored even with ``replay=False``), ``replay_delta_sd`` (the
@@ -340,9 +311,7 @@ def run_finetune(
     base_f1 = base_counts.f1()  # one counting rule (per-unit counts) for the scores, the change and its ±
     replay_base = _replay_counts(base.net, replay_val, config, device, base.postprocess) if replay_val else None
     sparse = [s for s in samples if s.reviewed is not None]
-    found = _trusted(base.net, sparse, config, device)
-    train_s, trusted = teach_trusted(train_s, sparse, found, options.teach_trusted, options.seed)
-    n_taught = sum(len(np.unique(a)) - len(np.unique(b)) for a, b in zip(found, trusted))
+    trusted = _trusted(base.net, sparse, config, device)
     base_name = base.info.name
     net = build_network(base.config)
     net.load_state_dict(base.net.state_dict())
@@ -403,7 +372,7 @@ def run_finetune(
         "steps": result.history[-1]["step"] if result.history else 0,
         "validation_pairs": len(held.samples), "validation_objects": held.n_objects,
         "validation_regions": held.n_regions, "train_objects": n_train,
-        "trusted_objects": kept[1], "trusted_kept": kept[0], "trusted_taught": n_taught,
+        "trusted_objects": kept[1], "trusted_kept": kept[0],
         "replay_base_f1": v.replay[0] if v.replay else None, "replay_f1": v.replay[1] if v.replay else None,
         "replay_delta_sd": None if not np.isfinite(v.replay_spread) else round(v.replay_spread, 4),
         "replay_objects": int(sum(len(np.unique(s.labels)) - 1 for s in replay_val)),

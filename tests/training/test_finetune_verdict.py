@@ -265,25 +265,3 @@ def test_a_background_only_pair_fine_tunes_and_is_judged_on_erased_regions(tmp_p
     # post-processing tuned on erased regions alone would be the one that finds nothing: the base's is kept
     assert done["postprocess"] == load_model(base).postprocess.to_dict()
     assert load_model(done["path"]).config == tiny_model.config
-
-
-def test_half_the_trusted_objects_train_and_the_rest_check():
-    from napari_unet.training.finetune import teach_trusted
-
-    labels = np.zeros((64, 160), np.uint32)
-    labels[:, :40] = _discs((64, 40), [(30, 20)])  # one reviewed object
-    reviewed = np.zeros(labels.shape, bool)
-    reviewed[:, :40] = True
-    trusted = _discs((64, 160), [(15, 60), (45, 60), (15, 100), (45, 100), (15, 140), (45, 140)])
-    image = np.zeros((1, 64, 160), np.float32)
-    s = Sample(image, labels, reviewed, "pair")
-    (trained,), (check,) = teach_trusted([s], [s], [trusted], 0.5, seed=0)
-    taught = (trained.labels > 1) & trained.reviewed
-    assert 1 <= len(np.unique(trained.labels[taught])) <= 5
-    assert len(np.unique(check)) - 1 + len(np.unique(trained.labels[taught])) == 6  # each object trains or checks
-    assert not (check > 0)[taught].any()  # an object that trained is not checked
-    assert (trained.labels[:, :40] == labels[:, :40]).all() and trained.reviewed[:, :40].all()
-    assert not trained.reviewed[check > 0].any()  # the checked ones stay unreviewed: the loss never sees them
-    (none,), (every,) = teach_trusted([s], [s], [trusted], 0.0, seed=0)
-    assert none is s and (every == trusted).all()
-    assert teach_trusted([], [s], [trusted], 0.5, seed=0)[0] == []  # a pair held out whole trains nothing
