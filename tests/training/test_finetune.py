@@ -145,7 +145,11 @@ def test_lock_of_a_killed_holder_is_free_and_a_live_one_is_not(tmp_path):
 
 
 def test_finetuning_the_shipped_model_helps_on_a_new_kind_of_image(tmp_path, u2os, u2os_labels):
-    """Inverted contrast: the shipped model fails; a short fine-tune on one real crop fixes much of it."""
+    """Inverted contrast: the shipped model fails; a short fine-tune on one real crop fixes much of it.
+
+    The defaults (lr 2.5e-4, L2-SP 1.0) are chosen for the mild shifts of the review loop and keep
+    the model near the base: in 40 (or 100) steps they do not learn inverted contrast at all, so this
+    check of the training machinery takes the larger step without the pull."""
     from napari_unet.training.finetune import FineTuneOptions, run_finetune
 
     crop = (slice(0, 384), slice(0, 384))
@@ -154,7 +158,7 @@ def test_finetuning_the_shipped_model_helps_on_a_new_kind_of_image(tmp_path, u2o
     events = []
     done = run_finetune(
         FineTuneOptions(pairs=tmp_path / "pairs", out=tmp_path / "ft.safetensors", epochs=2, device="cpu",
-                        steps_per_epoch=20, batch_size=4, crop_size=160),
+                        steps_per_epoch=20, batch_size=4, crop_size=160, lr=5e-4, l2sp=0.0),
         events.append,
     )
     progress = [e for e in events if e["event"] == "progress" and e["epoch"] >= 1]  # epoch 0: the base score
