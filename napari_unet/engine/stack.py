@@ -195,10 +195,11 @@ def _heal_cuts(cur: np.ndarray, before: np.ndarray, after: np.ndarray) -> np.nda
     n = int(cur.max())
     if n < 2:
         return cur
+    area = np.bincount(cur.ravel(), minlength=n + 1)
     tables = []
     for other in (before, after):
         inter = _overlap_table(cur, np.asarray(other, dtype=np.int64))
-        area, other_area = inter.sum(1), inter.sum(0)
+        other_area = inter.sum(0)
         inter[:, 0] = 0
         tables.append((inter, inter.argmax(1), other_area))
     touching = set()  # pairs of objects at most one pixel apart

@@ -148,11 +148,21 @@ def whole_counts(truth: np.ndarray, pred: np.ndarray) -> ObjectCounts:
 
 def trusted_kept(trusted: np.ndarray, pred: np.ndarray) -> tuple[int, int]:
     """``(kept, n)``: how many of the ``n`` trusted objects (a label image) ``pred`` still finds at IoU 0.5."""
-    n = len(np.unique(trusted)) - int(trusted.min(initial=0) == 0) if trusted.size else 0
+    n = np.count_nonzero(np.unique(trusted))
     if not n:
         return 0, 0
     ov = overlaps(trusted, pred)
     return len(set(ov.gt_ids[ov.iou >= 0.5].tolist())), n
+
+
+def lost_nuclei(trusted: tuple[int, int] | None) -> bool:
+    """True when more than :data:`MAX_LOST` of the trusted objects (``(kept, n)``) are no longer found."""
+    return bool(trusted and trusted[1]) and trusted[0] < (1 - MAX_LOST) * trusted[1]
+
+
+def nuclei_shown(n_objects: int, trusted: tuple[int, int] | None) -> bool:
+    """True when enough held-out objects, or trusted objects, can show that nuclei are still found."""
+    return max(n_objects, trusted[1] if trusted else 0) >= MIN_HELD_OBJECTS
 
 
 @dataclass
@@ -187,10 +197,7 @@ def judge(before: ObjectCounts, after: ObjectCounts, n_objects: int, n_regions: 
         replay_spread = bootstrap_change(*replay, seed)[1]
     forgot = pair is not None and pair[0] - pair[1] > MAX_FORGETTING
     sure = delta > 0 and (not np.isfinite(spread) or delta > SURE * spread)
-    n_trusted = trusted[1] if trusted else 0
-    lost = bool(n_trusted) and trusted[0] < (1 - MAX_LOST) * n_trusted
-    shown = n_objects >= MIN_HELD_OBJECTS or n_trusted >= MIN_HELD_OBJECTS
-    improved = sure and not forgot and not lost and shown
+    improved = sure and not forgot and not lost_nuclei(trusted) and nuclei_shown(n_objects, trusted)
     text = verdict_text(delta, spread, n_objects, pair, improved, n_regions, trusted)
     return Verdict(before.f1(), after.f1(), delta, spread, pair, replay_spread, improved, text, trusted)
 
@@ -221,10 +228,10 @@ def verdict_text(delta: float, spread: float, n_objects: int, replay: tuple[floa
         return f"{change}{kept}"
     if forgot:
         return f"forgot: replay F1 {replay[0]:.2f} → {replay[1]:.2f} ({change})"
-    if n_trusted and trusted[0] < (1 - MAX_LOST) * n_trusted:
+    if lost_nuclei(trusted):
         return (f"lost nuclei: {n_trusted - trusted[0]} of the {n_trusted} objects the model was sure of are no "
                 f"longer found ({change}{kept})")
-    if delta > 0 and n_objects < MIN_HELD_OBJECTS and n_trusted < MIN_HELD_OBJECTS:
+    if delta > 0 and not nuclei_shown(n_objects, trusted):
         return (f"not offered: fewer than {MIN_HELD_OBJECTS} held-out objects cannot show that nuclei are "
                 f"still found; review more objects ({change}{kept})")
     if delta > 0 and np.isfinite(spread) and delta <= SURE * spread:
