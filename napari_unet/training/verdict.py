@@ -148,7 +148,7 @@ def whole_counts(truth: np.ndarray, pred: np.ndarray) -> ObjectCounts:
 
 def trusted_kept(trusted: np.ndarray, pred: np.ndarray) -> tuple[int, int]:
     """``(kept, n)``: how many of the ``n`` trusted objects (a label image) ``pred`` still finds at IoU 0.5."""
-    n = np.count_nonzero(np.unique(trusted))
+    n = int(np.count_nonzero(np.unique(trusted)))
     if not n:
         return 0, 0
     ov = overlaps(trusted, pred)
