@@ -13,7 +13,7 @@ layer and as two layers touching in z (packed); the same crops moving and rotati
 * Time: correct-link fraction (a true nucleus present in frames t and t+1, matched at IoU ≥ 0.5 in
   both, with the same predicted id) for greedy previous-frame stitching and ``stack="time"``.
 
-All three use the same probabilities.  ``.venv/bin/python benchmarks/stack_3d.py [--side 192]``
+All three use the same probabilities.  ``.venv/bin/python benchmarks/stack_3d.py [--side 192] [--seed 0]``
 """
 
 from __future__ import annotations
@@ -99,12 +99,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--side", type=int, default=192)
     parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the stacks' random shapes, depths and noise")
     args = parser.parse_args()
     torch.set_num_threads(1)
     model = load_model()
     data = load_split("validation-data")[:2]
-    rng = np.random.default_rng(0)
-    print(f"torch threads 1, {torch.get_num_threads()} thread(s); sets from {[d[0] for d in data]}")
+    rng = np.random.default_rng(args.seed)
+    print(f"torch threads 1, {torch.get_num_threads()} thread(s); seed {args.seed}; sets from {[d[0] for d in data]}")
     print(
         "| stack | ratio z/xy | nuclei | scale | plane-wise F1 | greedy F1 | 3d F1 | objects on empty planes "
         "(planes / 3d (of their own) / planes normalised alone) | s |"

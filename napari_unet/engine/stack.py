@@ -56,6 +56,24 @@ def z_gap(voxel_size: tuple[float, float, float] | None) -> int:
 
 
 SEED_DEPTH = 0.2  # a seed peak counts when it rises this share of the typical interior depth above its saddle
+SEED_RISE = 0.3  # ... or when log(1 + depth) rises this above its saddle (1 + depth grows by about a third)
+
+
+def _seeds_3d(depth: np.ndarray, parts: np.ndarray, n_parts: int, min_seed_size: int) -> np.ndarray:
+    """Seed voxels of :func:`labels_3d`: the peaks of ``depth`` that rise :data:`SEED_DEPTH` of the
+    median part's peak above their saddle, or that rise :data:`SEED_RISE` above it in
+    ``log(1 + depth)`` and lie at least one voxel deep (a thin nucleus, one cut by the stack's side
+    faces, beside a thick one: its peak is low, its rise small in voxels but large for its depth);
+    and, as a plane's seeds are, every interior part of at least ``min_seed_size`` voxels that has
+    no such peak (a nucleus whose interior lies apart from the others, however thin)."""
+    inside = parts > 0
+    peaks = ndi.maximum(depth, parts, np.arange(1, n_parts + 1))
+    seeds = (h_maxima(depth, SEED_DEPTH * float(np.median(peaks))) > 0) & inside
+    seeds |= (h_maxima(np.log1p(depth), SEED_RISE) > 0) & inside & (depth >= 1.0)
+    lone = np.bincount(parts.ravel(), minlength=n_parts + 1) >= min_seed_size
+    lone[np.unique(parts[seeds])] = False
+    lone[0] = False
+    return seeds | lone[parts]
 
 
 def labels_3d(
@@ -71,8 +89,11 @@ def labels_3d(
     blurred gap between nuclei that touch in z looks like boundary, so boundary counts half) and the
     interior is ``P(interior) > seed_threshold``. One seed per peak of the interior's distance to its
     edge (in voxel units, so anisotropy counts) that rises :data:`SEED_DEPTH` of the typical peak
-    above its saddle (``skimage.morphology.h_maxima``): nuclei whose interiors touch across planes
-    still get a seed each. With 2 classes the distance is to the background. A watershed on the
+    above its saddle (``skimage.morphology.h_maxima``), or, at least a voxel deep, :data:`SEED_RISE`
+    in ``log(1 + depth)``: nuclei whose interiors touch across planes still get a seed each, and so
+    does a thin one beside thick ones (one cut by the stack's side faces); an interior part with no
+    such peak is a seed of its own (from ``config.min_seed_size`` voxels), as in a plane (see
+    :func:`_seeds_3d`). With 2 classes the distance is to the background. A watershed on the
     distance grows the seeds through the foreground; an object that narrows to a neck in z is cut
     there (:func:`split_at_z_necks`). An interior missing in one plane between two
     overlapping ones, where that plane has no foreground at all, is bridged (see :func:`z_gap`), so a
@@ -94,14 +115,13 @@ def labels_3d(
         bridge[1:-1] = inner[:-2] & inner[2:] & ~foreground[1:-1]  # missed there, not a boundary between two
         inner |= bridge
         foreground |= bridge
-    parts, _ = ndi.label(inner)  # face connectivity: across planes only where interiors overlap
+    parts, n_parts = ndi.label(inner)  # face connectivity: across planes only where interiors overlap
     sampling = voxel_size or (1.0, 1.0, 1.0)
     depth = ndi.distance_transform_edt(parts > 0, sampling=sampling)
     depth = ndi.gaussian_filter(depth, sigma=[sampling[2] / v for v in sampling])  # one pixel width, in voxels
     markers = np.zeros(inner.shape, np.int32)
-    if parts.any():
-        peaks = ndi.maximum(depth, parts, np.unique(parts[parts > 0]))
-        markers, _ = ndi.label(h_maxima(depth, SEED_DEPTH * float(np.median(peaks))) & (parts > 0))
+    if n_parts:
+        markers, _ = ndi.label(_seeds_3d(depth, parts, n_parts, config.min_seed_size))
     labels = watershed(-depth, markers, mask=foreground)
     orphans, n = ndi.label(foreground & (labels == 0))
     if n:  # foreground without a seed is still an object
@@ -131,7 +151,7 @@ def split_at_z_necks(labels: np.ndarray) -> np.ndarray:
             area = obj.sum(axis=(1, 2)).astype(np.float64)
             best, cut = NECK, None
             for z in range(2, len(area) - 2):
-                ratio = area[z] / max(min(area[:z].max(), area[z + 1:].max()), 1.0)
+                ratio = area[z] / max(min(area[:z].max(), area[z + 1 :].max()), 1.0)
                 if ratio < best:
                     best, cut = ratio, z
             if cut is None:
@@ -228,8 +248,9 @@ def _heal_cuts(cur: np.ndarray, before: np.ndarray, after: np.ndarray) -> np.nda
     return relabel_sequential(parent[cur])[0]
 
 
-def _assign(cur: np.ndarray, memory: np.ndarray, n_cur: int, min_iou: float,
-            moving: bool) -> tuple[np.ndarray, list[int]]:
+def _assign(
+    cur: np.ndarray, memory: np.ndarray, n_cur: int, min_iou: float, moving: bool
+) -> tuple[np.ndarray, list[int]]:
     """Track id for each object 1..n_cur of ``cur`` (0: none) from the open tracks in ``memory``,
     and the tracks that divided."""
     tracks, mem = np.unique(memory, return_inverse=True)
@@ -271,5 +292,10 @@ def _centroids(labels: np.ndarray, n: int) -> np.ndarray:
     """``(n, ndim)`` centroids of labels 0..n-1 (NaN-free: empty labels sit at the origin)."""
     counts = np.maximum(np.bincount(labels.ravel(), minlength=n), 1)
     grids = np.indices(labels.shape, sparse=True)
-    return np.stack([np.bincount(labels.ravel(), weights=np.broadcast_to(g, labels.shape).ravel(), minlength=n)
-                     / counts for g in grids], axis=1)
+    return np.stack(
+        [
+            np.bincount(labels.ravel(), weights=np.broadcast_to(g, labels.shape).ravel(), minlength=n) / counts
+            for g in grids
+        ],
+        axis=1,
+    )

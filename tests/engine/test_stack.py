@@ -50,6 +50,16 @@ def test_two_touching_ellipsoids_are_two_3d_objects():
     assert instance_scores(truth, labels, thresholds=(0.5,), volume=True).f1[0.5] == 1.0
 
 
+def test_a_thin_nucleus_cut_by_the_side_face_beside_thick_ones_stays_its_own_3d_object():
+    # a sliver 4 pixels wide on the x = 0 face, touching a nucleus twice as deep: its interior's
+    # peak lies below a fifth of the typical peak, yet it is a nucleus of its own, as in each plane
+    truth = ellipsoids((24, 48, 96), [(12, 24, 23), (12, 24, 62), (12, 24, -6)], [(10, 20, 20)] * 2 + [(8, 14, 10)])
+    assert ndi.label(truth > 0)[1] == 1 and (truth[:, :, 0] == 3).any()
+    labels = labels_3d(plane_probabilities(truth), PostprocessConfig(min_size=30))
+    assert labels.max() == 3
+    assert instance_scores(truth, labels, thresholds=(0.5,), volume=True).f1[0.5] == 1.0
+
+
 def test_a_nucleus_missing_in_one_plane_stays_one_object():
     truth = ellipsoids((16, 40, 40), [(8, 20, 20)], [(6, 12, 12)])
     probs = plane_probabilities(truth)
