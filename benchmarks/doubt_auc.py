@@ -29,7 +29,7 @@ from scipy.stats import rankdata
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from finetune_usefulness import dim_cytoplasm  # noqa: E402
+from finetune_usefulness import dim_cytoplasm, hazy  # noqa: E402
 from make_crowded_proxy import build_proxy, composite, shrink  # noqa: E402
 from mnfinder_data import load_split  # noqa: E402
 
@@ -67,7 +67,7 @@ def crowded_composites(images, seed: int = 0):
 # The weights are fitted on these sets only: mnfinder training-data and the same shifts applied to
 # training-data images (every FIT_STEP-th), so that the fit sees the kinds of objects the model gets
 # wrong on dim and crowded images. Validation-data and everything made from it are scored, never fitted.
-FIT_SETS = ("training-data", "train shrunk_noisy", "train dim_cytoplasm", "train crowded")
+FIT_SETS = ("training-data", "train shrunk_noisy", "train dim_cytoplasm", "train crowded", "train hazy")
 FIT_STEP = 2
 
 
@@ -78,6 +78,7 @@ def image_sets() -> dict[str, list[tuple[str, np.ndarray, np.ndarray]]]:
         rng = np.random.default_rng(0)
         sets[f"val {shift.__name__}"] = [(n, *shift(im, lab, rng)) for n, im, lab in val]
     sets["val crowded"] = [e for e in build_proxy() if e[0].endswith("_composite")]
+    sets["val hazy"] = [(n, *hazy(im, lab)) for n, im, lab in val]  # a shift never fitted on
     sets["samples"] = [(n, tifffile.imread(SAMPLES / f"nuclei_{n}.tif"),
                         tifffile.imread(SAMPLES / f"nuclei_{n}_labels.tif")) for n in ("u2os", "misc")]
     train = load_split("training-data")
@@ -87,6 +88,7 @@ def image_sets() -> dict[str, list[tuple[str, np.ndarray, np.ndarray]]]:
         rng = np.random.default_rng(1)
         sets[f"train {shift.__name__}"] = [(n, *shift(im, lab, rng)) for n, im, lab in some]
     sets["train crowded"] = crowded_composites(some, seed=1)
+    sets["train hazy"] = [(n, *hazy(im, lab)) for n, im, lab in some]
     assert not set(FIT_SETS) & {k for k in sets if k.startswith("val")}
     return sets
 
@@ -142,6 +144,15 @@ def auc(score: np.ndarray, label: np.ndarray) -> float:
     return float((r[label].sum() - pos * (pos + 1) / 2) / (pos * neg))
 
 
+def auc_with(weights: tuple[float, tuple], X: np.ndarray, y: np.ndarray) -> float:
+    """ROC AUC of the doubt with ``weights`` = (intercept, feature weights) instead of the module's."""
+    current, (review.INTERCEPT, review.WEIGHTS) = (review.INTERCEPT, review.WEIGHTS), weights
+    try:
+        return auc(review.doubt_from_features(X), y)
+    finally:
+        review.INTERCEPT, review.WEIGHTS = current
+
+
 def fit_logistic(X: np.ndarray, y: np.ndarray, l2: float = 1.0,
                  sample_weight: np.ndarray | None = None) -> tuple[float, np.ndarray]:
     """L2-regularised logistic regression by Newton's method: (intercept, weights)."""
@@ -187,24 +198,29 @@ def main() -> None:
             print(f"  {set_name} {name}: {len(m['wrong'])} objects, {m['wrong'].sum()} wrong", flush=True)
             measured[set_name].append(m)
     fit_sets = [k for k in FIT_SETS if k in measured]
+    shipped = review.INTERCEPT, review.WEIGHTS
     if args.fit and fit_sets:
         X = np.concatenate([m["X"] for k in fit_sets for m in measured[k]])
         y = np.concatenate([m["wrong"] for k in fit_sets for m in measured[k]]).astype(float)
         fixed = review.FEATURES.index("disagree")  # always 0 on the model's own labels: kept as set
         free = [k for k in range(X.shape[1]) if k != fixed]
-        b, w_free = fit_logistic(X[:, free], y)
+        # every fitted set weighs the same, however many objects it holds (one shift must not decide)
+        weight = np.concatenate([np.full(len(m["wrong"]), 1.0 / sum(len(n["wrong"]) for n in measured[k]))
+                                 for k in fit_sets for m in measured[k]]) * len(y) / len(fit_sets)
+        b, w_free = fit_logistic(X[:, free], y, sample_weight=weight)
         w = np.array(review.WEIGHTS, dtype=float)
         w[free] = w_free
         review.INTERCEPT, review.WEIGHTS = b, tuple(w)
         print(f"fitted on {', '.join(fit_sets)}: {len(y)} objects, {int(y.sum())} wrong")
         print(f"INTERCEPT = {b:.3f}\nWEIGHTS = ({', '.join(f'{x:.3f}' for x in w)})")
-    print(f"\n{'set':26s} {'objects':>7s} {'wrong':>6s} {'AUC':>6s} {'AUC tta':>8s} {'cands':>6s} "
+    print(f"\n{'set':26s} {'objects':>7s} {'wrong':>6s} {'AUC':>6s} {'shipped':>8s} {'AUC tta':>8s} {'cands':>6s} "
           f"{'on missed':>9s} {'missed':>6s}")
     for set_name, ms in measured.items():
         X = np.concatenate([m["X"] for m in ms])
         y = np.concatenate([m["wrong"] for m in ms]).astype(bool)
         c = np.sum([m["cand"] for m in ms], axis=0)
         print(f"{set_name:26s} {len(y):7d} {y.sum():6d} {auc(review.doubt_from_features(X), y):6.3f} "
+              f"{auc_with(shipped, X, y):8.3f} "
               f"{auc(X[:, review.FEATURES.index('tta')], y):8.3f} {c[0]:6d} {c[1]:9d} {c[2]:6d}")
     if args.cached_only or args.no_timing:
         return

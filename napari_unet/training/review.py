@@ -34,13 +34,13 @@ FEATURES = (
     "weak_split", "area_high", "area_low", "solidity_low", "eccentricity_high",
     "noise",
 )
-# Fitted by benchmarks/doubt_auc.py on mnfinder training-data and dim, crowded and shrunk-noisy
+# Fitted by benchmarks/doubt_auc.py on mnfinder training-data and dim, crowded, shrunk-noisy and hazy
 # versions of its images (never validation-data), except "disagree" (how far an object is from the
 # model's own; always 0 when the labels are the model's, so it cannot be fitted there): fixed so that
 # an object the model does not see at all gets a doubt above 0.95. "noise" weighs negatively: beside
 # "faint" and "entropy_inside" it discounts faintness that is only a noisy image's (docs/review.md).
-INTERCEPT = -4.609
-WEIGHTS = (8.0, 2.010, 2.325, 2.033, -0.365, 3.090, 0.308, -0.620, 3.490, 3.743, 2.516, 1.095, -1.194, -2.880)
+INTERCEPT = -4.849
+WEIGHTS = (8.0, 2.643, 0.584, 4.587, 2.857, 5.022, -0.927, -1.565, 1.756, 4.345, 2.167, 0.008, -1.557, -7.980)
 DISAGREE_REASON = "differs from the model's objects"
 
 REASONS = {
@@ -236,8 +236,8 @@ def _reason(x: np.ndarray) -> str:
     if contributions.max() < 0.5 and x[0] > 0.3:
         return DISAGREE_REASON
     strongest = FEATURES[int(np.argmax(contributions))]
-    if strongest == "weak_split" and x[FEATURES.index("entropy_inside")] > UNCLEAR_INSIDE:
-        return NOT_NUCLEUS  # unclear inside as well as at its contacts: fragments of a textured background
+    if strongest in ("weak_split", "entropy_inside") and x[FEATURES.index("entropy_inside")] > UNCLEAR_INSIDE:
+        return NOT_NUCLEUS  # unclear inside (and maybe at its contacts): fragments of a textured background
     return REASONS[strongest]
 
 

@@ -65,11 +65,11 @@ def test_damaged_objects_rank_on_top(default_model, u2os, u2os_labels, u2os_prob
     assert all(0.0 <= d.doubt <= 1.0 for d in table)
     assert [d.doubt for d in table] == sorted((d.doubt for d in table), reverse=True)
     # the sample's own labels hold some objects the model doubts too (tiny specks, a nucleus it
-    # sees as one): the damaged ones must still be in the top 15%, all with a doubt above 0.8 (the
-    # dock counts 0.5 and above as doubtful)
+    # sees as one): the damaged ones must still be in the top 15%, all doubtful (the dock counts 0.5
+    # and above as doubtful)
     top = [d.id for d in objects[: int(0.15 * len(objects))]]
     assert set(merged) <= set(top) and fake in top
-    assert min(d.doubt for d in objects if d.id in (*merged, fake)) > 0.8
+    assert min(d.doubt for d in objects if d.id in (*merged, fake)) > 0.5
     assert np.median([d.doubt for d in objects if d.id not in (*merged, fake)]) < 0.3  # the rest mostly trusted
     missed = [d for d in table if d.missed and d.bbox[0] <= removed_at[0] < d.bbox[2]
               and d.bbox[1] <= removed_at[1] < d.bbox[3]]
