@@ -2,13 +2,14 @@
 is wrong" (no true object matched at IoU ≥ 0.5, or part of a merge/split), per image set, with
 the shipped model and its own segmentation.
 
-Sets: mnfinder training-data and shifted versions of its images (dim, crowded, shrunk-noisy: the
-only sets the weights are fitted on, ``--fit``, see ``FIT_SETS``), validation-data,
-shifted versions of validation-data (contrast-inverted + blurred; shrunk 0.35× with shot noise;
-crowded composites; dim with a cytoplasmic background) and the project's two samples. Also
-reports how many "possibly missed" candidates lie on a true nucleus that no object matched, and
-the review time on the U2OS sample against plain segmentation. Each image is segmented at the scale
-its true nuclei call for.
+Sets: mnfinder training-data and shifted versions of its images (dim, crowded, shrunk-noisy, hazy:
+the only sets the weights are fitted on, ``--fit``, each weighing the same, see ``FIT_SETS``),
+validation-data, shifted versions of validation-data (contrast-inverted + blurred; shrunk 0.35× with
+shot noise; crowded composites; dim with a cytoplasmic background; hazy: out-of-focus nuclei of
+another layer) and the project's two samples. With ``--fit`` the AUC of the weights the module had
+(the shipped ones) is printed beside the refit's. Also reports how many "possibly missed"
+candidates lie on a true nucleus that no object matched, and the review time on the U2OS sample
+against plain segmentation. Each image is segmented at the scale its true nuclei call for.
 
     .venv/bin/python benchmarks/doubt_auc.py [--views 4] [--fit] [--cache DIR]
 """
