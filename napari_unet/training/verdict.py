@@ -79,8 +79,12 @@ class ObjectCounts:
     fp: np.ndarray
 
     def f1(self, index: np.ndarray | None = None) -> float:
-        """Pooled F1 over the objects (or a resample of them, ``index``)."""
+        """Pooled F1 over the objects (or a resample of them, ``index``). Units without a true object
+        among them (erased regions only) score the share of units left without a false detection:
+        their pooled F1 would be 0 while any one false detection remains, however many were removed."""
         tp, fn, fp = (a if index is None else a[index] for a in (self.tp, self.fn, self.fp))
+        if len(tp) and not tp.sum() + fn.sum():
+            return float(np.mean(fp == 0))
         denom = 2 * tp.sum() + fn.sum() + fp.sum()
         return float(2 * tp.sum() / denom) if denom else 1.0
 

@@ -160,6 +160,17 @@ def test_replay_set_ships_with_the_package_and_suits_only_matching_models():
     assert load_replay(make_tiny_model(in_channels=2)) == ([], [])
 
 
+def test_erased_regions_alone_score_the_share_left_clean():
+    # six held-out erased regions: the base model detects something on each, the fine-tuned one on one
+    base = ObjectCounts(np.zeros(6, int), np.zeros(6, int), np.ones(6, int))
+    tuned = ObjectCounts(np.zeros(6, int), np.zeros(6, int), np.array([0, 0, 0, 0, 0, 1]))
+    assert base.f1() == 0.0 and tuned.f1() == pytest.approx(5 / 6)  # pooled F1 would read 0 for both
+    delta, spread = bootstrap_change(base, tuned)
+    assert delta == pytest.approx(5 / 6) and 0 < spread < 0.3
+    clean = ObjectCounts(np.zeros(6, int), np.zeros(6, int), np.zeros(6, int))
+    assert clean.f1() == 1.0
+
+
 def test_verdict_counts_false_objects_on_held_out_erased_regions():
     truth = _discs((64, 160), [(30, 30)])
     territory = np.where(truth > 0, 1, 0)
