@@ -206,7 +206,8 @@ def main() -> None:
         fixed = review.FEATURES.index("disagree")  # always 0 on the model's own labels: kept as set
         free = [k for k in range(X.shape[1]) if k != fixed]
         # every fitted set weighs the same, however many objects it holds (one shift must not decide)
-        weight = np.concatenate([np.full(len(m["wrong"]), 1.0 / sum(len(n["wrong"]) for n in measured[k]))
+        set_size = {k: sum(len(m["wrong"]) for m in measured[k]) for k in fit_sets}
+        weight = np.concatenate([np.full(len(m["wrong"]), 1.0 / set_size[k])
                                  for k in fit_sets for m in measured[k]]) * len(y) / len(fit_sets)
         b, w_free = fit_logistic(X[:, free], y, sample_weight=weight)
         w = np.array(review.WEIGHTS, dtype=float)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import numpy as np
 import pytest
 import tifffile
@@ -12,6 +15,8 @@ from napari_unet.models import load_model
 from tests.helpers import SAMPLES, make_tiny_model
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+# kept scores (the base model's replay score) go to a folder of this run, not the user's cache
+os.environ.setdefault("NAPARI_UNET_CACHE_DIR", tempfile.mkdtemp(prefix="napari-unet-cache-"))
 
 
 @pytest.fixture(scope="session")

@@ -31,7 +31,7 @@ from napari_unet.io.checkpoint import ModelInfo, save_checkpoint
 from napari_unet.models import load_model
 from napari_unet.training.loop import Sample, TrainConfig, train, validation_probabilities
 from napari_unet.training.pairs import Pair, read_pairs
-from napari_unet.training.replay import load_replay
+from napari_unet.training.replay import cached_counts, load_replay, score_key
 from napari_unet.training.review import trusted_objects
 from napari_unet.training.verdict import (
     MIN_HELD_OBJECTS,
@@ -236,8 +236,9 @@ def run_finetune(
     rests on, and why not when not better), ``base_f1`` /
     ``f1`` (F1 at IoU 0.5 pooled from the held-out units' counts, each model with its
     post-processing tuned there when at least 5 objects are held out, else the base's),
-    ``delta_f1`` / ``delta_f1_sd`` (their difference, and its bootstrap standard deviation over the
-    same units: one counting rule for both), ``validation_objects`` /
+    ``delta_f1`` / ``delta_f1_sd`` / ``no_gain_share`` (their difference, its bootstrap standard
+    deviation over the same units, and the share of those resamples without a gain: one counting
+    rule for all), ``validation_objects`` /
     ``validation_regions`` / ``validation_pairs`` (held-out objects, held-out erased regions, and the
     pairs they are in), ``train_objects``, ``trusted_objects`` / ``trusted_kept`` (the base model's
     undoubted objects off the reviewed pixels of sparse pairs, and how many the new model still finds),
@@ -309,7 +310,12 @@ def run_finetune(
         else base.postprocess
     base_counts = _counts(base_probs, held, config.postprocess)
     base_f1 = base_counts.f1()  # one counting rule (per-unit counts) for the scores, the change and its ±
-    replay_base = _replay_counts(base.net, replay_val, config, device, base.postprocess) if replay_val else None
+    replay_base = None
+    if replay_val:  # the same for every fine-tune from this base: computed once, then kept
+        key = score_key(base.net, {"postprocess": base.postprocess.to_dict(), "tile": config.val_tile,
+                                   "overlap": config.val_overlap, "device": device.type})
+        replay_base = cached_counts(key, lambda: _replay_counts(base.net, replay_val, config, device,
+                                                                base.postprocess))
     sparse = [s for s in samples if s.reviewed is not None]
     trusted = _trusted(base.net, sparse, config, device)
     base_name = base.info.name
@@ -367,6 +373,7 @@ def run_finetune(
     done = {
         "event": "done", "base_f1": v.base_f1, "f1": v.f1, "improved": bool(v.improved), "verdict": v.text,
         "delta_f1": round(v.delta, 4), "delta_f1_sd": None if not np.isfinite(v.spread) else round(v.spread, 4),
+        "no_gain_share": round(v.no_gain, 3),
         "postprocess": state["postprocess"].to_dict(),
         "best_epoch": result.best_epoch, "epochs": len(result.history), "path": str(out),
         "steps": result.history[-1]["step"] if result.history else 0,

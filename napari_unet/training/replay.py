@@ -1,17 +1,30 @@
 """The replay set: crops of the shipped model's own training images (``sample_data/replay.npz``,
 built by ``scripts/make_replay_set.py`` from mnfinder training-data), mixed into fine-tuning
-batches so a fine-tune does not forget the original domain, and scored to check that it did not."""
+batches so a fine-tune does not forget the original domain, and scored to check that it did not.
+
+The base model's score on the replay set is the same in every fine-tune from that base, so it is
+kept between fine-tunes (:func:`cached_counts`), keyed by everything it depends on."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+from collections.abc import Callable
 from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 
 from napari_unet.engine.model import DEFAULT_CLASSES, SegmentationModel
 from napari_unet.engine.normalize import Normalization
+from napari_unet.io.atomic import atomic_path
 from napari_unet.training.loop import Sample
+from napari_unet.training.verdict import ObjectCounts
+
+SCORE_FORMAT = 1  # bump when the meaning of the kept counts changes: older files are then never read
 
 
 def replay_path() -> Path:
@@ -40,3 +53,44 @@ def load_replay(model: SegmentationModel) -> tuple[list[Sample], list[Sample]]:
                     for i, (img, lab) in enumerate(zip(images, data[f"{which}_labels"]))]
 
         return samples("train"), samples("val")
+
+
+def cache_dir() -> Path:
+    """Where scores worth keeping between fine-tunes are kept (``NAPARI_UNET_CACHE_DIR`` overrides)."""
+    if os.environ.get("NAPARI_UNET_CACHE_DIR"):
+        return Path(os.environ["NAPARI_UNET_CACHE_DIR"])
+    try:
+        from platformdirs import user_cache_dir
+    except ImportError:
+        return Path.home() / ".cache" / "napari-unet"
+    return Path(user_cache_dir("napari-unet", appauthor=False))
+
+
+def score_key(net: torch.nn.Module, settings: dict[str, Any]) -> str:
+    """A digest of what a replay score depends on: the replay file, the network's weights and
+    ``settings`` (post-processing, tiling, device kind)."""
+    h = hashlib.sha256(f"replay-score {SCORE_FORMAT}".encode())
+    h.update(replay_path().read_bytes())
+    for name, tensor in net.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    h.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def cached_counts(key: str, compute: Callable[[], ObjectCounts]) -> ObjectCounts:
+    """The counts kept under ``key``, or ``compute()``'s, kept for next time (written atomically;
+    an unreadable or unwritable cache only costs the time to compute them again)."""
+    path = cache_dir() / "replay-scores" / f"{key}.npz"
+    try:
+        with np.load(path) as data:
+            return ObjectCounts(data["tp"], data["fn"], data["fp"])
+    except (OSError, KeyError, ValueError):
+        pass
+    counts = compute()
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, tp=counts.tp, fn=counts.fn, fp=counts.fp)
+    except OSError:
+        pass
+    return counts

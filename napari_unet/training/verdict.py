@@ -7,8 +7,9 @@ other labelled object, up to a few object radii), so false detections around it 
 erased region with its own pixels. Each unit gives (true positive, false positive, false negative)
 counts at IoU 0.5 (an erased region: no true object, and a false positive for each predicted object
 lying mostly on it or covering most of it); F1 pools them, and the uncertainty of a change in F1 comes
-from resampling the held-out units (a paired bootstrap: both models scored on the same draw). The
-base model's undoubted objects off the reviewed pixels (*trusted objects*) show whether nuclei are
+from resampling the held-out units (a paired bootstrap: both models scored on the same draw): a gain
+is offered when at most :data:`MAX_NO_GAIN` of the resamples show none (a one-sided 95% bootstrap
+test). The base model's undoubted objects off the reviewed pixels (*trusted objects*) show whether nuclei are
 still found.
 """
 
@@ -25,7 +26,7 @@ from napari_unet.engine.metrics import overlaps
 MIN_COVERED = 0.9  # an object counts as reviewed when this share of its pixels is reviewed
 TERRITORY_RADII = 3.0  # a held-out object's territory reaches this many object radii beyond it
 MAX_FORGETTING = 0.02  # largest replay F1 drop a fine-tune may cost and still be offered
-SURE = 2.0  # a gain is offered only when it exceeds this many bootstrap standard deviations
+MAX_NO_GAIN = 0.05  # a gain is offered only when at most this share of the paired resamples shows none
 MIN_HELD_OBJECTS = 5  # fewer held-out objects (and trusted objects) cannot show that nuclei are still found
 # A gain on held-out erased regions alone is not offered on its own: a model that finds fewer nuclei
 # also finds fewer false ones there. Nuclei still found are shown by held-out reviewed objects, or by
@@ -129,15 +130,20 @@ def object_counts(truth: np.ndarray, pred: np.ndarray, territory: np.ndarray,
     return ObjectCounts(tp, np.where(is_region, 0, 1 - tp), fp)
 
 
+def resampled_changes(before: ObjectCounts, after: ObjectCounts, seed: int = 0) -> np.ndarray:
+    """F1 after − F1 before on :data:`BOOTSTRAP` resamples of the units (both models on each draw);
+    empty for fewer than 2 units."""
+    n = len(before.tp)
+    if n < 2:
+        return np.zeros(0)
+    rng = np.random.default_rng(seed)
+    return np.array([after.f1(i) - before.f1(i) for i in rng.integers(0, n, size=(BOOTSTRAP, n))])
+
+
 def bootstrap_change(before: ObjectCounts, after: ObjectCounts, seed: int = 0) -> tuple[float, float]:
     """``(F1 after − F1 before, its bootstrap standard deviation)`` over resampled objects."""
-    n = len(before.tp)
-    delta = after.f1() - before.f1()
-    if n < 2:
-        return delta, float("nan")
-    rng = np.random.default_rng(seed)
-    draws = [after.f1(i) - before.f1(i) for i in rng.integers(0, n, size=(BOOTSTRAP, n))]
-    return delta, float(np.std(draws))
+    draws = resampled_changes(before, after, seed)
+    return after.f1() - before.f1(), float(np.std(draws)) if len(draws) else float("nan")
 
 
 def whole_counts(truth: np.ndarray, pred: np.ndarray) -> ObjectCounts:
@@ -171,8 +177,9 @@ def nuclei_shown(n_objects: int, trusted: tuple[int, int] | None) -> bool:
 
 @dataclass
 class Verdict:
-    """The judgement of a fine-tune: unit F1 before/after on the held-out units, the change and its
-    bootstrap standard deviation (the same counts), the replay F1 before/after, and whether to offer it."""
+    """The judgement of a fine-tune: unit F1 before/after on the held-out units, the change, its
+    bootstrap standard deviation and the share of resamples without a gain (the same counts), the
+    replay F1 before/after, whether to offer it and, when not, why (a key of :data:`WHY_NOT`)."""
 
     base_f1: float
     f1: float
@@ -183,27 +190,44 @@ class Verdict:
     improved: bool
     text: str
     trusted: tuple[int, int] | None = None
+    no_gain: float = 0.0
+    why_not: str | None = None
+
+
+WHY_NOT = {  # why a fine-tuned model is not offered, in the order they are checked
+    "forgot": "forgot: replay F1 {before:.2f} → {after:.2f} ({change})",
+    "lost": "lost nuclei: {lost} of the {trusted} objects the model was sure of are no longer found ({change}{kept})",
+    "few": (f"not offered: fewer than {MIN_HELD_OBJECTS} held-out objects cannot show that nuclei are still "
+            "found; review more objects ({change}{kept})"),
+    "unsure": "not sure: no gain in {no_gain:.0%} of resamples of your held-out units ({change}{kept})",
+    "no gain": "no gain on your objects: {change}{kept}",
+}
 
 
 def judge(before: ObjectCounts, after: ObjectCounts, n_objects: int, n_regions: int = 0,
           replay: tuple[ObjectCounts, ObjectCounts] | None = None, seed: int = 0,
           trusted: tuple[int, int] | None = None) -> Verdict:
-    """Offer the fine-tuned model only when the held-out units' F1 rose by more than :data:`SURE`
-    times its bootstrap standard deviation (a gain within its own noise is no gain), nuclei are
-    shown to be still found (at least :data:`MIN_HELD_OBJECTS` held-out objects, or as many trusted
-    objects), at most :data:`MAX_LOST` of the trusted objects were lost (``trusted``: kept, of how
-    many), and the replay F1 fell by at most :data:`MAX_FORGETTING`. Scores, change and ± all come
-    from the same per-unit counts."""
-    delta, spread = bootstrap_change(before, after, seed)
+    """Offer the fine-tuned model only when the held-out units' F1 rose in all but at most
+    :data:`MAX_NO_GAIN` of the paired bootstrap resamples (a gain within its own noise is no gain),
+    nuclei are shown to be still found (at least :data:`MIN_HELD_OBJECTS` held-out objects, or as
+    many trusted objects), at most :data:`MAX_LOST` of the trusted objects were lost (``trusted``:
+    kept, of how many), and the replay F1 fell by at most :data:`MAX_FORGETTING`. Scores, change,
+    ± and the share without a gain all come from the same per-unit counts."""
+    delta = after.f1() - before.f1()
+    draws = resampled_changes(before, after, seed)
+    spread = float(np.std(draws)) if len(draws) else float("nan")
+    no_gain = float(np.mean(draws <= 0)) if len(draws) else float(delta <= 0)
     pair, replay_spread = None, float("nan")
     if replay is not None and len(replay[0].tp):
         pair = (replay[0].f1(), replay[1].f1())
         replay_spread = bootstrap_change(*replay, seed)[1]
-    forgot = pair is not None and pair[0] - pair[1] > MAX_FORGETTING
-    sure = delta > 0 and (not np.isfinite(spread) or delta > SURE * spread)
-    improved = sure and not forgot and not lost_nuclei(trusted) and nuclei_shown(n_objects, trusted)
-    text = verdict_text(delta, spread, n_objects, pair, improved, n_regions, trusted)
-    return Verdict(before.f1(), after.f1(), delta, spread, pair, replay_spread, improved, text, trusted)
+    checks = {"forgot": pair is not None and pair[0] - pair[1] > MAX_FORGETTING, "lost": lost_nuclei(trusted),
+              "few": delta > 0 and not nuclei_shown(n_objects, trusted),
+              "unsure": delta > 0 and no_gain > MAX_NO_GAIN, "no gain": delta <= 0}
+    why = next((k for k in WHY_NOT if checks[k]), None)
+    text = verdict_text(delta, spread, n_objects, pair, why, n_regions, trusted, no_gain)
+    return Verdict(before.f1(), after.f1(), delta, spread, pair, replay_spread, why is None, text, trusted,
+                   no_gain, why)
 
 
 def units_text(n_objects: int, n_regions: int) -> str:
@@ -215,29 +239,21 @@ def units_text(n_objects: int, n_regions: int) -> str:
 
 
 def verdict_text(delta: float, spread: float, n_objects: int, replay: tuple[float, float] | None,
-                 improved: bool, n_regions: int = 0, trusted: tuple[int, int] | None = None) -> str:
+                 why_not: str | None, n_regions: int = 0, trusted: tuple[int, int] | None = None,
+                 no_gain: float = 0.0) -> str:
     """The verdict in words: the change on the user's held-out units (± its uncertainty, on how many
     objects and erased regions), the trusted objects still found, the replay F1 before → after, and
-    why the model is not better when it is not."""
+    why the model is not offered when it is not (``why_not``, a key of :data:`WHY_NOT`)."""
     pm = "" if not np.isfinite(spread) else f" ± {spread:.2f}"
     held = units_text(n_objects, n_regions).replace(" object", " held-out object", 1)
     if not n_objects and n_regions:
         held = held.replace(" erased region", " held-out erased region", 1)
     change = f"{delta:+.2f}{pm} F1 on {held}"
-    forgot = replay is not None and replay[0] - replay[1] > MAX_FORGETTING
     n_trusted = trusted[1] if trusted else 0
     kept = "" if not n_trusted else f", {trusted[0]} of {n_trusted} trusted objects still found"
     kept += "" if replay is None else f", replay F1 {replay[0]:.2f} → {replay[1]:.2f}"
-    if improved:
+    if why_not is None:
         return f"{change}{kept}"
-    if forgot:
-        return f"forgot: replay F1 {replay[0]:.2f} → {replay[1]:.2f} ({change})"
-    if lost_nuclei(trusted):
-        return (f"lost nuclei: {n_trusted - trusted[0]} of the {n_trusted} objects the model was sure of are no "
-                f"longer found ({change}{kept})")
-    if delta > 0 and not nuclei_shown(n_objects, trusted):
-        return (f"not offered: fewer than {MIN_HELD_OBJECTS} held-out objects cannot show that nuclei are "
-                f"still found; review more objects ({change}{kept})")
-    if delta > 0 and np.isfinite(spread) and delta <= SURE * spread:
-        return f"not sure: the gain is within twice its uncertainty ({change}{kept})"
-    return f"no gain on your objects: {change}{kept}"
+    before, after = replay if replay is not None else (float("nan"), float("nan"))
+    return WHY_NOT[why_not].format(before=before, after=after, change=change, kept=kept, no_gain=no_gain,
+                                   lost=n_trusted - (trusted[0] if trusted else 0), trusted=n_trusted)
