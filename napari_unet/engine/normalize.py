@@ -67,10 +67,22 @@ class Normalization:
     def bounds(self, channel: np.ndarray) -> tuple[float, float]:
         """The low/high percentile values of one 2D channel, from a strided sample of at most about
         a million pixels; only that sample is read, so zarr and dask arrays stay lazy."""
-        step = max(1, int(np.sqrt(channel.size / _MAX_SAMPLES)))
-        sample = np.asarray(channel[::step, ::step], dtype=np.float64).ravel()
-        sample = sample[np.isfinite(sample)]
-        if sample.size == 0:
-            return 0.0, 0.0
-        lo, hi = np.percentile(sample, [self.low, self.high])
+        values = percentile_values(channel, (self.low, self.high))
+        return (0.0, 0.0) if values is None else (values[0], values[1])
+
+    def bounds_from(self, percentiles: tuple[float, ...], values: list[float]) -> tuple[float, float]:
+        """The low/high values read from a table of a channel's ``values`` at ``percentiles``
+        (linear between its entries), for a crop to be normalised as the plane it came from was."""
+        lo, hi = np.interp([self.low, self.high], percentiles, values)
         return float(lo), float(hi)
+
+
+def percentile_values(channel: np.ndarray, percentiles: tuple[float, ...]) -> list[float] | None:
+    """The values of one 2D channel at ``percentiles``, from a strided sample of at most about a
+    million pixels (only that sample is read); None when it holds no finite value."""
+    step = max(1, int(np.sqrt(channel.size / _MAX_SAMPLES)))
+    sample = np.asarray(channel[::step, ::step], dtype=np.float64).ravel()
+    sample = sample[np.isfinite(sample)]
+    if sample.size == 0:
+        return None
+    return [float(v) for v in np.percentile(sample, percentiles)]

@@ -30,7 +30,7 @@ from napari_unet.errors import InputError
 from napari_unet.io.checkpoint import ModelInfo, save_checkpoint
 from napari_unet.models import load_model
 from napari_unet.training.loop import Sample, TrainConfig, train, validation_probabilities
-from napari_unet.training.pairs import Pair, read_pairs
+from napari_unet.training.pairs import PERCENTILES, Pair, read_pairs
 from napari_unet.training.replay import cached_counts, load_replay, score_key
 from napari_unet.training.review import trusted_objects
 from napari_unet.training.verdict import (
@@ -95,10 +95,16 @@ class FineTuneOptions:
 
 
 def _sample(pair: Pair, model: SegmentationModel) -> Sample:
+    """The pair as the model sees it: normalised as its whole source plane was when the pair
+    records that plane's percentiles (a crop's own percentiles differ), else on its own."""
     planes = to_planes(pair.image, model.config.in_channels, channel_axis=-1 if pair.image.ndim == 3 else None)
     if planes.data.shape[0] != 1:
         raise InputError(f"pair {pair.name}: the image is not a single plane")
-    return Sample(model.normalization.apply(planes.data[0]), pair.labels, pair.reviewed, pair.name)
+    plane, norm = planes.data[0], model.normalization
+    if pair.percentiles is not None and plane.shape[0] == 1:
+        return Sample(norm.apply_bounds(plane, [norm.bounds_from(PERCENTILES, pair.percentiles)]), pair.labels,
+                      pair.reviewed, pair.name)
+    return Sample(norm.apply(plane), pair.labels, pair.reviewed, pair.name)
 
 
 def _reviewed_areas(samples: list[Sample]) -> np.ndarray:

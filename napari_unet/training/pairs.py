@@ -13,7 +13,9 @@ exported from the same image are not exported again. Reviewed background the use
 painted (erased false detections) is exported too, even without any reviewed object (a
 background-only pair: empty labels, a reviewed mask); background pixels already exported from the
 same image (read back from those pairs' reviewed masks) are not exported again. ``erased_regions``
-records how many erased regions a pair holds. Older manifests simply lack these fields.
+records how many erased regions a pair holds. ``percentiles`` holds the values of the whole source
+plane at :data:`PERCENTILES` (a single-channel plane), so a pair cropped from it is normalised as the
+plane was when it was segmented. Older manifests simply lack these fields.
 
 Every manifest update happens under an exclusive lock on ``PAIRS/.napari-unet-pairs.lock``, so
 several napari windows or processes can export into one folder at once without losing pairs.
@@ -38,6 +40,7 @@ import numpy as np
 import tifffile
 from scipy import ndimage as ndi
 
+from napari_unet.engine.normalize import percentile_values
 from napari_unet.errors import InputError, NapariUnetError, os_error_sentence
 from napari_unet.io.atomic import atomic_path
 from napari_unet.io.locking import exclusive_lock
@@ -51,6 +54,7 @@ LOCK_NAME = ".napari-unet-pairs.lock"
 LOCK_TIMEOUT = 30.0  # seconds to wait for another process's manifest update
 CONTEXT = 32  # pixels of context kept around an exported rectangle
 RING = 3  # pixels of background around each reviewed object that count as reviewed
+PERCENTILES = (0.0, 0.1, 0.5, 1.0, 2.0, 5.0, 50.0, 95.0, 98.0, 99.0, 99.5, 99.8, 99.9, 100.0)
 
 
 @dataclass
@@ -68,6 +72,7 @@ class PairRecord:
     object_ids: list[int] | None = None  # the reviewed label ids of an object-wise export
     image_key: str = ""  # fingerprint of the image plane the object ids belong to
     erased_regions: int | None = None  # erased regions (reviewed background away from objects) in the pair
+    percentiles: list[float] | None = None  # the source plane's values at PERCENTILES (single channel)
 
 
 @dataclass
@@ -78,6 +83,7 @@ class Pair:
     image: np.ndarray  # (H, W) or (H, W, C) as saved
     labels: np.ndarray  # (H, W) uint32
     reviewed: np.ndarray | None  # (H, W) bool or None
+    percentiles: list[float] | None = None  # the source plane's values at PERCENTILES, when recorded
 
 
 def _read_manifest(folder: Path) -> dict[str, Any]:
@@ -146,6 +152,7 @@ def export_pair(
     where ``image[0, 0]`` lies in the source plane, when only a region of a large plane is given.
     ``object_ids`` and ``image_key`` are recorded as given (see :func:`export_reviewed_objects`).
     ``allow_background``: a reviewed region without any object is exported (reviewed background only).
+    The values of a single-channel ``image`` at :data:`PERCENTILES` are recorded before any crop.
     """
     folder = Path(folder)
     image, labels = np.asarray(image), np.asarray(labels)
@@ -155,6 +162,7 @@ def export_pair(
         raise InputError("Labels must be non-negative integers.")
     if not labels.any() and not allow_background:
         raise InputError("The labels are empty; paint some objects before exporting.")
+    percentiles = percentile_values(image, PERCENTILES) if image.ndim == 2 else None
     crop = None
     if rect is not None:
         y0, x0, y1, x1 = (int(v) for v in rect)
@@ -187,7 +195,7 @@ def export_pair(
         record = PairRecord(
             name=name, source=source, plane=list(plane), crop=crop, time=time.strftime("%Y-%m-%dT%H:%M:%S"),
             model=model, edited_pixels=edited_pixels, reviewed=reviewed is not None,
-            object_ids=object_ids, image_key=image_key,
+            object_ids=object_ids, image_key=image_key, percentiles=percentiles,
             erased_regions=None if reviewed is None else int(erased_regions(labels, np.asarray(reviewed)).max()),
         )
         with _manifest_lock(folder):  # read-modify-write: another exporter may be doing the same
@@ -298,7 +306,8 @@ def count_pairs(folder: Path | str) -> int:
         return 0
 
 
-def _load_pair(name: str, image_path: Path, labels_path: Path, reviewed_path: Path | None) -> Pair:
+def _load_pair(name: str, image_path: Path, labels_path: Path, reviewed_path: Path | None,
+               percentiles: list[float] | None = None) -> Pair:
     image = read_image(image_path)
     labels = read_image(labels_path)
     if image.ndim == 3 and image.shape[-1] not in (3, 4) and image.shape[0] <= 4:
@@ -318,7 +327,18 @@ def _load_pair(name: str, image_path: Path, labels_path: Path, reviewed_path: Pa
             raise InputError(f"reviewed mask is {reviewed.shape} but labels are {labels.shape}")
         if not reviewed.any():
             raise InputError("the reviewed region is empty")
-    return Pair(name, image, labels.astype(np.uint32), reviewed)
+    return Pair(name, image, labels.astype(np.uint32), reviewed, percentiles if image.ndim == 2 else None)
+
+
+def _percentiles(entry: Any) -> list[float] | None:
+    """A manifest entry's ``percentiles`` when it is a non-decreasing list of finite numbers, one
+    for each of :data:`PERCENTILES`; None otherwise (the pair is then normalised on its own)."""
+    values = entry.get("percentiles") if isinstance(entry, dict) else None
+    if not isinstance(values, list) or len(values) != len(PERCENTILES):
+        return None
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in values):
+        return None
+    return [float(v) for v in values] if all(a <= b for a, b in zip(values, values[1:])) else None
 
 
 def _manifest_names(manifest: dict[str, Any]) -> list[str]:
@@ -382,9 +402,13 @@ def read_pairs(folder: Path | str) -> tuple[list[Pair], list[tuple[str, str]]]:
     if not folder.is_dir():
         raise InputError(f"{folder}: no such pairs folder.")
     candidates: list[tuple[str, Path, Path, Path | None]] = []
+    recorded: dict[str, list[float] | None] = {}  # the source planes' percentiles, by pair name
     if (folder / MANIFEST).exists() or (folder / "images").is_dir():
         if (folder / MANIFEST).exists():
-            names = _listed_names(folder)
+            manifest = _read_manifest(folder)
+            names = _manifest_names(manifest)
+            recorded = {p["name"]: _percentiles(p) for p in manifest["pairs"] if isinstance(p, dict)
+                        and isinstance(p.get("name"), str)}
             orphans = find_orphans(folder, names)
             if orphans:
                 warnings.warn(
@@ -392,8 +416,12 @@ def read_pairs(folder: Path | str) -> tuple[list[Pair], list[tuple[str, str]]]:
                     f"{', …' if len(orphans) > 5 else ''}); run 'napari-unet pairs repair {folder}' to re-list them.",
                     stacklevel=2,
                 )
-        else:
-            names = sorted(p.stem for p in (folder / "images").glob("*.tif"))
+        else:  # no manifest: an image without a labels file (an export stopped before it) is no pair
+            images = sorted(p.stem for p in (folder / "images").glob("*.tif") if not p.name.startswith("."))
+            names = [n for n in images if (folder / "labels" / f"{n}.tif").exists()]
+            if len(names) < len(images):
+                warnings.warn(f"{len(images) - len(names)} image(s) in {folder / 'images'} have no labels file "
+                              "and are not used.", stacklevel=2)
         for name in names:
             rev = folder / "reviewed" / f"{name}.tif"
             candidates.append((name, folder / "images" / f"{name}.tif", folder / "labels" / f"{name}.tif",
@@ -406,7 +434,7 @@ def read_pairs(folder: Path | str) -> tuple[list[Pair], list[tuple[str, str]]]:
     pairs, skipped = [], []
     for name, image_path, labels_path, reviewed_path in candidates:
         try:
-            pairs.append(_load_pair(name, image_path, labels_path, reviewed_path))
+            pairs.append(_load_pair(name, image_path, labels_path, reviewed_path, recorded.get(name)))
         except (NapariUnetError, ValueError) as exc:
             reason = _reason(exc, image_path, labels_path)
             skipped.append((name, reason))

@@ -158,3 +158,11 @@ def test_orphans_are_reported_and_repaired(tmp_path, misc, misc_labels, capsys):
     pairs, _ = read_pairs(folder)
     assert sorted(p.name for p in pairs) == sorted([rec.name, "lost"])
     assert find_orphans(folder) == ["half"]
+
+
+def test_an_image_without_labels_and_no_manifest_is_no_pair(tmp_path, misc, misc_labels):
+    """The first export into a folder stopped before its labels and manifest were written."""
+    (tmp_path / "images").mkdir()
+    tifffile.imwrite(tmp_path / "images" / "stopped.tif", misc)
+    with pytest.warns(UserWarning, match="1 image.* no labels file"):
+        assert read_pairs(tmp_path) == ([], [])

@@ -99,3 +99,26 @@ def test_a_full_pair_with_empty_labels_is_still_refused(tmp_path, misc, misc_lab
     tifffile.imwrite(tmp_path / "labels" / name, np.zeros(misc_labels.shape, np.uint32))
     pairs, skipped = read_pairs(tmp_path)
     assert not pairs and "labels are empty" in skipped[0][1]
+
+
+def test_a_cropped_pair_is_normalised_as_its_whole_plane_was(tmp_path, u2os, u2os_labels):
+    from napari_unet.engine.planes import to_planes
+    from napari_unet.models import load_model
+    from napari_unet.training.finetune import _sample
+
+    model = load_model()
+    ids = [int(i) for i in np.unique(u2os_labels[:200, :200])[1:3]]
+    rec = export_reviewed_objects(tmp_path, u2os, u2os_labels, ids)
+    (pair,), _ = read_pairs(tmp_path)
+    y0, x0, y1, x1 = rec.crop
+    whole = model.normalization.apply(to_planes(u2os, 1).data[0])[:, y0:y1, x0:x1]
+    own = model.normalization.apply(to_planes(pair.image, 1).data[0])
+    assert np.abs(own - whole).max() > 0.05  # the crop's own percentiles are not the plane's
+    np.testing.assert_allclose(_sample(pair, model).image, whole, atol=1e-5)
+    # a manifest without them (an older pair) is normalised on its own, as before
+    manifest = json.loads((tmp_path / "pairs.json").read_text())
+    del manifest["pairs"][0]["percentiles"]
+    (tmp_path / "pairs.json").write_text(json.dumps(manifest))
+    (old,), _ = read_pairs(tmp_path)
+    assert old.percentiles is None
+    np.testing.assert_allclose(_sample(old, model).image, own)
