@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ from qtpy.QtGui import QDesktopServices
 from napari_unet._widget.fit import fit_width
 from napari_unet._widget.state import State
 from napari_unet.errors import NapariUnetError
+from napari_unet.io.dirs import user_dir
 from napari_unet.io.lazy import LABELS_FORMAT
 from napari_unet.io.ome_zarr import group_attributes
 
@@ -32,13 +32,7 @@ def is_labels_zarr(path: Path) -> bool:
 
 def labels_dir() -> Path:
     """Where labels of images that are not in a writable folder on disk are saved."""
-    if os.environ.get("NAPARI_UNET_DATA_DIR"):
-        return Path(os.environ["NAPARI_UNET_DATA_DIR"]) / "labels"
-    try:
-        from platformdirs import user_data_dir
-    except ImportError:
-        return Path.home() / ".local" / "share" / "napari-unet" / "labels"
-    return Path(user_data_dir("napari-unet", appauthor=False)) / "labels"
+    return user_dir("data", "NAPARI_UNET_DATA_DIR") / "labels"
 
 
 class SavedResults:

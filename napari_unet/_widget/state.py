@@ -24,6 +24,7 @@ from napari_unet._widget.notify import notify
 from napari_unet._widget.session import session_for
 from napari_unet.engine.model import SegmentationModel
 from napari_unet.io.atomic import atomic_path
+from napari_unet.io.dirs import user_dir
 
 if TYPE_CHECKING:
     import napari
@@ -34,13 +35,7 @@ DEFAULT_PAIRS = str(Path.home() / "napari-unet" / "pairs")
 
 def config_dir() -> Path:
     """Where settings are remembered between sessions."""
-    if os.environ.get("NAPARI_UNET_CONFIG_DIR"):
-        return Path(os.environ["NAPARI_UNET_CONFIG_DIR"])
-    try:
-        from platformdirs import user_config_dir
-    except ImportError:
-        return Path.home() / ".config" / "napari-unet"
-    return Path(user_config_dir("napari-unet", appauthor=False))
+    return user_dir("config", "NAPARI_UNET_CONFIG_DIR")
 
 
 def load_settings() -> dict[str, Any]:

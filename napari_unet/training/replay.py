@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from importlib.resources import files
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 from napari_unet.engine.model import DEFAULT_CLASSES, SegmentationModel
 from napari_unet.engine.normalize import Normalization
 from napari_unet.io.atomic import atomic_path
+from napari_unet.io.dirs import user_dir
 from napari_unet.training.loop import Sample
 from napari_unet.training.verdict import ObjectCounts
 
@@ -57,13 +57,7 @@ def load_replay(model: SegmentationModel) -> tuple[list[Sample], list[Sample]]:
 
 def cache_dir() -> Path:
     """Where scores worth keeping between fine-tunes are kept (``NAPARI_UNET_CACHE_DIR`` overrides)."""
-    if os.environ.get("NAPARI_UNET_CACHE_DIR"):
-        return Path(os.environ["NAPARI_UNET_CACHE_DIR"])
-    try:
-        from platformdirs import user_cache_dir
-    except ImportError:
-        return Path.home() / ".cache" / "napari-unet"
-    return Path(user_cache_dir("napari-unet", appauthor=False))
+    return user_dir("cache", "NAPARI_UNET_CACHE_DIR")
 
 
 def score_key(net: torch.nn.Module, settings: dict[str, Any]) -> str:
