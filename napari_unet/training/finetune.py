@@ -135,13 +135,16 @@ def rescale_sample(s: Sample, scale: float) -> Sample:
 @dataclass
 class HeldOut:
     """Validation crops of held-out units: each sample's ``reviewed`` is its territories' union;
-    ``regions[k]`` are the territory ids of crop k that are erased regions."""
+    ``regions[k]`` are the territory ids of crop k that are erased regions; crop k is
+    ``windows[k]`` of pair ``sources[k]`` (the verdict scores it there, on the whole pair's labels)."""
 
     samples: list[Sample]
     territories: list[np.ndarray]
     n_objects: int
-    n_regions: int = 0
-    regions: list[list[int]] | None = None
+    n_regions: int
+    regions: list[list[int]]
+    sources: list[int]
+    windows: list[tuple[slice, slice]]
 
 
 def hold_out_objects(samples: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], HeldOut]:
@@ -167,7 +170,7 @@ def hold_out_objects(samples: list[Sample], fraction: float, seed: int) -> tuple
     held = [units[j] for j in rng.permutation(n)[:n_val]]
     areas = _reviewed_areas(samples)
     radius = TERRITORY_RADII * float(np.sqrt(np.median(areas) / np.pi)) if len(areas) else 0.0
-    train_s, val_s, terrs, region_ids = [], [], [], []
+    train_s, val_s, terrs, region_ids, sources, windows = [], [], [], [], [], []
     for k, s in enumerate(samples):
         ids = np.array([i for kk, i, bg in held if kk == k and not bg], dtype=s.labels.dtype)
         held_regions = [r for kk, r, bg in held if kk == k and bg]
@@ -192,17 +195,34 @@ def hold_out_objects(samples: list[Sample], fraction: float, seed: int) -> tuple
         sl = (slice(max(0, ys.min() - m), ys.max() + 1 + m), slice(max(0, xs.min() - m), xs.max() + 1 + m))
         val_s.append(Sample(s.image[(slice(None), *sl)], s.labels[sl], terr[sl] > 0, s.name + "[held-out]"))
         terrs.append(terr[sl])
+        sources.append(k)
+        windows.append(sl)
     n_regions = sum(len(r) for r in region_ids)
     train_s = [s for s in train_s if s.reviewed is None or s.reviewed.any()]  # all of it held out: nothing to learn
-    return train_s, HeldOut(val_s, terrs, sum(1 for _, _, bg in held if not bg), n_regions, region_ids)
+    return train_s, HeldOut(val_s, terrs, sum(1 for _, _, bg in held if not bg), n_regions, region_ids,
+                            sources, windows)
 
 
-def _counts(probs: list[np.ndarray], held: HeldOut, post: PostprocessConfig) -> ObjectCounts:
-    regions = held.regions or [[] for _ in held.samples]
+def _counts(whole: dict[int, np.ndarray], held: HeldOut, post: PostprocessConfig) -> ObjectCounts:
+    """Per-unit counts of the held-out units, each scored on the labels of its whole pair (``whole``:
+    probabilities by pair index), as the user saw it: post-processing a crop labels objects near its
+    edges (and the smallest kept) otherwise than the whole plane does. An erased region half covered
+    by foreground still holds a false detection (:func:`training.verdict.object_counts`)."""
+    labels = {k: labels_from_probabilities(whole[k], post) for k in dict.fromkeys(held.sources)}
     return ObjectCounts.concat([
-        object_counts(s.labels, labels_from_probabilities(p, post), t, r)
-        for p, s, t, r in zip(probs, held.samples, held.territories, regions)
+        object_counts(s.labels, labels[k][w], t, r, foreground=(1.0 - whole[k][0][w]) > post.threshold)
+        for s, t, r, k, w in zip(held.samples, held.territories, held.regions, held.sources, held.windows)
     ])
+
+
+def _crops(whole: dict[int, np.ndarray], held: HeldOut) -> list[np.ndarray]:
+    """The held-out crops' probabilities, cut from their whole pairs'."""
+    return [whole[k][(slice(None), *w)] for k, w in zip(held.sources, held.windows)]
+
+
+def _whole_probabilities(net: UNet, samples: list[Sample], which: list[int], config: TrainConfig,
+                         device: Any) -> dict[int, np.ndarray]:
+    return dict(zip(which, validation_probabilities(net, [samples[k] for k in which], config, device)))
 
 
 def _replay_counts(net: UNet, samples: list[Sample], config: TrainConfig, device: Any,
@@ -212,18 +232,17 @@ def _replay_counts(net: UNet, samples: list[Sample], config: TrainConfig, device
                                 for s, p in zip(samples, probs)])
 
 
-def _trusted(net: UNet, samples: list[Sample], config: TrainConfig, device: Any) -> list[np.ndarray]:
+def _trusted(samples: list[Sample], whole: dict[int, np.ndarray], sparse: list[int],
+             post: PostprocessConfig) -> list[np.ndarray]:
     """The trusted objects (:func:`training.review.trusted_objects`) of each sparse pair: what the
     base model found off the reviewed pixels and does not doubt, which a fine-tune must keep finding."""
-    probs = validation_probabilities(net, samples, config, device)
-    return [trusted_objects(s.image.mean(axis=0), p, config.postprocess, s.reviewed, TRUSTED_DOUBT)
-            for s, p in zip(samples, probs)]
+    return [trusted_objects(samples[k].image.mean(axis=0), whole[k], post, samples[k].reviewed, TRUSTED_DOUBT)
+            for k in sparse]
 
 
-def _kept(net: UNet, samples: list[Sample], trusted: list[np.ndarray], config: TrainConfig, device: Any,
+def _kept(whole: dict[int, np.ndarray], sparse: list[int], trusted: list[np.ndarray],
           post: PostprocessConfig) -> tuple[int, int]:
-    found = [trusted_kept(t, labels_from_probabilities(p, post))
-             for t, p in zip(trusted, validation_probabilities(net, samples, config, device))]
+    found = [trusted_kept(t, labels_from_probabilities(whole[k], post)) for k, t in zip(sparse, trusted)]
     return sum(k for k, _ in found), sum(n for _, n in found)
 
 
@@ -308,13 +327,16 @@ def run_finetune(
     # Post-processing is part of how a model is used: the base is scored with post-processing
     # chosen on the held-out objects, and so is the fine-tuned model at the end (same grid, same data).
     truths, masks = [s.labels for s in held.samples], [s.reviewed for s in held.samples]
-    base_probs = validation_probabilities(base.net, held.samples, config, device)
+    sparse = [k for k, s in enumerate(samples) if s.reviewed is not None]
+    scored = sorted(set(sparse) | set(held.sources))  # pairs predicted whole, by each model once
+    base_whole = _whole_probabilities(base.net, samples, scored, config, device)
+    base_probs = _crops(base_whole, held)
     # tuned only on enough held-out objects: on erased regions alone (or a few objects) the best
     # post-processing is the one that finds nothing, for the base and the new model alike
     tune = held.n_objects >= MIN_HELD_OBJECTS
     config.postprocess = choose_postprocess(base_probs, truths, base.postprocess, masks)[0] if tune \
         else base.postprocess
-    base_counts = _counts(base_probs, held, config.postprocess)
+    base_counts = _counts(base_whole, held, config.postprocess)
     base_f1 = base_counts.f1()  # one counting rule (per-unit counts) for the scores, the change and its ±
     replay_base = None
     if replay_val:  # the same for every fine-tune from this base: computed once, then kept
@@ -322,8 +344,7 @@ def run_finetune(
                                    "overlap": config.val_overlap, "device": device.type})
         replay_base = cached_counts(key, lambda: _replay_counts(base.net, replay_val, config, device,
                                                                 base.postprocess))
-    sparse = [s for s in samples if s.reviewed is not None]
-    trusted = _trusted(base.net, sparse, config, device)
+    trusted = _trusted(samples, base_whole, sparse, config.postprocess)
     base_name = base.info.name
     net = build_network(base.config)
     net.load_state_dict(base.net.state_dict())
@@ -367,12 +388,12 @@ def run_finetune(
 
     result = train(net, train_s, held.samples, config, device=device, on_event=on_event,
                    on_best=on_best, should_stop=stop, save_initial=True, replay=replay_train)
-    new_probs = validation_probabilities(net, held.samples, config, device)  # net holds the best weights
+    new_whole = _whole_probabilities(net, samples, scored, config, device)  # net holds the best weights
     if tune:
-        state["postprocess"], _ = choose_postprocess(new_probs, truths, config.postprocess, masks)
-    new_counts = _counts(new_probs, held, state["postprocess"])
+        state["postprocess"], _ = choose_postprocess(_crops(new_whole, held), truths, config.postprocess, masks)
+    new_counts = _counts(new_whole, held, state["postprocess"])
     replay_new = _replay_counts(net, replay_val, config, device, state["postprocess"]) if replay_val else None
-    kept = _kept(net, sparse, trusted, config, device, state["postprocess"])
+    kept = _kept(new_whole, sparse, trusted, state["postprocess"])
     v = judge(base_counts, new_counts, held.n_objects, held.n_regions,
               None if replay_base is None else (replay_base, replay_new), options.seed, kept)
     save(out, net, {"epoch": result.best_epoch, "val_f1": v.f1}, "best")

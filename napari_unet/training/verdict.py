@@ -96,13 +96,16 @@ class ObjectCounts:
 
 
 def object_counts(truth: np.ndarray, pred: np.ndarray, territory: np.ndarray,
-                  regions: np.ndarray | list[int] = ()) -> ObjectCounts:
+                  regions: np.ndarray | list[int] = (), foreground: np.ndarray | None = None) -> ObjectCounts:
     """Score ``pred`` against ``truth`` in each territory of ``territory`` (ids = unit ids).
 
     Ids in ``regions`` are erased regions: no true object (no true positive, no false negative),
     and a false positive for each unmatched predicted object with at least half its pixels on it or
     covering at least half of it (a false detection the user erased reaches past the region, which
-    stops short of the labelled objects beside it)."""
+    stops short of the labelled objects beside it). With the model's ``foreground`` (a boolean
+    image), a region at least half covered by foreground holds a false positive even where no object
+    was kept: a detection that fell just below the smallest size kept is not erased, and comes back
+    with a slightly different crop or tiling."""
     ids = np.unique(territory)
     ids = ids[ids > 0]
     is_region = np.isin(ids, np.asarray(regions, dtype=ids.dtype))
@@ -127,6 +130,10 @@ def object_counts(truth: np.ndarray, pred: np.ndarray, territory: np.ndarray,
     for p, (c, t) in best.items():
         if not is_region[where[t]] or 2 * c >= pred_area[p] or 2 * c >= unit_area[t]:
             fp[where[t]] += 1
+    if foreground is not None and is_region.any():
+        covered = np.bincount(territory[foreground & inside].astype(np.int64), minlength=len(unit_area))
+        for k in np.flatnonzero(is_region & (fp == 0)):
+            fp[k] = int(2 * covered[ids[k]] >= unit_area[ids[k]])
     return ObjectCounts(tp, np.where(is_region, 0, 1 - tp), fp)
 
 

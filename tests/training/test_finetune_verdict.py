@@ -215,6 +215,21 @@ def test_a_false_detection_covering_an_erased_region_counts_though_it_reaches_pa
     assert object_counts(truth, pred, territory, regions=[7]).fp.tolist() == [0, 0]
 
 
+def test_an_erased_region_still_under_foreground_is_not_repaired():
+    """A false detection that merely fell below the smallest size kept is still there."""
+    truth = _discs((64, 160), [(30, 30)])
+    territory = np.where(truth > 0, 1, 0)
+    territory[20:40, 90:110] = 7
+    pred = truth.copy()  # no object kept on the region
+    foreground = pred > 0
+    assert object_counts(truth, pred, territory, regions=[7], foreground=foreground).fp.tolist() == [0, 0]
+    foreground[22:40, 90:110] = True  # 360 of its 400 px still foreground, too small to be kept
+    assert object_counts(truth, pred, territory, regions=[7], foreground=foreground).fp.tolist() == [0, 1]
+    foreground[22:40, 90:110] = False
+    foreground[20:28, 90:110] = True  # 160 of 400 px: less than half, repaired
+    assert object_counts(truth, pred, territory, regions=[7], foreground=foreground).fp.tolist() == [0, 0]
+
+
 def test_trusted_objects_stand_for_nuclei_still_found():
     """Erased regions alone are offered when the base model's undoubted objects are still found,
     and refused when the fine-tune lost more than a few of them."""
