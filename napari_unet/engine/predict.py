@@ -42,6 +42,8 @@ DEFAULT_TILE = 512
 # not nuclei (pure noise: 100%; the sample images: 7–14%)
 MAX_FOREGROUND = 0.9
 NO_NUCLEI = "no measurable nuclei"
+FOCUS_SHARE = 0.9  # a stack's planes with at least this share of the largest intensity spread are in focus
+FOCUS_PLANES = 4  # in-focus planes of a stack the automatic scale is measured on (and the sharpest one)
 
 
 DEFAULT_OVERLAP = 64  # 12.5% of the default tile: margins are cropped (overlap-tile), so this is seam-free
@@ -144,7 +146,7 @@ def choose_scale(
     channel: int | None = None,
     **predict_options: Any,
 ) -> ScaleChoice:
-    """The scale ``"auto"`` means for ``image`` (a stack: its plane of most contrast, where objects are in focus)
+    """The scale ``"auto"`` means for ``image`` (a stack: a few of its in-focus planes, :func:`focus_planes`)
     with ``model``.
 
     Pixel sizes win when both are known and plausible; otherwise a first pass at scale 1 over a central crop
@@ -161,18 +163,18 @@ def choose_scale(
         return ScaleChoice(1.0, "unknown")
 
     planes = to_planes(image, model.config.in_channels, channel_axis=channel_axis, channel=channel)
-    plane = planes.data[brightest_plane(planes.data)]  # (C, H, W)
+    probed = planes.data[focus_planes(planes.data)]  # (N, C, H, W)
     predict_options = {k: v for k, v in predict_options.items() if k not in ("progress", "cancel", "tta")}
+    post = replace(model.postprocess, min_size=max(4, model.postprocess.min_size // 16))
     for side in (PROBE_SIDE, 2 * PROBE_SIDE):
-        crop = _central_crop(plane, side)
-        probs = predict(model, crop, scale=1.0, channel_axis=0, **predict_options)
-        post = replace(model.postprocess, min_size=max(4, model.postprocess.min_size // 16))
-        if float(np.mean(probs[0] < 1 - post.threshold)) > MAX_FOREGROUND:
+        crops = [_central_crop(plane, side) for plane in probed]
+        probs = [predict(model, crop, scale=1.0, channel_axis=0, **predict_options) for crop in crops]
+        if float(np.mean([np.mean(p[0] < 1 - post.threshold) for p in probs])) > MAX_FOREGROUND:
             # foreground nearly everywhere (noise, a texture): the "objects" are fragments of it, and
             # their size would send the image to the largest scale for nothing
             return ScaleChoice(1.0, NO_NUCLEI)
-        areas = inner_areas(labels_from_probabilities(probs, post), probs)
-        if len(areas) >= MIN_OBJECTS or crop.shape[-2:] == plane.shape[-2:]:
+        areas = np.concatenate([inner_areas(labels_from_probabilities(p, post), p) for p in probs])
+        if len(areas) >= MIN_OBJECTS or crops[0].shape[-2:] == probed.shape[-2:]:
             break
     if len(areas) < MIN_OBJECTS:
         return ScaleChoice(1.0, "unknown", float(np.median(areas)) if len(areas) else None)
@@ -183,14 +185,20 @@ def choose_scale(
     return ScaleChoice(s, "object size", area)
 
 
-def brightest_plane(planes: np.ndarray) -> int:
-    """Index of the plane of ``(N, C, H, W)`` with the largest intensity spread (a strided sample's
-    standard deviation): in a z-stack the in-focus plane, not one of blur or noise; 0 for one plane."""
+def focus_planes(planes: np.ndarray, most: int = FOCUS_PLANES) -> list[int]:
+    """Indices of the in-focus planes of ``(N, C, H, W)``: those whose intensity spread (a strided
+    sample's standard deviation) is at least :data:`FOCUS_SHARE` of the largest, not planes of blur
+    or noise; ``most`` of them evenly spaced (all when fewer), and the plane of largest spread.
+    ``[0]`` for one plane. In a stack the nuclei cut near their tips look small on any one plane;
+    several planes measure their size better."""
     if planes.shape[0] == 1:
-        return 0
+        return [0]
     step = max(1, int(np.sqrt(planes.shape[-2] * planes.shape[-1] / 65536)))
-    spread = [float(np.std(np.asarray(p[:, ::step, ::step], dtype=np.float64))) for p in planes]
-    return int(np.argmax(spread))
+    spread = np.array([float(np.std(np.asarray(p[:, ::step, ::step], dtype=np.float64))) for p in planes])
+    best = int(np.argmax(spread))
+    sharp = np.flatnonzero(spread >= FOCUS_SHARE * spread[best])
+    picked = {int(sharp[round(i)]) for i in np.linspace(0, len(sharp) - 1, min(most, len(sharp)))}
+    return sorted(picked | {best})
 
 
 def _central_crop(plane: np.ndarray, side: int) -> np.ndarray:

@@ -204,3 +204,15 @@ def test_stack_modes_refuse_images_without_the_axis(default_model):
         segment(np.zeros((2, 64, 64), np.float32), default_model, stack="volume")
     with pytest.raises(InputError, match="Voxel size"):
         segment(np.zeros((2, 64, 64), np.float32), default_model, stack="3d", voxel_size=(1, 0, 1))
+
+
+def test_the_automatic_scale_of_a_stack_is_measured_on_its_in_focus_planes():
+    from napari_unet.engine.predict import focus_planes
+
+    rng = np.random.default_rng(0)
+    stack = rng.normal(100, 3, (12, 1, 64, 64))  # blur and noise
+    for z, contrast in zip(range(3, 9), (50, 58, 60, 59, 57, 30)):
+        stack[z, 0, 16:48, 16:48] += contrast * rng.random((32, 32))
+    assert focus_planes(stack) == [4, 5, 6, 7]  # plane 3 (spread 13.3 of 16.2) and 8 are out of focus
+    assert focus_planes(stack, most=2) == [4, 5, 7]  # the two ends of the in-focus range, and the sharpest
+    assert focus_planes(stack[:1]) == [0]
