@@ -38,7 +38,7 @@ from napari_unet.blockwise.stitch import BlockEdges, Rect, block_edges, merge_ta
 from napari_unet.engine.device import resolve_device
 from napari_unet.engine.model import SegmentationModel
 from napari_unet.engine.postprocess import PostprocessConfig
-from napari_unet.engine.predict import DEFAULT_OVERLAP, DEFAULT_TILE, choose_scale
+from napari_unet.engine.predict import DEFAULT_OVERLAP, DEFAULT_TILE, choose_scale, focus_planes
 from napari_unet.engine.scale import PROBE_SIDE, ScaleChoice, checked_scale, postprocess_at_scale
 from napari_unet.engine.segmentation import instance_labels
 from napari_unet.engine.tiling import predict_plane, resize_planes, tile_geometry
@@ -102,16 +102,31 @@ def receptive_radius(depth: int) -> int:
     return math.ceil((encoder + decoder) / 2)
 
 
+FOCUS_SAMPLE = 64  # planes of a lazy stack sampled (their central PROBE_SIDE/2 square) to find those in focus
+
+
+def _central(h: int, w: int, side: int) -> tuple[slice, slice]:
+    y0, x0 = max(0, (h - side) // 2), max(0, (w - side) // 2)
+    return slice(y0, y0 + side), slice(x0, x0 + side)
+
+
 def auto_scale(image: LazyImage, model: SegmentationModel, options: BlockwiseOptions) -> ScaleChoice:
     """What ``scale="auto"`` means for a lazy image: its pixel size when both it and the model's are
-    known, else :func:`~napari_unet.engine.predict.choose_scale` on the central crop of its first plane (only
-    that crop is read)."""
-    _, _, h, w = image.planes_shape(model.config.in_channels)
-    side = 2 * PROBE_SIDE
-    y0, x0 = max(0, (h - side) // 2), max(0, (w - side) // 2)
-    crop = image.read(image.open(), 0, slice(y0, y0 + side), slice(x0, x0 + side))
+    known, else :func:`~napari_unet.engine.predict.choose_scale` on the central crops of its in-focus
+    planes (:func:`~napari_unet.engine.predict.focus_planes`, found on a small central square of up
+    to :data:`FOCUS_SAMPLE` planes; only those squares and crops are read)."""
+    stack_shape, _, h, w = image.planes_shape(model.config.in_channels)
+    n = math.prod(stack_shape)
+    array = image.open()
+    which = [0]
+    if n > 1:
+        sampled = np.unique(np.linspace(0, n - 1, min(n, FOCUS_SAMPLE)).round().astype(int))
+        square = _central(h, w, PROBE_SIDE // 2)
+        which = [int(sampled[i]) for i in focus_planes(np.stack([image.read(array, int(k), *square)
+                                                                  for k in sampled]))]
+    crops = np.stack([image.read(array, k, *_central(h, w, 2 * PROBE_SIDE)) for k in which])  # (K, C, h, w)
     pixel = image.pixel_size[1] if image.pixel_size else None
-    return choose_scale(model, crop, pixel_size_um=pixel, channel_axis=0, tile=options.tile,
+    return choose_scale(model, crops, pixel_size_um=pixel, channel_axis=1, tile=options.tile,
                         overlap=options.overlap, device=options.device)
 
 

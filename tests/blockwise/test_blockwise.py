@@ -214,3 +214,23 @@ def test_local_worker_processes_keep_the_default_malloc():
     with dask_client(workers=2) as client:
         environ = client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
     assert len(environ) == 2 and set(environ.values()) == {None}
+
+
+def test_auto_scale_of_a_lazy_stack_is_measured_on_its_in_focus_planes(default_model, u2os, tmp_path):
+    """A zarr z-stack whose first planes are blur and noise: "auto" finds the planes in focus (on a
+    small central square of each) and measures the nuclei there, as for the in-memory stack."""
+    from napari_unet.blockwise.engine import auto_scale
+    from napari_unet.engine.predict import choose_scale
+    from napari_unet.engine.tiling import resize_planes
+
+    size = (u2os.shape[0] // 2, u2os.shape[1] // 2)
+    small = resize_planes(u2os[None].astype(np.float32), size)[0]
+    rng = np.random.default_rng(0)
+    noise = [rng.normal(float(np.median(small)), 2.0, size) for _ in range(3)]
+    stack = np.stack([*noise[:2], small, 0.97 * small, noise[2]]).astype(np.uint16)
+    store = tmp_path / "stack.zarr"
+    zarr.open_array(str(store), mode="w", shape=stack.shape, chunks=(1, 128, 128), dtype="uint16")[:] = stack
+    choice = auto_scale(open_lazy(store), default_model, BlockwiseOptions(device="cpu"))
+    assert choice.how == "object size" and 1.6 < choice.scale < 2.4
+    assert choice.scale == pytest.approx(choose_scale(default_model, stack, device="cpu").scale, rel=0.05)
+    assert choose_scale(default_model, stack[0], device="cpu").scale != pytest.approx(choice.scale, rel=0.2)
