@@ -345,6 +345,7 @@ def run_finetune(
         replay_base = cached_counts(key, lambda: _replay_counts(base.net, replay_val, config, device,
                                                                 base.postprocess))
     trusted = _trusted(samples, base_whole, sparse, config.postprocess)
+    del base_whole, base_probs  # whole planes' probabilities: not kept through training
     base_name = base.info.name
     net = build_network(base.config)
     net.load_state_dict(base.net.state_dict())
