@@ -38,7 +38,7 @@ from napari_unet.blockwise.stitch import BlockEdges, Rect, block_edges, merge_ta
 from napari_unet.engine.device import resolve_device
 from napari_unet.engine.model import SegmentationModel
 from napari_unet.engine.postprocess import PostprocessConfig
-from napari_unet.engine.predict import DEFAULT_OVERLAP, DEFAULT_TILE, choose_scale, focus_planes
+from napari_unet.engine.predict import DEFAULT_OVERLAP, DEFAULT_TILE, central_window, choose_scale, focus_planes
 from napari_unet.engine.scale import PROBE_SIDE, ScaleChoice, checked_scale, postprocess_at_scale
 from napari_unet.engine.segmentation import instance_labels
 from napari_unet.engine.tiling import predict_plane, resize_planes, tile_geometry
@@ -105,11 +105,6 @@ def receptive_radius(depth: int) -> int:
 FOCUS_SAMPLE = 64  # planes of a lazy stack sampled (their central PROBE_SIDE/2 square) to find those in focus
 
 
-def _central(h: int, w: int, side: int) -> tuple[slice, slice]:
-    y0, x0 = max(0, (h - side) // 2), max(0, (w - side) // 2)
-    return slice(y0, y0 + side), slice(x0, x0 + side)
-
-
 def auto_scale(image: LazyImage, model: SegmentationModel, options: BlockwiseOptions) -> ScaleChoice:
     """What ``scale="auto"`` means for a lazy image: its pixel size when both it and the model's are
     known, else :func:`~napari_unet.engine.predict.choose_scale` on the central crops of its in-focus
@@ -121,10 +116,10 @@ def auto_scale(image: LazyImage, model: SegmentationModel, options: BlockwiseOpt
     which = [0]
     if n > 1:
         sampled = np.unique(np.linspace(0, n - 1, min(n, FOCUS_SAMPLE)).round().astype(int))
-        square = _central(h, w, PROBE_SIDE // 2)
+        square = central_window(h, w, PROBE_SIDE // 2)
         which = [int(sampled[i]) for i in focus_planes(np.stack([image.read(array, int(k), *square)
                                                                   for k in sampled]))]
-    crops = np.stack([image.read(array, k, *_central(h, w, 2 * PROBE_SIDE)) for k in which])  # (K, C, h, w)
+    crops = np.stack([image.read(array, k, *central_window(h, w, 2 * PROBE_SIDE)) for k in which])  # (K, C, h, w)
     pixel = image.pixel_size[1] if image.pixel_size else None
     return choose_scale(model, crops, pixel_size_um=pixel, channel_axis=1, tile=options.tile,
                         overlap=options.overlap, device=options.device)

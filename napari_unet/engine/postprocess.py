@@ -78,10 +78,16 @@ def labels_from_probabilities(probs: np.ndarray, config: PostprocessConfig | Non
     return out.reshape((*lead, *out.shape[-2:]))
 
 
+def foreground_mask(probs: np.ndarray, config: PostprocessConfig) -> np.ndarray:
+    """The pixels post-processing labels: not background, P(interior) + P(boundary) above the
+    threshold (``probs`` shaped ``(K, H, W)``)."""
+    return (1.0 - probs[0]) > config.threshold
+
+
 def _label_plane(p: np.ndarray, c: PostprocessConfig) -> np.ndarray:
     if p.shape[0] < 2:
         raise ValueError("post-processing needs at least 2 classes (background + foreground)")
-    foreground = (1.0 - p[0]) > c.threshold
+    foreground = foreground_mask(p, c)
     if p.shape[0] >= 3:
         interior = p[1]
         seeds_mask = (interior > c.seed_threshold) & foreground

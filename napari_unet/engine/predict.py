@@ -167,7 +167,7 @@ def choose_scale(
     predict_options = {k: v for k, v in predict_options.items() if k not in ("progress", "cancel", "tta")}
     post = replace(model.postprocess, min_size=max(4, model.postprocess.min_size // 16))
     for side in (PROBE_SIDE, 2 * PROBE_SIDE):
-        crops = [_central_crop(plane, side) for plane in probed]
+        crops = [plane[(slice(None), *central_window(*plane.shape[-2:], side))] for plane in probed]
         probs = [predict(model, crop, scale=1.0, channel_axis=0, **predict_options) for crop in crops]
         if float(np.mean([np.mean(p[0] < 1 - post.threshold) for p in probs])) > MAX_FOREGROUND:
             # foreground nearly everywhere (noise, a texture): the "objects" are fragments of it, and
@@ -201,7 +201,8 @@ def focus_planes(planes: np.ndarray, most: int = FOCUS_PLANES) -> list[int]:
     return sorted(picked | {best})
 
 
-def _central_crop(plane: np.ndarray, side: int) -> np.ndarray:
-    h, w = plane.shape[-2:]
+def central_window(h: int, w: int, side: int) -> tuple[slice, slice]:
+    """Rows and columns of the central ``side`` × ``side`` window of an ``h`` × ``w`` plane (all of it
+    along an axis shorter than ``side``)."""
     y0, x0 = max(0, (h - side) // 2), max(0, (w - side) // 2)
-    return plane[:, y0 : y0 + side, x0 : x0 + side]
+    return slice(y0, y0 + side), slice(x0, x0 + side)

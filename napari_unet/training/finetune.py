@@ -22,6 +22,7 @@ from napari_unet.engine.planes import to_planes
 from napari_unet.engine.postprocess import (
     PostprocessConfig,
     choose_postprocess,
+    foreground_mask,
     labels_from_probabilities,
 )
 from napari_unet.engine.scale import DEAD_BAND, scale_for_area
@@ -203,16 +204,22 @@ def hold_out_objects(samples: list[Sample], fraction: float, seed: int) -> tuple
                             sources, windows)
 
 
-def _counts(whole: dict[int, np.ndarray], held: HeldOut, post: PostprocessConfig) -> ObjectCounts:
-    """Per-unit counts of the held-out units, each scored on the labels of its whole pair (``whole``:
-    probabilities by pair index), as the user saw it: post-processing a crop labels objects near its
-    edges (and the smallest kept) otherwise than the whole plane does. An erased region half covered
-    by foreground still holds a false detection (:func:`training.verdict.object_counts`)."""
-    labels = {k: labels_from_probabilities(whole[k], post) for k in dict.fromkeys(held.sources)}
+def _counts(whole: dict[int, np.ndarray], labels: dict[int, np.ndarray], held: HeldOut,
+            post: PostprocessConfig) -> ObjectCounts:
+    """Per-unit counts of the held-out units, each scored on the labels of its whole pair (``whole``
+    and ``labels``: probabilities and what ``post`` made of them, by pair index), as the user saw it:
+    post-processing a crop labels objects near its edges (and the smallest kept) otherwise than the
+    whole plane does. An erased region half covered by foreground still holds a false detection
+    (:func:`training.verdict.object_counts`)."""
     return ObjectCounts.concat([
-        object_counts(s.labels, labels[k][w], t, r, foreground=(1.0 - whole[k][0][w]) > post.threshold)
+        object_counts(s.labels, labels[k][w], t, r, foreground=foreground_mask(whole[k][(slice(None), *w)], post))
         for s, t, r, k, w in zip(held.samples, held.territories, held.regions, held.sources, held.windows)
     ])
+
+
+def _labelled(whole: dict[int, np.ndarray], post: PostprocessConfig) -> dict[int, np.ndarray]:
+    """Each whole pair's labels, made once for the held-out units and the trusted objects alike."""
+    return {k: labels_from_probabilities(p, post) for k, p in whole.items()}
 
 
 def _crops(whole: dict[int, np.ndarray], held: HeldOut) -> list[np.ndarray]:
@@ -232,17 +239,17 @@ def _replay_counts(net: UNet, samples: list[Sample], config: TrainConfig, device
                                 for s, p in zip(samples, probs)])
 
 
-def _trusted(samples: list[Sample], whole: dict[int, np.ndarray], sparse: list[int],
-             post: PostprocessConfig) -> list[np.ndarray]:
+def _trusted(samples: list[Sample], whole: dict[int, np.ndarray], labels: dict[int, np.ndarray],
+             sparse: list[int], post: PostprocessConfig) -> list[np.ndarray]:
     """The trusted objects (:func:`training.review.trusted_objects`) of each sparse pair: what the
     base model found off the reviewed pixels and does not doubt, which a fine-tune must keep finding."""
-    return [trusted_objects(samples[k].image.mean(axis=0), whole[k], post, samples[k].reviewed, TRUSTED_DOUBT)
+    return [trusted_objects(samples[k].image.mean(axis=0), whole[k], post, samples[k].reviewed, TRUSTED_DOUBT,
+                            labels[k])
             for k in sparse]
 
 
-def _kept(whole: dict[int, np.ndarray], sparse: list[int], trusted: list[np.ndarray],
-          post: PostprocessConfig) -> tuple[int, int]:
-    found = [trusted_kept(t, labels_from_probabilities(whole[k], post)) for k, t in zip(sparse, trusted)]
+def _kept(labels: dict[int, np.ndarray], sparse: list[int], trusted: list[np.ndarray]) -> tuple[int, int]:
+    found = [trusted_kept(t, labels[k]) for k, t in zip(sparse, trusted)]
     return sum(k for k, _ in found), sum(n for _, n in found)
 
 
@@ -336,7 +343,8 @@ def run_finetune(
     tune = held.n_objects >= MIN_HELD_OBJECTS
     config.postprocess = choose_postprocess(base_probs, truths, base.postprocess, masks)[0] if tune \
         else base.postprocess
-    base_counts = _counts(base_whole, held, config.postprocess)
+    base_labels = _labelled(base_whole, config.postprocess)
+    base_counts = _counts(base_whole, base_labels, held, config.postprocess)
     base_f1 = base_counts.f1()  # one counting rule (per-unit counts) for the scores, the change and its ±
     replay_base = None
     if replay_val:  # the same for every fine-tune from this base: computed once, then kept
@@ -344,8 +352,8 @@ def run_finetune(
                                    "overlap": config.val_overlap, "device": device.type})
         replay_base = cached_counts(key, lambda: _replay_counts(base.net, replay_val, config, device,
                                                                 base.postprocess))
-    trusted = _trusted(samples, base_whole, sparse, config.postprocess)
-    del base_whole, base_probs  # whole planes' probabilities: not kept through training
+    trusted = _trusted(samples, base_whole, base_labels, sparse, config.postprocess)
+    del base_whole, base_probs, base_labels  # whole planes' probabilities and labels: not kept through training
     base_name = base.info.name
     net = build_network(base.config)
     net.load_state_dict(base.net.state_dict())
@@ -392,9 +400,10 @@ def run_finetune(
     new_whole = _whole_probabilities(net, samples, scored, config, device)  # net holds the best weights
     if tune:
         state["postprocess"], _ = choose_postprocess(_crops(new_whole, held), truths, config.postprocess, masks)
-    new_counts = _counts(new_whole, held, state["postprocess"])
+    new_labels = _labelled(new_whole, state["postprocess"])
+    new_counts = _counts(new_whole, new_labels, held, state["postprocess"])
     replay_new = _replay_counts(net, replay_val, config, device, state["postprocess"]) if replay_val else None
-    kept = _kept(new_whole, sparse, trusted, state["postprocess"])
+    kept = _kept(new_labels, sparse, trusted)
     v = judge(base_counts, new_counts, held.n_objects, held.n_regions,
               None if replay_base is None else (replay_base, replay_new), options.seed, kept)
     save(out, net, {"epoch": result.best_epoch, "val_f1": v.f1}, "best")

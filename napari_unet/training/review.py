@@ -216,11 +216,12 @@ def doubt_from_features(X: np.ndarray) -> np.ndarray:
 
 
 def trusted_objects(plane: np.ndarray, probabilities: np.ndarray, config: PostprocessConfig,
-                    reviewed: np.ndarray, max_doubt: float) -> np.ndarray:
+                    reviewed: np.ndarray, max_doubt: float, labels: np.ndarray | None = None) -> np.ndarray:
     """The model's own objects it does not doubt: a label image of those with doubt below
     ``max_doubt`` (one view) that touch neither a reviewed pixel nor the border. ``plane``: the image
-    ``(H, W)``; ``probabilities``: the model's ``(K, H, W)`` on it, at the scale ``config`` is for."""
-    labels = labels_from_probabilities(probabilities, config)
+    ``(H, W)``; ``probabilities``: the model's ``(K, H, W)`` on it, at the scale ``config`` is for;
+    ``labels``: what ``config`` makes of them, when already made."""
+    labels = labels_from_probabilities(probabilities, config) if labels is None else labels
     ids, X, _ = object_features(labels, Views(probabilities, labels, [labels], 1.0, config, plane))
     keep = ids[doubt_from_features(X) < max_doubt]
     off = np.setdiff1d(keep, labels[np.asarray(reviewed, bool)])
