@@ -68,6 +68,9 @@ class TrainConfig:
     train_layers: str = "all"  # "all", or "decoder": the encoder's weights stay fixed
     replay_fraction: float = 0.0  # share of each batch drawn from ``train(replay=...)`` samples
     l2sp: float = 0.0  # weight of the L2-SP penalty: squared distance of the weights to the initial ones
+    reviewed_floor: float = 0.2  # with replay: the own crops' cross-entropy is averaged over their reviewed
+    # pixels, or over this share of their pixels when fewer are reviewed (a sparse pair's few pixels
+    # weigh more than their pixel count, less than a dense crop; 0.05-0.1 forgot or lost nuclei on dim)
     val_tile: int = 512
     val_overlap: int = 128
     loss_points: int = 2  # ``loss`` events per epoch (the running train loss between validations)
@@ -140,6 +143,37 @@ def separation_weights(
     return weights + border.astype(np.float32)
 
 
+def cross_entropy(logits: torch.Tensor, target: torch.Tensor, boundary_weight: float,
+                  pixel_weights: torch.Tensor | None = None, floor: float = 0.0) -> torch.Tensor:
+    """Weighted cross-entropy over the valid (not IGNORE) pixels: per-pixel ``pixel_weights`` when
+    given, else the boundary class weighs ``boundary_weight``; normalised by the weights' sum over
+    valid pixels, or by ``floor`` × the number of pixels when that is larger (as if at least that
+    share of the pixels were valid)."""
+    valid = target != IGNORE
+    if not valid.any():
+        return logits.sum() * 0.0
+    ce_map = F.cross_entropy(logits, target, ignore_index=IGNORE, reduction="none")
+    if pixel_weights is None:
+        pixel_weights = torch.ones_like(ce_map)
+        if logits.shape[1] >= 3:
+            pixel_weights = torch.where(target == 2, boundary_weight, 1.0)
+    w = pixel_weights * valid
+    return (ce_map * w).sum() / torch.clamp(w.sum(), min=max(1e-6, floor * target.numel()))
+
+
+def soft_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 − soft Dice, the mean over classes, pooled over the batch's valid pixels."""
+    k = logits.shape[1]
+    valid = target != IGNORE
+    if not valid.any():
+        return logits.sum() * 0.0
+    probs = torch.softmax(logits, dim=1) * valid[:, None]
+    onehot = F.one_hot(torch.where(valid, target, 0), k).permute(0, 3, 1, 2) * valid[:, None]
+    inter = (probs * onehot).sum((0, 2, 3))
+    denom = probs.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
+    return 1 - ((2 * inter + 1) / (denom + 1)).mean()
+
+
 def segmentation_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -147,30 +181,8 @@ def segmentation_loss(
     dice_weight: float,
     pixel_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Weighted cross-entropy + soft Dice (mean over classes), ignoring IGNORE pixels.
-
-    Cross-entropy weights are per pixel (``pixel_weights``, normalised by their sum over valid
-    pixels) when given, else the boundary class weighs ``boundary_weight``.
-    """
-    k = logits.shape[1]
-    valid = target != IGNORE
-    if not valid.any():
-        return logits.sum() * 0.0
-    if pixel_weights is not None:
-        ce_map = F.cross_entropy(logits, target, ignore_index=IGNORE, reduction="none")
-        w = pixel_weights * valid
-        ce = (ce_map * w).sum() / w.sum().clamp_min(1e-6)
-    else:
-        weight = torch.ones(k, device=logits.device)
-        if k >= 3:
-            weight[2] = boundary_weight
-        ce = F.cross_entropy(logits, target, weight=weight, ignore_index=IGNORE)
-    probs = torch.softmax(logits, dim=1) * valid[:, None]
-    onehot = F.one_hot(torch.where(valid, target, 0), k).permute(0, 3, 1, 2) * valid[:, None]
-    inter = (probs * onehot).sum((0, 2, 3))
-    denom = probs.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
-    dice = 1 - ((2 * inter + 1) / (denom + 1)).mean()
-    return ce + dice_weight * dice
+    """Weighted cross-entropy (:func:`cross_entropy`) + soft Dice (:func:`soft_dice`), ignoring IGNORE pixels."""
+    return cross_entropy(logits, target, boundary_weight, pixel_weights) + dice_weight * soft_dice(logits, target)
 
 
 def validation_probabilities(
@@ -285,7 +297,8 @@ def train(
                 break
             for g in opt.param_groups:
                 g["lr"] = config.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac)))
-            xb, yb, wb = _batch(rng, train_samples, weights, config, net.tile_io(config.crop_size)[0], bank, replay)
+            xb, yb, wb, n_own = _batch(rng, train_samples, weights, config, net.tile_io(config.crop_size)[0], bank,
+                                       replay)
             heads = net.forward_all(xb.to(device))
             oh, ow = heads[0].shape[-2:]
             if (oh, ow) != yb.shape[-2:]:  # valid convolutions: targets of the output's centre
@@ -293,9 +306,7 @@ def train(
                 yb = yb[:, dy : dy + oh, dx : dx + ow]
                 wb = None if wb is None else wb[:, dy : dy + oh, dx : dx + ow]
             yb, wb = yb.to(device), None if wb is None else wb.to(device)
-            loss = sum(
-                segmentation_loss(logits, yb, config.boundary_weight, config.dice_weight, wb) for logits in heads
-            ) / len(heads)
+            loss = sum(_batch_loss(logits, yb, wb, n_own, config) for logits in heads) / len(heads)
             if anchor:
                 loss = loss + config.l2sp * sum(((p - p0) ** 2).sum() for p, p0 in zip(params, anchor))
             opt.zero_grad(set_to_none=True)
@@ -347,6 +358,26 @@ def _loss_event(epoch: float, step: int, losses: list[float], start: float, conf
             "elapsed": round(elapsed, 2), "eta": round(eta, 2)}
 
 
+def _batch_loss(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None, n_own: int,
+                config: TrainConfig) -> torch.Tensor:
+    """The loss of a batch whose first ``n_own`` crops are the run's own samples and the rest replay.
+    The cross-entropy of each part is averaged over that part's valid pixels (the own part's as if at
+    least ``config.reviewed_floor`` of its pixels were reviewed) and weighs its share of the crops,
+    so a sparse pair's few reviewed pixels are not drowned by the replay crops' many, nor made to
+    outweigh them; the Dice term is pooled over the whole batch (on a part holding only erased
+    background it would push every foreground probability down)."""
+    n = logits.shape[0]
+    if n_own >= n:
+        balanced = cross_entropy(logits, target, config.boundary_weight, weights)
+    else:
+        own, rest = slice(0, n_own), slice(n_own, None)
+        balanced = (n_own * cross_entropy(logits[own], target[own], config.boundary_weight,
+                                          None if weights is None else weights[own], config.reviewed_floor)
+                    + (n - n_own) * cross_entropy(logits[rest], target[rest], config.boundary_weight,
+                                                  None if weights is None else weights[rest])) / n
+    return balanced + config.dice_weight * soft_dice(logits, target)
+
+
 def _batch(
     rng: np.random.Generator,
     samples: list[Sample],
@@ -355,9 +386,10 @@ def _batch(
     size: int,
     bank: list[Nucleus],
     replay: list[Sample] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """A batch of augmented crops, their class targets and (with the weight map) pixel weights;
-    ``round(batch_size · replay_fraction)`` of the crops come from ``replay`` when given."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, int]:
+    """A batch of augmented crops, their class targets, (with the weight map) pixel weights and how
+    many crops come from ``samples``: the last ``round(batch_size · replay_fraction)`` come from
+    ``replay`` when given."""
     xs, ys, ws = [], [], []
     n_replay = min(config.batch_size - 1, round(config.batch_size * config.replay_fraction)) if replay else 0
     chosen = [samples[i] for i in rng.choice(len(samples), size=config.batch_size - n_replay, p=weights)]
@@ -379,4 +411,4 @@ def _batch(
         if config.weight_map:
             ws.append(separation_weights(lab, target, config.w0, config.sigma * mag))
     w = torch.from_numpy(np.stack(ws)) if ws else None
-    return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys)), w
+    return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys)), w, config.batch_size - n_replay

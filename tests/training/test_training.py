@@ -8,7 +8,16 @@ import torch
 from napari_unet.engine.network import UNet, UNetConfig
 from napari_unet.engine.normalize import Normalization
 from napari_unet.training.augment import AugmentConfig, random_crop
-from napari_unet.training.loop import IGNORE, Sample, TrainConfig, class_targets, segmentation_loss, train
+from napari_unet.training.loop import (
+    IGNORE,
+    Sample,
+    TrainConfig,
+    _batch_loss,
+    class_targets,
+    cross_entropy,
+    segmentation_loss,
+    train,
+)
 
 
 def test_class_targets_and_reviewed_mask(misc_labels):
@@ -38,6 +47,27 @@ def test_loss_ignores_unreviewed_pixels():
     assert float(segmentation_loss(logits, target, 3, 1)) == 0.0
     target[0, :4] = 1
     assert float(segmentation_loss(logits, target, 3, 1)) > 0
+
+
+def test_a_sparse_crop_weighs_as_if_a_floor_of_its_pixels_were_reviewed():
+    """Own crops first, replay after: 10 reviewed pixels of a 32² own crop, all wrong, beside a
+    replay crop predicted perfectly. Pooled, they would weigh 10 of 1034 pixels; the own part's
+    cross-entropy is averaged over max(10, floor · 1024) pixels and weighs its share of the crops."""
+    target = torch.zeros(2, 32, 32, dtype=torch.long)
+    target[0] = IGNORE
+    target[0, 0, :10] = 0
+    logits = torch.zeros(2, 3, 32, 32)
+    logits[0, 1] = 8.0  # the own crop says "interior" where the user erased
+    logits[1, 0] = 8.0  # the replay crop is right
+    wrong = float(torch.nn.functional.cross_entropy(logits[:1, :, 0, :10], target[:1, 0, :10]))  # per pixel
+    pooled = float(cross_entropy(logits, target, 3.0))
+    assert abs(pooled - 10 * wrong / 1034) < 1e-3  # what a sparse crop weighed without the balance
+    for floor, expected in ((0.2, 10 * wrong / (0.2 * 1024)), (0.0, wrong)):
+        config = TrainConfig(dice_weight=0.0, reviewed_floor=floor)
+        balanced = float(_batch_loss(logits, target, None, 1, config))
+        assert abs(balanced - (expected + float(cross_entropy(logits[1:], target[1:], 3.0))) / 2) < 1e-3
+    config = TrainConfig(dice_weight=0.0, reviewed_floor=0.2)
+    assert abs(float(_batch_loss(logits, target, None, 2, config)) - pooled) < 1e-6  # no replay: pooled
 
 
 def test_training_reduces_loss_and_improves_f1(misc, misc_labels):
