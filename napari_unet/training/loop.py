@@ -70,7 +70,7 @@ class TrainConfig:
     l2sp: float = 0.0  # weight of the L2-SP penalty: squared distance of the weights to the initial ones
     reviewed_floor: float = 0.2  # with replay: the own crops' cross-entropy is averaged over their reviewed
     # pixels, or over this share of their pixels when fewer are reviewed (a sparse pair's few pixels
-    # weigh more than their pixel count, less than a dense crop; 0.05-0.1 forgot or lost nuclei on dim)
+    # weigh more than their pixel count, less than a dense crop; on dim, 0 forgot and 0.05 lost nuclei)
     val_tile: int = 512
     val_overlap: int = 128
     loss_points: int = 2  # ``loss`` events per epoch (the running train loss between validations)
