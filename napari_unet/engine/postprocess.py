@@ -80,8 +80,8 @@ def labels_from_probabilities(probs: np.ndarray, config: PostprocessConfig | Non
 
 def foreground_mask(probs: np.ndarray, config: PostprocessConfig) -> np.ndarray:
     """The pixels post-processing labels: not background, P(interior) + P(boundary) above the
-    threshold (``probs`` shaped ``(K, H, W)``)."""
-    return (1.0 - probs[0]) > config.threshold
+    threshold (``probs`` shaped ``(..., K, H, W)``)."""
+    return (1.0 - probs[..., 0, :, :]) > config.threshold
 
 
 def _label_plane(p: np.ndarray, c: PostprocessConfig) -> np.ndarray:

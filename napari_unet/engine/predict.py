@@ -13,7 +13,7 @@ from napari_unet.engine.device import resolve_device
 from napari_unet.engine.memory import check_fits, predict_bytes
 from napari_unet.engine.model import SegmentationModel
 from napari_unet.engine.planes import to_planes
-from napari_unet.engine.postprocess import labels_from_probabilities
+from napari_unet.engine.postprocess import foreground_mask, labels_from_probabilities
 from napari_unet.engine.scale import (
     DEAD_BAND,
     MIN_OBJECTS,
@@ -169,7 +169,7 @@ def choose_scale(
     for side in (PROBE_SIDE, 2 * PROBE_SIDE):
         crops = [plane[(slice(None), *central_window(*plane.shape[-2:], side))] for plane in probed]
         probs = [predict(model, crop, scale=1.0, channel_axis=0, **predict_options) for crop in crops]
-        if float(np.mean([np.mean(p[0] < 1 - post.threshold) for p in probs])) > MAX_FOREGROUND:
+        if float(np.mean([np.mean(foreground_mask(p, post)) for p in probs])) > MAX_FOREGROUND:
             # foreground nearly everywhere (noise, a texture): the "objects" are fragments of it, and
             # their size would send the image to the largest scale for nothing
             return ScaleChoice(1.0, NO_NUCLEI)

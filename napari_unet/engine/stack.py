@@ -19,7 +19,7 @@ from scipy.optimize import linear_sum_assignment
 from skimage.morphology import h_maxima
 from skimage.segmentation import relabel_sequential, watershed
 
-from napari_unet.engine.postprocess import PostprocessConfig, drop_small
+from napari_unet.engine.postprocess import PostprocessConfig, drop_small, foreground_mask
 from napari_unet.errors import InputError
 
 STACK_MODES = ("planes", "3d", "time")
@@ -108,7 +108,7 @@ def labels_3d(
         foreground = (probs[:, 1] + 0.5 * probs[:, 2]) >= config.threshold
         inner = (probs[:, 1] > config.seed_threshold) & foreground
     else:
-        foreground = (1.0 - probs[:, 0]) > config.threshold
+        foreground = foreground_mask(probs, config)
         inner = foreground.copy()
     if z_gap(voxel_size) and len(inner) > 2:
         bridge = np.zeros_like(inner)

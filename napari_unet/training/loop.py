@@ -154,9 +154,7 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, boundary_weight: f
         return logits.sum() * 0.0
     ce_map = F.cross_entropy(logits, target, ignore_index=IGNORE, reduction="none")
     if pixel_weights is None:
-        pixel_weights = torch.ones_like(ce_map)
-        if logits.shape[1] >= 3:
-            pixel_weights = torch.where(target == 2, boundary_weight, 1.0)
+        pixel_weights = torch.where(target == 2, boundary_weight if logits.shape[1] >= 3 else 1.0, 1.0)
     w = pixel_weights * valid
     return (ce_map * w).sum() / torch.clamp(w.sum(), min=max(1e-6, floor * target.numel()))
 
@@ -366,15 +364,15 @@ def _batch_loss(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tenso
     so a sparse pair's few reviewed pixels are not drowned by the replay crops' many, nor made to
     outweigh them; the Dice term is pooled over the whole batch (on a part holding only erased
     background it would push every foreground probability down)."""
+    def part(sl: slice, floor: float = 0.0) -> torch.Tensor:
+        return cross_entropy(logits[sl], target[sl], config.boundary_weight, None if weights is None else weights[sl],
+                             floor)
+
     n = logits.shape[0]
     if n_own >= n:
-        balanced = cross_entropy(logits, target, config.boundary_weight, weights)
+        balanced = part(slice(None))
     else:
-        own, rest = slice(0, n_own), slice(n_own, None)
-        balanced = (n_own * cross_entropy(logits[own], target[own], config.boundary_weight,
-                                          None if weights is None else weights[own], config.reviewed_floor)
-                    + (n - n_own) * cross_entropy(logits[rest], target[rest], config.boundary_weight,
-                                                  None if weights is None else weights[rest])) / n
+        balanced = (n_own * part(slice(0, n_own), config.reviewed_floor) + (n - n_own) * part(slice(n_own, None))) / n
     return balanced + config.dice_weight * soft_dice(logits, target)
 
 

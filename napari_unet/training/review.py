@@ -21,7 +21,7 @@ from skimage.segmentation import clear_border
 from napari_unet.engine.metrics import overlaps
 from napari_unet.engine.model import SegmentationModel
 from napari_unet.engine.planes import to_planes
-from napari_unet.engine.postprocess import PostprocessConfig, labels_from_probabilities
+from napari_unet.engine.postprocess import PostprocessConfig, foreground_mask, labels_from_probabilities
 from napari_unet.engine.predict import choose_scale, predict
 from napari_unet.engine.scale import checked_scale, postprocess_at_scale
 from napari_unet.engine.segmentation import instance_labels
@@ -247,7 +247,7 @@ def missed_candidates(labels: np.ndarray, views: Views, typical_area: float) -> 
     small): nuclei the labels may lack. ``typical_area`` is the usual nucleus area in image pixels."""
     p = views.probabilities
     fg, interior = 1.0 - p[0], p[1]
-    blobs = ndi.binary_opening((fg > views.config.threshold) & (np.asarray(labels) == 0), np.ones((3, 3), bool))
+    blobs = ndi.binary_opening(foreground_mask(p, views.config) & (np.asarray(labels) == 0), np.ones((3, 3), bool))
     comp, n = ndi.label(blobs)
     out = []
     min_area = max(views.config.min_seed_size, 0.1 * typical_area)
