@@ -68,7 +68,7 @@ def transform_crop(
     if foreground_bias and rng.random() < foreground_bias and counted.any():
         cy, cx = _random_pixel(rng, counted)
     elif reviewed is not None and reviewed.any():
-        cy, cx = _random_pixel(rng, reviewed)
+        cy, cx = _random_pixel(rng, reviewed, by_region=True)
     else:
         cy, cx = rng.uniform(0, h - 1), rng.uniform(0, w - 1)
     # magnification s > 1 enlarges objects: output pixel step in the source is 1 / s
@@ -92,10 +92,15 @@ def transform_crop(
     return img, lab, rev, s
 
 
-def _random_pixel(rng: np.random.Generator, mask: np.ndarray) -> tuple[float, float]:
-    """A random nonzero pixel of ``mask`` (sampled on a 4-pixel grid unless that misses it)."""
+def _random_pixel(rng: np.random.Generator, mask: np.ndarray, *, by_region: bool = False) -> tuple[float, float]:
+    """A random nonzero pixel of ``mask`` (sampled on a 4-pixel grid unless that misses it); with
+    ``by_region``, of a connected region of ``mask`` drawn with equal chances, whatever its size."""
     step = 4 if mask[::4, ::4].any() else 1  # tiny objects can fall between the subsampled pixels
-    ys, xs = np.nonzero(mask[::step, ::step])
+    grid = mask[::step, ::step] > 0
+    if by_region:
+        regions, n = ndi.label(grid)
+        grid = regions == rng.integers(1, n + 1)
+    ys, xs = np.nonzero(grid)
     k = rng.integers(len(ys))
     return ys[k] * float(step), xs[k] * float(step)
 
