@@ -127,7 +127,8 @@ def run(kind: str, ks: list[int], steps: int, held_out: int, seed: int, tune: di
                "original_f1": orig_tuned if kept is tuned else orig_base, "original_f1_tuned": orig_tuned,
                "cpu_min": round(cpu, 2), "steps": done.get("steps"), "improved": bool(done["improved"]),
                "verdict": done.get("verdict", ""), "validation_objects": done.get("validation_objects"),
-               "validation_regions": done.get("validation_regions"), "settings": tune or {}}
+               "validation_regions": done.get("validation_regions"), "replay_base_f1": done.get("replay_base_f1"),
+               "replay_f1": done.get("replay_f1"), "settings": tune or {}}
         rows.append(row)
         print(f"  k={k} {choice}: F1 {row['f1']:.3f} (fine-tuned {f1_tuned:.3f}), original {row['original_f1']:.3f} "
               f"(fine-tuned {orig_tuned:.3f}), {cpu:.2f} CPU min, {row['verdict']}", flush=True)
