@@ -47,7 +47,6 @@ def test_crops_land_on_reviewed_pixels():
     assert np.mean([rev.mean() for _, _, rev, _ in crops]) > 0.1
 
 
-
 def test_a_small_reviewed_region_is_a_crop_centre_as_often_as_a_large_one():
     labels = np.zeros((512, 512), np.uint32)  # reviewed background only: two erased false detections
     reviewed = np.zeros(labels.shape, np.uint8)
@@ -59,6 +58,7 @@ def test_a_small_reviewed_region_is_a_crop_centre_as_often_as_a_large_one():
     crops = [transform_crop(rng, image, labels, reviewed, 48, config)[2] for _ in range(200)]
     small = np.mean([rev.any() and rev.mean() < 0.2 for rev in crops])  # a big region fills ≥ 1/4 of its crops
     assert 0.35 < small < 0.65
+
 
 def test_verdict_counts_objects_and_false_detections_around_them():
     truth = _discs((100, 200), [(20, 20), (20, 60), (20, 100), (20, 140), (20, 180)])
