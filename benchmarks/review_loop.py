@@ -14,7 +14,7 @@ original domain: forgetting), CPU minutes.
 
     .venv/bin/python benchmarks/review_loop.py [--kind inverted --kind small-noisy] [--k 0 5 10 20 50]
                                                [--steps 60] [--threads 2] [--json out.json] [--png out.png]
-                                               [--lr 5e-4] [--replay-fraction 0.5] [--l2sp 0] [--layers all]
+                                               [--lr 5e-4] [--replay-fraction 0.5] [--l2sp 0] [--layers all] [--ema 0.9]
 """
 
 from __future__ import annotations
@@ -203,13 +203,15 @@ def main() -> None:
     ap.add_argument("--replay-fraction", type=float, help="share of each batch from the replay set")
     ap.add_argument("--l2sp", type=float, help="L2-SP weight (pull towards the base weights)")
     ap.add_argument("--layers", choices=["all", "decoder"])
+    ap.add_argument("--ema", type=float, help="decay of the weights' moving average that is validated and kept")
     ap.add_argument("--crop", type=int, help="training crop size")
     ap.add_argument("--choice", nargs="+", default=["doubt", "random", "whole"], choices=["doubt", "random", "whole"])
     ap.add_argument("--json", type=Path)
     ap.add_argument("--png", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    names = {"lr": "lr", "replay_fraction": "replay_fraction", "l2sp": "l2sp", "layers": "layers", "crop": "crop_size"}
+    names = {"lr": "lr", "replay_fraction": "replay_fraction", "l2sp": "l2sp", "layers": "layers", "crop": "crop_size",
+             "ema": "ema"}
     tune = {field: getattr(args, arg) for arg, field in names.items() if getattr(args, arg) is not None}
     rows = [r for kind in args.kind or ["inverted", "small-noisy"]
             for r in run(kind, args.k, args.steps, args.held_out, args.seed, tune, tuple(args.choice))]

@@ -79,6 +79,8 @@ class FineTuneOptions:
     replay_fraction: float = 0.5
     l2sp: float = 1.0  # L2-SP penalty weight (pull towards the base weights); 0 = off
     layers: str = "all"  # "all" (BatchNorm statistics frozen) or "decoder"
+    ema: float = 0.9  # the weights validated and kept are their moving average with this decay (0 = the last);
+    # measured on dim review loops (docs/benchmarks.md): a whole-image fine-tune that forgot no longer did
 
     def __post_init__(self) -> None:  # the API refuses what the CLI refuses
         self.epochs = check_limit("epochs", self.epochs)
@@ -91,6 +93,7 @@ class FineTuneOptions:
         self.lr = check_number("learning rate", self.lr, low=0, low_open=True)
         self.replay_fraction = check_number("replay fraction", self.replay_fraction, low=0, high=0.9)
         self.l2sp = check_number("L2-SP weight", self.l2sp, low=0)
+        self.ema = check_number("weight-average decay", self.ema, low=0, high=0.999)
         if self.layers not in ("all", "decoder"):
             raise InputError(f"Layers to train must be 'all' or 'decoder', not {self.layers!r}.")
 
@@ -317,7 +320,7 @@ def run_finetune(
         epochs=options.epochs, steps_per_epoch=options.steps_per_epoch, time_limit=options.time_limit,
         batch_size=options.batch_size, crop_size=crop, lr=options.lr, freeze_batchnorm=True,
         seed=options.seed, loss_points=max(2, options.steps_per_epoch // 2),  # a loss point every 2 steps
-        train_layers=options.layers, l2sp=options.l2sp,
+        train_layers=options.layers, l2sp=options.l2sp, ema=options.ema,
         replay_fraction=options.replay_fraction if replay_train else 0.0,
     )
     n_train = int(len(_reviewed_areas(train_s)))
@@ -329,7 +332,8 @@ def run_finetune(
         "validation_regions": held.n_regions, "replay_samples": len(replay_train), "train_scale": round(train_scale, 3),
         "parameters": {"epochs": options.epochs, "time_limit": options.time_limit, "lr": options.lr,
                        "batch_size": options.batch_size, "crop_size": crop, "val_fraction": options.val_fraction,
-                       "replay_fraction": config.replay_fraction, "l2sp": options.l2sp, "layers": options.layers},
+                       "replay_fraction": config.replay_fraction, "l2sp": options.l2sp, "layers": options.layers,
+                       "ema": options.ema},
     })
     # Post-processing is part of how a model is used: the base is scored with post-processing
     # chosen on the held-out objects, and so is the fine-tuned model at the end (same grid, same data).

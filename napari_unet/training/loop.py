@@ -68,6 +68,8 @@ class TrainConfig:
     train_layers: str = "all"  # "all", or "decoder": the encoder's weights stay fixed
     replay_fraction: float = 0.0  # share of each batch drawn from ``train(replay=...)`` samples
     l2sp: float = 0.0  # weight of the L2-SP penalty: squared distance of the weights to the initial ones
+    ema: float = 0.0  # decay of an exponential moving average of the weights, started at the initial ones;
+    # when > 0 the average is what is validated and returned (0 = the weights as trained)
     reviewed_floor: float = 0.2  # with replay: the own crops' cross-entropy is averaged over their reviewed
     # pixels, or over this share of their pixels when fewer are reviewed (a sparse pair's few pixels
     # weigh more than their pixel count, less than a dense crop; on dim, 0 forgot and 0.05 lost nuclei)
@@ -267,6 +269,7 @@ def train(
     params = trainable_parameters(net, config.train_layers)
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0 if config.l2sp else config.weight_decay)
     anchor = [p.detach().clone() for p in params] if config.l2sp else []
+    average = WeightAverage(net, config.ema) if config.ema else None
     total_steps = config.epochs * config.steps_per_epoch
     weights = np.array([s.labels.size for s in train_samples], dtype=float)
     weights /= weights.sum()
@@ -310,6 +313,8 @@ def train(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if average is not None:
+                average.update(net)
             losses.append(loss.item())
             step += 1
             if config.loss_points > 1 and (i + 1) % every == 0 and i + 1 < config.steps_per_epoch:
@@ -317,6 +322,7 @@ def train(
         if not losses:
             break
         net.eval()
+        trained = average.swap_in(net) if average is not None else None
         if val_samples:
             val_loss, val_f1 = evaluate(net, val_samples, config, device)
         else:
@@ -338,12 +344,36 @@ def train(
             best_state = copy.deepcopy(net.state_dict())
             if on_best is not None:
                 on_best(net, record)
+        if trained is not None:
+            net.load_state_dict(trained)
         if stopped:
             break
     net.load_state_dict(best_state)
     net.eval()
     return TrainResult(best_state, best_f1, best_epoch, initial_f1, history, stopped,
                        time.monotonic() - start)
+
+
+class WeightAverage:
+    """An exponential moving average of a network's floating-point weights (Polyak averaging), started
+    at the weights it holds when made: after each step ``avg ← decay · avg + (1 − decay) · w``. Few
+    steps on few crops make the last weights jump with the last crops drawn; their average moves less."""
+
+    def __init__(self, net: torch.nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.state = {k: v.detach().clone() for k, v in net.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def update(self, net: torch.nn.Module) -> None:
+        current = net.state_dict()
+        for k, v in self.state.items():
+            v.lerp_(current[k].detach(), 1 - self.decay)
+
+    def swap_in(self, net: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """Load the average into ``net``; returns the weights it held (to load back and train on)."""
+        trained = copy.deepcopy(net.state_dict())
+        net.load_state_dict({**trained, **self.state})
+        return trained
 
 
 def _loss_event(epoch: float, step: int, losses: list[float], start: float, config: TrainConfig) -> dict[str, Any]:

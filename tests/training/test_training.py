@@ -12,6 +12,7 @@ from napari_unet.training.loop import (
     IGNORE,
     Sample,
     TrainConfig,
+    WeightAverage,
     _batch_loss,
     class_targets,
     cross_entropy,
@@ -100,3 +101,33 @@ def test_valid_padding_network_trains(misc, misc_labels):
     config = TrainConfig(epochs=1, steps_per_epoch=2, batch_size=2, crop_size=64, val_tile=128)
     result = train(net, [Sample(img, misc_labels)], [Sample(img[:, :200, :200], misc_labels[:200, :200])], config)
     assert len(result.history) == 1 and np.isfinite(result.history[0]["train_loss"])
+
+
+def test_the_weight_average_moves_a_share_of_the_way_each_step():
+    net = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        net.weight.fill_(0.0)
+    average = WeightAverage(net, 0.75)
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    average.update(net)
+    average.update(net)
+    trained = average.swap_in(net)
+    assert torch.allclose(net.weight, torch.full((1, 2), 1 - 0.75**2))  # 0 → 0.25 → 0.4375
+    assert torch.allclose(trained["weight"], torch.ones(1, 2))  # what was trained, to go on from
+
+
+def test_with_a_weight_average_the_kept_weights_move_less_from_the_start(misc, misc_labels):
+    """The same run with and without the average: the same steps are taken (the average only
+    watches them), and the weights kept are the average's, nearer the initial ones."""
+    img = Normalization().apply(misc[None])
+    start = UNet(UNetConfig(depth=2, base_width=4)).state_dict()
+    moved = {}
+    for ema in (0.0, 0.8):
+        net = UNet(UNetConfig(depth=2, base_width=4))
+        net.load_state_dict(start)
+        config = TrainConfig(epochs=2, steps_per_epoch=3, batch_size=2, crop_size=64, lr=3e-3, ema=ema)
+        train(net, [Sample(img, misc_labels)], [], config)
+        moved[ema] = sum(float(((net.state_dict()[k] - v) ** 2).sum()) for k, v in start.items()
+                         if v.is_floating_point())
+    assert 0 < moved[0.8] < moved[0.0]
