@@ -357,7 +357,9 @@ def train(
 class WeightAverage:
     """An exponential moving average of a network's floating-point weights (Polyak averaging), started
     at the weights it holds when made: after each step ``avg ← decay · avg + (1 − decay) · w``. Few
-    steps on few crops make the last weights jump with the last crops drawn; their average moves less."""
+    steps on few crops make the last weights jump with the last crops drawn; their average moves less.
+    Not ``torch.optim.swa_utils.AveragedModel``: that one starts at the weights after the first step,
+    and a network copy besides; this one starts at the base, which keeps a share in the average."""
 
     def __init__(self, net: torch.nn.Module, decay: float) -> None:
         self.decay = decay

@@ -122,12 +122,14 @@ def test_with_a_weight_average_the_kept_weights_move_less_from_the_start(misc, m
     watches them), and the weights kept are the average's, nearer the initial ones."""
     img = Normalization().apply(misc[None])
     start = UNet(UNetConfig(depth=2, base_width=4)).state_dict()
-    moved = {}
+    moved, losses = {}, {}
     for ema in (0.0, 0.8):
         net = UNet(UNetConfig(depth=2, base_width=4))
         net.load_state_dict(start)
         config = TrainConfig(epochs=2, steps_per_epoch=3, batch_size=2, crop_size=64, lr=3e-3, ema=ema)
-        train(net, [Sample(img, misc_labels)], [], config)
+        result = train(net, [Sample(img, misc_labels)], [], config)
+        losses[ema] = [h["train_loss"] for h in result.history]
         moved[ema] = sum(float(((net.state_dict()[k] - v) ** 2).sum()) for k, v in start.items()
                          if v.is_floating_point())
+    assert np.allclose(losses[0.8], losses[0.0], rtol=1e-4)  # the second epoch trained on from the same weights
     assert 0 < moved[0.8] < moved[0.0]
